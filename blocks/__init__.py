@@ -1,0 +1,6 @@
+"""Prefect blocks of pg-runbooks: configuration only (`prefect block register -m blocks`)."""
+
+from blocks.postgres_cluster import ConnectionTarget, Endpoint, PostgresCluster, PostgresNode
+from blocks.slack_notifier import SlackNotifier
+
+__all__ = ["ConnectionTarget", "Endpoint", "PostgresCluster", "PostgresNode", "SlackNotifier"]

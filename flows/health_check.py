@@ -1,0 +1,100 @@
+"""Runbook 1.1: the health check of one cluster.
+
+Connectivity of every node; replication per standby and the slots on the
+primary; each standby's own receiver; long-running sessions everywhere.
+A node being down is a finding, not a crash.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger, runtime
+
+from blocks.postgres_cluster import PostgresCluster
+from tasks import health_report as rules
+from tasks.health import find_long_queries, probe_node, read_receiver, read_replication, read_slots
+from tasks.health_report import HealthReport, HealthThresholds
+from tasks.publish import artifact_key, notify_slack, publish_markdown
+
+
+@flow(name="health-check", log_prints=False)
+def health_check(
+    cluster_block: str = "sandbox",
+    thresholds: HealthThresholds = HealthThresholds(),
+    slack_block: str | None = None,
+    always_notify: bool = False,
+) -> HealthReport:
+    """Check every node of the cluster and report ok / warning / critical per check."""
+    logger = get_run_logger()
+    cluster = PostgresCluster.load(cluster_block)
+    report = HealthReport(cluster=cluster.cluster_name, started_at=datetime.now(timezone.utc))
+
+    targets = cluster.targets()
+    probes = dict(zip([t.node for t in targets], _outcomes([probe_node.submit(t) for t in targets])))
+    for t in targets:
+        probe, error = probes[t.node]
+        report.checks.append(
+            rules.connectivity_check(t.node, t.node == cluster.primary_node, probe, error, thresholds))
+
+    up = {t.node: t for t in targets if probes[t.node][0] is not None}
+    primaries = [n for n in up if not probes[n][0].in_recovery]
+    standbys = [n for n in up if probes[n][0].in_recovery]
+    report.primary = cluster.primary_node if cluster.primary_node in primaries else next(iter(primaries), None)
+
+    if report.primary:
+        target = up[report.primary]
+        (replication, rep_err), (slots, slot_err) = _outcomes(
+            [read_replication.submit(target), read_slots.submit(target)])
+        expected = len(cluster.nodes) - 1 - len(cluster.fenced_nodes)
+        report.checks += (rules.replication_checks(report.primary, replication, expected, thresholds)
+                          if rep_err is None else [rules.skipped_check("replication", report.primary, rep_err)])
+        report.checks += (rules.slot_checks(report.primary, slots, thresholds)
+                          if slot_err is None else [rules.skipped_check("replication-slot", report.primary, slot_err)])
+    else:
+        report.checks.append(rules.skipped_check("replication", "cluster", "no reachable primary"))
+
+    for node, (row, err) in zip(standbys, _outcomes([read_receiver.submit(up[n]) for n in standbys])):
+        report.checks.append(rules.receiver_check(node, row, thresholds) if err is None
+                             else rules.skipped_check("wal-receiver", node, err))
+
+    nodes = list(up)
+    long_futures = [find_long_queries.submit(up[n], thresholds.long_query_seconds) for n in nodes]
+    for node, (rows, err) in zip(nodes, _outcomes(long_futures)):
+        report.checks.append(rules.long_query_check(node, rows, thresholds) if err is None
+                             else rules.skipped_check("long-queries", node, err))
+
+    rules.finish_report(report)
+    report.finished_at = datetime.now(timezone.utc)
+    if slack_block and (always_notify or report.status != "ok"):
+        report.notification = notify_slack(
+            slack_block, f"Health check {report.cluster}: {report.status.upper()}",
+            report.summary, rules.slack_lines(report), runtime.flow_run.ui_url)
+    report.artifact_key = publish_markdown(
+        artifact_key("health", report.cluster), rules.render_markdown(report), report.summary)
+    logger.info(report.summary)
+    if not report.notification.ok:
+        logger.warning(report.notification.summary)
+    return report
+
+
+def _outcomes(futures: list) -> list[tuple[object, str | None]]:
+    """(result, None) or (None, error sentence) for each submitted task, in order."""
+    outcomes = []
+    for future in futures:
+        try:
+            outcomes.append((future.result(), None))
+        except Exception as exc:  # noqa: BLE001 - a failed check is a finding
+            outcomes.append((None, str(exc)))
+    return outcomes
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the health check once and print its report.")
+    parser.add_argument("--cluster-block", default="sandbox")
+    parser.add_argument("--slack-block")
+    args = parser.parse_args()
+    result = health_check(cluster_block=args.cluster_block, slack_block=args.slack_block)
+    print(rules.render_markdown(result))
