@@ -15,14 +15,14 @@ class PostgresNode(BaseModel):
 
     name: str = Field(description="Short unique name of the node, e.g. 'pg-1'.", min_length=1)
     host: str = Field(description="Host name or IP address.", min_length=1)
-    port: int = Field(default=5432, ge=1, le=65535)
+    port: int = Field(default=5432, ge=1, le=65535, description="TCP port.")
 
 
 class Endpoint(BaseModel):
     """The application endpoint (pgbouncer) clients connect through."""
 
     host: str = Field(description="pgbouncer host.")
-    port: int = Field(default=6432, ge=1, le=65535)
+    port: int = Field(default=6432, ge=1, le=65535, description="pgbouncer port.")
     admin_database: str = Field(default="pgbouncer", description="pgbouncer's admin console database.")
 
 
@@ -73,14 +73,23 @@ class PostgresCluster(Block):
     _description = (
         "Nodes, credentials and application endpoint of a PostgreSQL cluster managed by pg-runbooks."
     )
+    _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#point-it-at-a-real-cluster"
+    _code_example = """
+```python
+from blocks.postgres_cluster import PostgresCluster
 
-    cluster_name: str = Field(description="Name of the cluster in reports and Slack.")
+cluster = PostgresCluster.load("BLOCK_NAME")
+primary = cluster.primary_target()
+```
+"""
+
+    cluster_name: str = Field(description="Name of the cluster in reports and Slack.", min_length=1)
     nodes: list[PostgresNode] = Field(description="Every server of the cluster.", min_length=1)
     primary_node: str = Field(description="Name of the node believed to be the primary.")
     database: str = Field(default="postgres", description="Database the runbooks connect to.")
     user: str = Field(default="postgres", description="Role the runbooks log in as (pg_monitor suffices for checks).")
     password: SecretStr | None = Field(default=None, description="Password of that role.")
-    sslmode: SslMode = Field(default="prefer")
+    sslmode: SslMode = Field(default="prefer", description="libpq sslmode for every connection.")
     connect_timeout: int = Field(default=5, ge=1, le=120, description="Seconds to wait for a connection.")
     statement_timeout_ms: int = Field(
         default=30_000, ge=100, le=3_600_000, description="Default statement_timeout of runbook sessions."

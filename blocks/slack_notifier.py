@@ -18,6 +18,15 @@ class SlackNotifier(Block):
     _block_type_name = "Slack Notifier"
     _block_type_slug = "slack-notifier"
     _description = "Slack channel, bot token and retry policy used by pg-runbooks notifications."
+    _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#slack"
+    _code_example = """
+```python
+from blocks.slack_notifier import SlackNotifier
+
+notifier = SlackNotifier.load("BLOCK_NAME")
+client = notifier.get_client()
+```
+"""
 
     bot_token: SecretStr = Field(description="Slack bot token (xoxb-...) with chat:write.")
     channel: str = Field(description="Channel ID or name, e.g. C0123456 or #db-ops.")

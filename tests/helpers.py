@@ -1,0 +1,45 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import time
+
+from sandbox.cluster import Sandbox
+
+
+def save_slack_block(fake_slack, name: str, token: str, channel: str = "#db-ops", **kw) -> str:
+    from pydantic import SecretStr
+
+    from blocks.slack_notifier import SlackNotifier
+
+    SlackNotifier(bot_token=SecretStr(token), channel=channel, base_url=fake_slack.base_url,
+                  timeout_seconds=kw.pop("timeout_seconds", 2), **kw).save(name, overwrite=True)
+    return name
+
+
+def wait_for(predicate, timeout: float = 20, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def ensure_healthy(box: Sandbox) -> None:
+    """Bring the sandbox back to primary+streaming replica after a test stopped a node."""
+    box.start_node("primary")
+    box.start_node("replica")
+    with box.connect("replica") as conn:
+        if conn.execute("SELECT pg_is_wal_replay_paused()").fetchone()[0]:
+            conn.execute("SELECT pg_wal_replay_resume()")
+    box.wait_streaming()
+
+
+def psql(box: Sandbox, node: str, query: str, params=None):
+    with box.connect(node) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else None
+

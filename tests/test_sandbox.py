@@ -1,0 +1,44 @@
+"""The sandbox is a real topology: primary, streaming replica on a slot, pgbouncer."""
+
+from sandbox.cluster import REPLICA_SLOT, Sandbox
+from tests.helpers import psql
+
+
+def test_primary_and_replica_roles(sandbox):
+    assert psql(sandbox, "primary", "SELECT pg_is_in_recovery()") == [(False,)]
+    assert psql(sandbox, "replica", "SELECT pg_is_in_recovery()") == [(True,)]
+
+
+def test_replica_streams_on_its_slot(sandbox):
+    rows = psql(sandbox, "primary", "SELECT state FROM pg_stat_replication")
+    assert rows == [("streaming",)]
+    slots = psql(sandbox, "primary", "SELECT slot_name, active FROM pg_replication_slots")
+    assert (REPLICA_SLOT, True) in slots
+
+
+def test_primary_settings_for_the_runbooks(sandbox):
+    settings = dict(psql(sandbox, "primary", """
+        SELECT name, setting FROM pg_settings
+         WHERE name IN ('shared_preload_libraries', 'track_io_timing', 'wal_log_hints',
+                        'listen_addresses', 'data_checksums')"""))
+    assert "pg_stat_statements" in settings["shared_preload_libraries"]
+    assert settings["track_io_timing"] == "on"
+    assert settings["wal_log_hints"] == "on" or settings["data_checksums"] == "on"
+    assert settings["listen_addresses"] == "127.0.0.1"
+
+
+def test_pgbouncer_routes_to_the_primary(sandbox):
+    with sandbox.connect("pgbouncer") as conn:
+        port, recovery = conn.execute("SELECT inet_server_port(), pg_is_in_recovery()").fetchone()
+    assert (port, recovery) == (sandbox.config.primary_port, False)
+
+
+def test_start_is_idempotent_and_status_reports(sandbox):
+    sandbox.start()
+    again = Sandbox.open(sandbox.base)
+    assert again.config.primary_port == sandbox.config.primary_port
+    status = again.status()
+    assert status["nodes"]["primary"] == {
+        "port": sandbox.config.primary_port, "running": True, "in_recovery": False}
+    assert status["nodes"]["replica"]["in_recovery"] is True
+    assert status["nodes"]["pgbouncer"]["running"] is True
