@@ -78,14 +78,14 @@ def health_check(
     return report
 
 
-def _outcomes(futures: list) -> list[tuple[object, str | None]]:
-    """(result, None) or (None, error sentence) for each submitted task, in order."""
+def _outcomes(futures: list) -> list[tuple[object, BaseException | None]]:
+    """(result, None) or (None, the exception) for each submitted task, in order."""
     outcomes = []
     for future in futures:
         try:
             outcomes.append((future.result(), None))
         except Exception as exc:  # noqa: BLE001 - a failed check is a finding
-            outcomes.append((None, str(exc)))
+            outcomes.append((None, exc))
     return outcomes
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from tasks.errors import RunbookDBError
 from tasks.findings import Check, Status, human_bytes, human_seconds, md_cell, worst
 from tasks.health import LongQuery, NodeProbe, ReceiverRow, ReplicationRow, SlotRow
 from tasks.notify import STATUS_EMOJI, NotificationOutcome
@@ -67,12 +68,20 @@ def _grade(value: float | None, warning: float, critical: float) -> Status:
     return "ok"
 
 
-def connectivity_check(node: str, believed_primary: bool, probe: NodeProbe | None, error: str | None,
-                       t: HealthThresholds) -> Check:
+def describe_error(exc: BaseException | None) -> str:
+    """A failed read as a phrase following the node name."""
+    if isinstance(exc, RunbookDBError):
+        return exc.sentence
+    return f"failed: {type(exc).__name__}: {exc}"
+
+
+def connectivity_check(node: str, believed_primary: bool, probe: NodeProbe | None,
+                       error: BaseException | None, t: HealthThresholds) -> Check:
     """Reachable or not, and whether its role matches what the cluster block believes."""
     if probe is None:
         return Check(name="connectivity", node=node, status="critical",
-                     summary=f"{node} is unreachable: {error}")
+                     details={"error": type(error).__name__, "sqlstate": getattr(error, "sqlstate", None)},
+                     summary=f"{node} {describe_error(error)}")
     role = "standby" if probe.in_recovery else "primary"
     details = probe.model_dump(mode="json")
     if believed_primary and probe.in_recovery:
@@ -183,8 +192,9 @@ def long_query_check(node: str, queries: list[LongQuery], t: HealthThresholds) -
                          f"({longest.usename}, {longest.state}), for {human_seconds(longest.running_seconds)}.")
 
 
-def skipped_check(name: str, node: str, why: str) -> Check:
-    return Check(name=name, node=node, status="unknown", summary=f"{name} on {node} not checked: {why}")
+def skipped_check(name: str, node: str, why: str | BaseException) -> Check:
+    reason = why if isinstance(why, str) else f"the read {describe_error(why)}"
+    return Check(name=name, node=node, status="unknown", summary=f"{name} on {node} not checked: {reason}")
 
 
 def finish_report(report: HealthReport) -> HealthReport:
