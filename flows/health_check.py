@@ -7,7 +7,7 @@ A node being down is a finding, not a crash.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, runtime
 
@@ -28,10 +28,10 @@ def health_check(
     """Check every node of the cluster and report ok / warning / critical per check."""
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
-    report = HealthReport(cluster=cluster.cluster_name, started_at=datetime.now(timezone.utc))
+    report = HealthReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC))
 
     targets = cluster.targets()
-    probes = dict(zip([t.node for t in targets], _outcomes([probe_node.submit(t) for t in targets])))
+    probes = dict(zip([t.node for t in targets], _outcomes([probe_node.submit(t) for t in targets]), strict=True))
     for t in targets:
         probe, error = probes[t.node]
         report.checks.append(
@@ -54,18 +54,18 @@ def health_check(
     else:
         report.checks.append(rules.skipped_check("replication", "cluster", "no reachable primary"))
 
-    for node, (row, err) in zip(standbys, _outcomes([read_receiver.submit(up[n]) for n in standbys])):
+    for node, (row, err) in zip(standbys, _outcomes([read_receiver.submit(up[n]) for n in standbys]), strict=True):
         report.checks.append(rules.receiver_check(node, row, thresholds) if err is None
                              else rules.skipped_check("wal-receiver", node, err))
 
     nodes = list(up)
     long_futures = [find_long_queries.submit(up[n], thresholds.long_query_seconds) for n in nodes]
-    for node, (rows, err) in zip(nodes, _outcomes(long_futures)):
+    for node, (rows, err) in zip(nodes, _outcomes(long_futures), strict=True):
         report.checks.append(rules.long_query_check(node, rows, thresholds) if err is None
                              else rules.skipped_check("long-queries", node, err))
 
     rules.finish_report(report)
-    report.finished_at = datetime.now(timezone.utc)
+    report.finished_at = datetime.now(UTC)
     if slack_block and (always_notify or report.status != "ok"):
         report.notification = notify_slack(
             slack_block, f"Health check {report.cluster}: {report.status.upper()}",

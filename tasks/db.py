@@ -12,15 +12,25 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
+from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 from blocks.postgres_cluster import ConnectionTarget
-from tasks.errors import classify
+from tasks.errors import classify, retry_if_transient
 
 APPLICATION_NAME = "pg-runbooks"
 DEFAULT_LOCK_TIMEOUT_MS = 5_000
+
+# Options of every @task that reads or writes a database: retry only transient errors
+# (connection lost, timeouts, lock timeouts) and never cache (results are live state).
+DB_TASK: dict[str, Any] = dict(
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
 
 M = TypeVar("M", bound=BaseModel)
 Query = str | sql.Composable

@@ -9,19 +9,10 @@ import time
 from datetime import datetime
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from blocks.postgres_cluster import ConnectionTarget
-from tasks.db import connect
-from tasks.errors import retry_if_transient
-
-DB_TASK = dict(
-    retries=2,
-    retry_delay_seconds=1,
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+from tasks.db import DB_TASK, connect
 
 
 class ServerInfo(BaseModel):
