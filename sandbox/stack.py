@@ -1,0 +1,216 @@
+"""The whole local stack in one command: sandbox cluster, Prefect server, blocks, limits,
+deployments and a worker that polls every second.
+
+    python -m sandbox.stack up      # or ./run stack up
+    python -m sandbox.stack status
+    python -m sandbox.stack down
+
+Everything binds to 127.0.0.1; telemetry is off. State (server database, logs, pids) lives
+in .state/stack under the repo unless --state-dir says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from sandbox.cluster import Sandbox, SandboxError
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK_POOL = "pg-runbooks"
+HOST = "127.0.0.1"
+
+
+def global_limits(cluster: str) -> dict[str, int]:
+    """Global concurrency limits the runbooks rely on; `concurrency()` on a missing limit excludes nothing."""
+    return {
+        f"failover-{cluster}": 1,
+        f"high-load-{cluster}": 1,
+        f"maintenance-{cluster}": 1,
+    }
+
+
+class LocalStack:
+    def __init__(self, state_dir: Path | None = None, port: int = 4200, sandbox_dir: Path | None = None,
+                 sandbox_ports: dict[str, int] | None = None, block_name: str = "sandbox"):
+        self.state = Path(state_dir or ROOT / ".state" / "stack").resolve()
+        self.port = port
+        self.sandbox = Sandbox.open(sandbox_dir, **(sandbox_ports or {}))
+        self.block_name = block_name
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.port}/api"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for every process of the stack: API URL, no telemetry, the venv first on PATH."""
+        env = dict(os.environ)
+        env.update({
+            "PREFECT_API_URL": self.api_url,
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONPATH": str(ROOT),
+            "PG_RUNBOOKS_HOME": str(ROOT),
+        })
+        env.update(extra)
+        return env
+
+    # ------------------------------------------------------------------ processes
+    def _pidfile(self, name: str) -> Path:
+        return self.state / f"{name}.pid"
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            pid = int(self._pidfile(name).read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> int:
+        log = open(self.state / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self._pidfile(name).write_text(str(proc.pid))
+        return proc.pid
+
+    def _stop(self, name: str, timeout: float = 15) -> None:
+        pid = self._pid(name)
+        if not pid:
+            return
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self._pid(name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._pid(name):
+            os.killpg(pid, signal.SIGKILL)
+        self._pidfile(name).unlink(missing_ok=True)
+
+    def server_healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def _prefect(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", *args]
+        proc = subprocess.run(cmd, cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=600)
+        if check and proc.returncode != 0:
+            raise SandboxError(f"prefect {' '.join(args)} failed: {(proc.stdout + proc.stderr)[-3000:]}")
+        return proc
+
+    # ------------------------------------------------------------------ lifecycle
+    def up(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.sandbox.start()
+        if not self.server_healthy():
+            home = self.state / "prefect-home"
+            home.mkdir(exist_ok=True)
+            self._spawn("server", [str(Path(sys.executable).parent / "prefect"), "server", "start",
+                                   "--host", HOST, "--port", str(self.port)],
+                        self.env(PREFECT_HOME=str(home), PREFECT_SERVER_API_HOST=HOST))
+            deadline = time.monotonic() + 90
+            while not self.server_healthy():
+                if time.monotonic() > deadline:
+                    raise SandboxError(f"Prefect server did not answer; see {self.state / 'server.log'}")
+                time.sleep(0.3)
+        self.provision()
+        if not self._pid("worker"):
+            self._spawn("worker", [str(Path(sys.executable).parent / "prefect"), "worker", "start",
+                                   "--pool", WORK_POOL, "--type", "process"],
+                        self.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5"))
+
+    def provision(self) -> None:
+        """Blocks, concurrency limits, work pool and deployments (idempotent)."""
+        subprocess.run(
+            [sys.executable, "-m", "sandbox.stack", "_provision", "--sandbox-dir", str(self.sandbox.base),
+             "--block-name", self.block_name],
+            cwd=ROOT, env=self.env(), check=True, timeout=300)
+        self._prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
+        self._prefect("deploy", "--all")
+
+    def status(self) -> dict:
+        return {
+            "api_url": self.api_url,
+            "ui_url": f"http://{HOST}:{self.port}",
+            "server": {"pid": self._pid("server"), "healthy": self.server_healthy()},
+            "worker": {"pid": self._pid("worker")},
+            "sandbox": self.sandbox.status(),
+            "state_dir": str(self.state),
+        }
+
+    def down(self, keep_sandbox: bool = False) -> None:
+        self._stop("worker")
+        self._stop("server")
+        if not keep_sandbox:
+            self.sandbox.stop()
+
+
+def _provision_in_process(sandbox_dir: str, block_name: str) -> None:
+    """Runs inside a process whose PREFECT_API_URL points at the stack's server."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from blocks import PostgresCluster, SlackNotifier
+    from sandbox.blocks import save_sandbox_blocks
+
+    PostgresCluster.register_type_and_schema()
+    SlackNotifier.register_type_and_schema()
+    box = Sandbox.open(Path(sandbox_dir))
+    save_sandbox_blocks(box, block_name)
+
+    async def limits() -> None:
+        async with get_client() as client:
+            existing = {lim.name for lim in await client.read_global_concurrency_limits(limit=200)}
+            for name, limit in global_limits(block_name).items():
+                if name not in existing:
+                    await client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=limit))
+
+    asyncio.run(limits())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status", "_provision"])
+    parser.add_argument("--state-dir")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PG_RUNBOOKS_PREFECT_PORT", 4200)))
+    parser.add_argument("--sandbox-dir")
+    parser.add_argument("--block-name", default="sandbox")
+    parser.add_argument("--keep-sandbox", action="store_true", help="down: leave the database servers running")
+    args = parser.parse_args(argv)
+    if args.command == "_provision":
+        _provision_in_process(args.sandbox_dir, args.block_name)
+        return 0
+    stack = LocalStack(Path(args.state_dir) if args.state_dir else None, args.port,
+                       Path(args.sandbox_dir) if args.sandbox_dir else None, block_name=args.block_name)
+    try:
+        if args.command == "up":
+            stack.up()
+            print(json.dumps(stack.status(), indent=2))
+            print(f"\nPrefect UI: http://{HOST}:{args.port}   (export PREFECT_API_URL={stack.api_url})")
+        elif args.command == "down":
+            stack.down(keep_sandbox=args.keep_sandbox)
+            print("stack stopped")
+        else:
+            print(json.dumps(stack.status(), indent=2))
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

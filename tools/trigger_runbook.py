@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Start a runbook deployment from incident tooling (PagerDuty webhooks, scripts) via Prefect's REST API.
+
+Standard library only, so any host with Python 3 can call it:
+
+    python3 tools/trigger_runbook.py failover/failover \\
+        --param cluster_block=orders --param mode=switchover \\
+        --idempotency-key "$INCIDENT_ID" --api-url http://127.0.0.1:4200/api --wait 600
+
+The idempotency key makes a retried webhook start one run, not two: the server returns the
+same flow run for the same key. Parameters are validated by the server against the flow's
+schema (HTTP 409 on a bad value; nothing is started). Exit status: 0 started (or completed
+with --wait), 1 the run ended in a non-completed state, 2 refused or unreachable.
+With PREFECT_API_AUTH_STRING set, it authenticates like Prefect's own client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED", "CANCELLING"}
+
+
+class TriggerError(RuntimeError):
+    pass
+
+
+def _request(api_url: str, method: str, path: str, body: dict | None = None, timeout: float = 15) -> dict:
+    headers = {"Content-Type": "application/json"}
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(api_url.rstrip("/") + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:1000]
+        raise TriggerError(f"{method} {path} -> HTTP {exc.code}: {detail}") from None
+    except OSError as exc:
+        raise TriggerError(f"Prefect API at {api_url} unreachable: {exc}") from None
+
+
+def deployment_id(api_url: str, name: str) -> str:
+    """The id of deployment 'flow-name/deployment-name'."""
+    flow_name, _, deployment_name = name.partition("/")
+    if not deployment_name:
+        raise TriggerError(f"deployment must be 'flow-name/deployment-name', got {name!r}")
+    quoted = f"{urllib.parse.quote(flow_name, safe='')}/{urllib.parse.quote(deployment_name, safe='')}"
+    return _request(api_url, "GET", f"/deployments/name/{quoted}")["id"]
+
+
+def create_run(api_url: str, deployment: str, parameters: dict, idempotency_key: str | None,
+               tags: list[str] | None = None) -> dict:
+    body: dict = {"parameters": parameters, "tags": tags or ["incident-tooling"]}
+    if idempotency_key:
+        body["idempotency_key"] = idempotency_key
+    return _request(api_url, "POST", f"/deployments/{deployment_id(api_url, deployment)}/create_flow_run", body)
+
+
+def wait_for(api_url: str, run_id: str, timeout: float, poll: float = 1.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = _request(api_url, "GET", f"/flow_runs/{run_id}")
+        state = (run.get("state") or {}).get("type")
+        if state in TERMINAL or time.monotonic() > deadline:
+            return run
+        time.sleep(poll)
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--param needs key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("deployment", help="flow-name/deployment-name, e.g. failover/failover")
+    parser.add_argument("--param", action="append", type=_param, default=[], help="key=value (JSON values allowed)")
+    parser.add_argument("--idempotency-key", help="same key -> same flow run (use the incident id)")
+    parser.add_argument("--api-url", default=os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"))
+    parser.add_argument("--wait", type=float, default=0, help="seconds to wait for a terminal state")
+    args = parser.parse_args(argv)
+    try:
+        run = create_run(args.api_url, args.deployment, dict(args.param), args.idempotency_key)
+        print(json.dumps({"flow_run_id": run["id"], "name": run.get("name"),
+                          "state": (run.get("state") or {}).get("type")}))
+        if args.wait:
+            run = wait_for(args.api_url, run["id"], args.wait)
+            state = (run.get("state") or {}).get("type")
+            print(json.dumps({"flow_run_id": run["id"], "state": state,
+                              "message": (run.get("state") or {}).get("message")}))
+            return 0 if state == "COMPLETED" else 1
+    except TriggerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
