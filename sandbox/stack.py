@@ -58,8 +58,8 @@ class LocalStack:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
             "PYTHONPATH": str(ROOT),
-            "PG_RUNBOOKS_HOME": str(ROOT),
         })
+        env.pop("PG_RUNBOOKS_HOME", None)  # resolved at run time by the worker, not at deploy time
         env.update(extra)
         return env
 
@@ -127,7 +127,8 @@ class LocalStack:
         if not self._pid("worker"):
             self._spawn("worker", [str(Path(sys.executable).parent / "prefect"), "worker", "start",
                                    "--pool", WORK_POOL, "--type", "process"],
-                        self.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5"))
+                        self.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
+                                 PG_RUNBOOKS_HOME=str(ROOT)))
 
     def provision(self) -> None:
         """Blocks, concurrency limits, work pool and deployments (idempotent)."""
