@@ -25,7 +25,14 @@ def health_check(
     slack_block: str | None = None,
     always_notify: bool = False,
 ) -> HealthReport:
-    """Check every node of the cluster and report ok / warning / critical per check."""
+    """Check every node of the cluster and report ok / warning / critical per check.
+
+    Args:
+        cluster_block: Name of the PostgresCluster block to check.
+        thresholds: Limits that turn a figure into a warning or a critical finding.
+        slack_block: Name of a SlackNotifier block; none means no Slack message.
+        always_notify: Post to Slack even when every check is ok.
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     report = HealthReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC))
