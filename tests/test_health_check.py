@@ -179,3 +179,12 @@ def test_missing_slack_block_is_a_recorded_notification_failure(cluster_block):
     report = health_check(cluster_block=cluster_block, slack_block="no-such-block", always_notify=True)
     assert report.status == "ok" and not report.notification.ok
     assert "no-such-block" in report.notification.errors[0]
+
+
+def test_database_without_pg_stat_statements_is_fine(sandbox, prefect_api):
+    if not psql(sandbox, "primary", "SELECT 1 FROM pg_database WHERE datname = 'no_pgss'"):
+        psql(sandbox, "primary", "CREATE DATABASE no_pgss")
+    block = sandbox_cluster_block(sandbox, name="nopgss").model_copy(update={"database": "no_pgss"})
+    PostgresCluster.model_validate(block.model_dump()).save("nopgss", overwrite=True)
+    report = health_check(cluster_block="nopgss")
+    assert report.status == "ok", report.summary

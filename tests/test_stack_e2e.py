@@ -132,3 +132,11 @@ def test_ui_lists_runbooks_and_a_run_from_the_form_completes(stack):
     assert new[0]["parameters"]["thresholds"]["long_query_seconds"] == 120
     done = wait_for(stack.api_url, new[0]["id"], timeout=120)
     assert done["state"]["type"] == "COMPLETED"
+
+
+def test_block_types_register_with_the_prefect_cli(stack):
+    proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "block", "register", "-m", "blocks"],
+                          cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    slugs = {b["slug"] for b in post(stack, "/block_types/filter", {})}
+    assert {"postgres-cluster", "slack-notifier"} <= slugs
