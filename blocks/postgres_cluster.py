@@ -114,21 +114,26 @@ primary = cluster.primary_target()
                 return node
         raise KeyError(f"cluster {self.cluster_name!r} has no node {name!r}")
 
-    def target(self, node_name: str, database: str | None = None) -> ConnectionTarget:
-        """A connection target for one node of the cluster."""
-        node = self.node(node_name)
+    def _target(self, node: str, host: str, port: int, database: str | None, via_pooler: bool = False
+                ) -> ConnectionTarget:
         return ConnectionTarget(
             cluster=self.cluster_name,
-            node=node.name,
-            host=node.host,
-            port=node.port,
+            node=node,
+            host=host,
+            port=port,
             database=database or self.database,
             user=self.user,
             password=self.password,
             sslmode=self.sslmode,
             connect_timeout=self.connect_timeout,
             statement_timeout_ms=self.statement_timeout_ms,
+            via_pooler=via_pooler,
         )
+
+    def target(self, node_name: str, database: str | None = None) -> ConnectionTarget:
+        """A connection target for one node of the cluster."""
+        node = self.node(node_name)
+        return self._target(node.name, node.host, node.port, database)
 
     def targets(self) -> list[ConnectionTarget]:
         """A target for every node, the believed primary first."""
@@ -142,16 +147,4 @@ primary = cluster.primary_target()
         """A target for the application endpoint (pgbouncer), if the cluster has one."""
         if self.endpoint is None:
             return None
-        return ConnectionTarget(
-            cluster=self.cluster_name,
-            node="endpoint",
-            host=self.endpoint.host,
-            port=self.endpoint.port,
-            database=database or self.database,
-            user=self.user,
-            password=self.password,
-            sslmode=self.sslmode,
-            connect_timeout=self.connect_timeout,
-            statement_timeout_ms=self.statement_timeout_ms,
-            via_pooler=True,
-        )
+        return self._target("endpoint", self.endpoint.host, self.endpoint.port, database, via_pooler=True)
