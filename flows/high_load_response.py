@@ -51,8 +51,9 @@ def high_load_response(
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     target = cluster.primary_target()
+    run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
     report = HighLoadReport(cluster=cluster.cluster_name, node=target.node, dry_run=params.dry_run,
-                            started_at=datetime.now(UTC), params=params)
+                            flow_run_id=run_id, started_at=datetime.now(UTC), params=params)
 
     # 1. Check active queries.
     survey, error = _run(survey_sessions, target)
@@ -94,7 +95,7 @@ def high_load_response(
     else:
         request = ScaleRequest(cluster=report.cluster, dry_run=params.dry_run, reason=f"high load on {target.node}",
                                active_sessions=report.active_sessions, waiting_sessions=report.waiting_sessions,
-                               flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None)
+                               flow_run_id=run_id)
         report.scale, error = _run(scale_up, scaler_block, request)
         report.steps.append(rules.step_failed("increase-resources", error) if error
                             else rules.step_ok("increase-resources", report.scale.summary))

@@ -47,6 +47,7 @@ class HighLoadReport(BaseModel):
     cluster: str
     node: str
     dry_run: bool
+    flow_run_id: str | None = None
     started_at: datetime
     finished_at: datetime | None = None
     status: Literal["ok", "failed"] = "ok"
