@@ -378,3 +378,45 @@ def test_a_bad_scaler_block_fails_only_its_step(world):
     report = raised.value.report
     assert [s.status for s in report.steps] == ["ok", "ok", "ok", "failed"]
     assert "<block-type-slug>/<block-name>" in step(report, "increase-resources").summary
+
+
+@pytest.mark.parametrize("status, transient", [(400, False), (503, True)])
+def test_webhook_scaler_refusal_is_a_typed_error(prefect_api, status, transient):
+    from tasks.scale import ScaleRequest, ScalerError, scale_up
+
+    hook = start_webhook_server(status)
+    try:
+        WebhookScaler(url=hook.url).save("hl-hook-bad", overwrite=True)
+        request = ScaleRequest(cluster="c", reason="r", dry_run=False, active_sessions=1, waiting_sessions=0)
+        with pytest.raises(ScalerError) as raised:
+            scale_up.fn("webhook-scaler/hl-hook-bad", request)
+        assert f"HTTP {status}" in str(raised.value) and raised.value.transient is transient
+        planned = scale_up.fn("webhook-scaler/hl-hook-bad", request.model_copy(update={"dry_run": True}))
+        assert planned.status == "planned" and len(hook.requests) == 1, "a dry run sends nothing"
+    finally:
+        hook.stop()
+
+
+def test_the_run_form_has_bounds_and_descriptions():
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(high_load_response.fn).model_dump_for_openapi()
+    fields = schema["definitions"]["HighLoadParams"]["properties"]
+    assert fields["long_query_seconds"]["minimum"] == 1 and fields["max_sessions"]["maximum"] == 1000
+    assert fields["dry_run"]["default"] is True and fields["active_root_blocker"]["enum"]
+    assert all(f.get("description") for f in fields.values())
+    assert set(schema["properties"]) == {"cluster_block", "params", "scaler_block", "slack_block"}
+
+
+def test_deployment_is_on_demand_with_one_run_at_a_time():
+    from pathlib import Path
+
+    import yaml
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    config = PrefectYamlModel.model_validate(yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "prefect.yaml").read_text()))
+    deployment = next(d for d in config.deployments if d.name == "high-load-response")
+    assert deployment.entrypoint == "flows/high_load_response.py:high_load_response"
+    assert not deployment.schedules and not deployment.schedule
+    assert (deployment.concurrency_limit.limit, deployment.concurrency_limit.collision_strategy) == (1, "CANCEL_NEW")
