@@ -285,12 +285,18 @@ def plan_lock_chains(chains: list[LockChain], survey: Survey, p: HighLoadParams,
                                               reason=f"{why}; would have been: {action} ({reason})"))
                 done.append(f"pid {s.pid} is excluded ({why}): reported only")
                 continue
-            plan.actions.append(_action(s, "lock-chains", action, s.waiting_seconds if s.blocked_by
-                                        else s.query_seconds if s.state == "active" else s.state_seconds, reason))
+            seconds = (s.waiting_seconds if s.blocked_by else s.query_seconds if s.state == "active"
+                       else s.state_seconds)
+            item = _action(s, "lock-chains", action, seconds, reason)
             already.add(s.pid)
+            if len(plan.actions) >= budget:
+                plan.over_limit.append(item)
+                done.append(f"pid {s.pid} left alone: blast-radius limit reached")
+                continue
+            plan.actions.append(item)
             done.append(f"{action.replace('_', ' ')} pid {s.pid} ({reason.split(';')[0]})")
         chain.resolution = "; ".join(done)
-    return _limit(plan, budget)
+    return plan
 
 
 def over_limit_results(plan: StepPlan, limit: int) -> list[ActionResult]:

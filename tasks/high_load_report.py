@@ -142,9 +142,11 @@ def checklist(report: HighLoadReport) -> list[ChecklistItem]:
         done = False
     elif report.remaining.persistent:
         r = report.remaining
-        persistent = (f"load persists: {r.long_queries} long statement(s), {r.idle_in_transaction} idle "
-                      f"transaction(s), {r.blocked_sessions} blocked session(s) remain; the team is notified here")
         done = report.notification.ok and report.notification.attempted
+        persistent = (f"load persists: {r.long_queries} long statement(s), {r.idle_in_transaction} idle "
+                      f"transaction(s), {r.blocked_sessions} blocked session(s) remain; "
+                      + ("the team is notified in this thread" if done else
+                         "the Slack notification was not delivered: notify the team by hand"))
     else:
         persistent = "not persistent: nothing eligible is over the thresholds after the response"
         done = True

@@ -118,6 +118,14 @@ def test_short_waits_and_excluded_roots_are_reported_not_acted_on():
     assert "excluded" in chains[0].resolution
 
 
+def test_lock_chain_actions_respect_the_remaining_budget():
+    s = _chain_survey("idle in transaction")
+    chains = plan.find_lock_chains(s)
+    step = plan.plan_lock_chains(chains, s, HighLoadParams(lock_wait_seconds=1), budget=0, already=set())
+    assert step.actions == [] and [a.pid for a in step.over_limit] == [30]
+    assert "limit" in chains[0].resolution
+
+
 def test_a_session_handled_by_step_one_is_not_planned_twice():
     s = _chain_survey("idle in transaction")
     chains = plan.find_lock_chains(s)
