@@ -128,6 +128,9 @@ def test_long_queries_idle_transactions_and_exclusions_under_pgbench_load(world,
     old_a = client(world, app="hl-old").run("SELECT pg_sleep(120)")
     time.sleep(0.5)
     old_b = client(world, app="hl-old").run("SELECT pg_sleep(121)")  # a different, younger age
+    # Swallows query_canceled and sleeps on: only pg_terminate_backend ends it.
+    stubborn = client(world, app="hl-stubborn").run(
+        "DO $$ BEGIN LOOP BEGIN PERFORM pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$")
     idle_tx = client(world, app="hl-idle-tx", autocommit=False)
     idle_tx.now("UPDATE hl_idle SET v = v + 1 WHERE id = 1")      # holds a row lock, then idles
     excluded_role = client(world, user="hl_excluded", app="hl-old").run("SELECT pg_sleep(122)")
@@ -140,7 +143,7 @@ def test_long_queries_idle_transactions_and_exclusions_under_pgbench_load(world,
                                   "'pgbench'")) == 4, what="pgbench clients")
         bench_sessions = psql(box, "primary", "SELECT pid, backend_start FROM pg_stat_activity "
                               "WHERE application_name = 'pgbench'")
-        olds = [old_a, old_b, idle_tx, excluded_role, superuser, runbook_app, excluded_db]
+        olds = [old_a, old_b, stubborn, idle_tx, excluded_role, superuser, runbook_app, excluded_db]
         wait_for(lambda: ages_over(box, olds, threshold + 0.5), timeout=30, what="old sessions")
         young = client(world, app="hl-young").run("SELECT pg_sleep(126)")
         params = dict(long_query_seconds=threshold, idle_in_transaction_seconds=threshold, cancel_grace_seconds=1,
@@ -151,7 +154,7 @@ def test_long_queries_idle_transactions_and_exclusions_under_pgbench_load(world,
         assert plan.status == "ok", plan.summary
         assert {a.pid: (a.action, a.result) for a in plan.actions} == {
             old_a.pid: ("cancel_then_terminate", "planned"), old_b.pid: ("cancel_then_terminate", "planned"),
-            idle_tx.pid: ("terminate", "planned")}
+            stubborn.pid: ("cancel_then_terminate", "planned"), idle_tx.pid: ("terminate", "planned")}
         assert plan.actions[0].pid == old_a.pid  # oldest first
         excluded = {e.pid: e.reason for e in plan.excluded}
         assert "excluded role hl_excluded" in excluded[excluded_role.pid]
@@ -167,7 +170,10 @@ def test_long_queries_idle_transactions_and_exclusions_under_pgbench_load(world,
                                     slack_block="hl-slack")
         assert report.status == "ok", report.summary
         acted = {a.pid: a.result for a in report.actions}
-        assert acted == {old_a.pid: "cancelled", old_b.pid: "cancelled", idle_tx.pid: "terminated"}
+        assert acted == {old_a.pid: "cancelled", old_b.pid: "cancelled", stubborn.pid: "terminated",
+                         idle_tx.pid: "terminated"}
+        assert stubborn.join() == "terminated" and not stubborn.alive()
+        assert "after pg_cancel_backend" in by_pid(report)[stubborn.pid].detail
         assert old_a.join() == "cancelled" and old_b.join() == "cancelled"
         assert old_a.alive() and old_b.alive(), "a cancelled statement leaves its session connected"
         assert not idle_tx.alive()
@@ -183,7 +189,7 @@ def test_long_queries_idle_transactions_and_exclusions_under_pgbench_load(world,
         rows = json.loads(next(a for a in audit if str(a.flow_run_id) == report.flow_run_id).data)
         assert {(r["pid"], r["action"], r["result"]) for r in rows} == {
             (old_a.pid, "cancel_then_terminate", "cancelled"), (old_b.pid, "cancel_then_terminate", "cancelled"),
-            (idle_tx.pid, "terminate", "terminated")}
+            (stubborn.pid, "cancel_then_terminate", "terminated"), (idle_tx.pid, "terminate", "terminated")}
         row = next(r for r in rows if r["pid"] == idle_tx.pid)
         assert row["user"] == "hl_app" and row["application"] == "hl-idle-tx" and row["client"] == "127.0.0.1"
         assert row["database"] == "postgres" and "UPDATE hl_idle" in row["query"] and row["step"]
