@@ -10,7 +10,6 @@ With dry_run (the default) it returns the plan and touches nothing. If a step fa
 ends Failed after publishing and notifying.
 """
 
-from __future__ import annotations
 
 from datetime import UTC, datetime
 

@@ -427,3 +427,26 @@ def test_deployment_is_on_demand_with_one_run_at_a_time():
     assert deployment.entrypoint == "flows/high_load_response.py:high_load_response"
     assert not deployment.schedules and not deployment.schedule
     assert (deployment.concurrency_limit.limit, deployment.concurrency_limit.collision_strategy) == (1, "CANCEL_NEW")
+
+
+def test_runs_from_the_api_through_its_deployment_and_rejects_bad_thresholds(world):
+    """What the UI's Run button and incident tooling do: create a flow run of the deployment via the API."""
+    import httpx
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+
+    async def scenario():
+        runner = Runner(query_seconds=1)
+        await runner.aadd_flow(high_load_response, name="api-test")
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            await run_deployment("high-load-response/api-test", timeout=0,
+                                 parameters={"cluster_block": "hl-sandbox", "params": {"long_query_seconds": 0}})
+        assert refused.value.response.status_code == 409  # out of range: no run is created
+        created = await run_deployment("high-load-response/api-test", timeout=0,
+                                       parameters={"cluster_block": "hl-sandbox", "params": {"dry_run": True}})
+        await runner.start(run_once=True)
+        async with get_client() as api:
+            return await api.read_flow_run(created.id)
+
+    flow_run = asyncio.run(scenario())
+    assert flow_run.state.is_completed(), flow_run.state
