@@ -113,9 +113,17 @@ class ChainMember(BaseModel):
     application_name: str | None
     state: str | None
     waiting_mode: str | None
+    waiting_locktype: str | None = None
     waiting_relation: str | None
     waiting_seconds: float | None
     held_locks: list[str]
+
+    @property
+    def waits_for(self) -> str:
+        """'sm_t' for a table lock, 'a tuple of sm_t' for a row lock, 'a transactionid' for a row's transaction."""
+        if self.waiting_locktype in (None, "relation"):
+            return self.waiting_relation or "?"
+        return f"a {self.waiting_locktype}" + (f" of {self.waiting_relation}" if self.waiting_relation else "")
     query: str
 
 
@@ -230,7 +238,8 @@ def find_lock_chains(survey: Survey) -> list[LockChain]:
             members.append(ChainMember(
                 pid=pid, depth=d, blocked_by=s.blocked_by, usename=s.usename,
                 application_name=s.application_name, state=s.state, waiting_mode=s.waiting_mode,
-                waiting_relation=s.waiting_relation, waiting_seconds=s.waiting_seconds if s.blocked_by else None,
+                waiting_locktype=s.waiting_locktype, waiting_relation=s.waiting_relation,
+                waiting_seconds=s.waiting_seconds if s.blocked_by else None,
                 held_locks=s.held_relation_locks, query=redact_sql(s.query, 120)))
         waits = [m.waiting_seconds or 0 for m in members if m.depth > 0]
         chains.append(LockChain(root_pid=root, members=members, max_waiting_seconds=max(waits, default=0)))

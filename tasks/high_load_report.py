@@ -204,7 +204,7 @@ def chain_lines(chain: LockChain) -> list[str]:
     lines = []
     for m in chain.members:
         indent = "  " * m.depth
-        wait = (f" waits {human_seconds(m.waiting_seconds)} for {m.waiting_mode} on {m.waiting_relation or '?'}"
+        wait = (f" waits {human_seconds(m.waiting_seconds)} for {m.waiting_mode} on {m.waits_for}"
                 if m.depth else f" holds {', '.join(m.held_locks) or 'locks'}")
         lines.append(f"{indent}pid {m.pid} ({m.usename}, {m.application_name or '-'}, {m.state}){wait}: "
                      f"`{md_cell(m.query)}`")
