@@ -22,6 +22,15 @@ class NoScaler(Block):
 
     _block_type_name = "No Scaler"
     _block_type_slug = "no-scaler"
+    _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#high-load-response-runbooks-41-and-52"
+    _code_example = """
+```python
+from blocks.scalers import NoScaler
+
+scaler = NoScaler.load("BLOCK_NAME")
+```
+Pass it to the high-load response as scaler_block="no-scaler/BLOCK_NAME".
+"""
     _description = "pg-runbooks high-load response: no way to add resources is configured."
     kind: ClassVar[ScalerKind] = "none"
 
@@ -33,6 +42,15 @@ class WebhookScaler(Block):
 
     _block_type_name = "Webhook Scaler"
     _block_type_slug = "webhook-scaler"
+    _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#high-load-response-runbooks-41-and-52"
+    _code_example = """
+```python
+from blocks.scalers import WebhookScaler
+
+scaler = WebhookScaler.load("BLOCK_NAME")
+```
+Pass it to the high-load response as scaler_block="webhook-scaler/BLOCK_NAME".
+"""
     _description = "pg-runbooks high-load response: ask a provider API or internal tool for more capacity."
     kind: ClassVar[ScalerKind] = "webhook"
 
@@ -59,6 +77,15 @@ class PgBouncerPoolScaler(Block):
 
     _block_type_name = "PgBouncer Pool Scaler"
     _block_type_slug = "pgbouncer-pool-scaler"
+    _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#high-load-response-runbooks-41-and-52"
+    _code_example = """
+```python
+from blocks.scalers import PgBouncerPoolScaler
+
+scaler = PgBouncerPoolScaler.load("BLOCK_NAME")
+```
+Pass it to the high-load response as scaler_block="pgbouncer-pool-scaler/BLOCK_NAME".
+"""
     _description = "pg-runbooks high-load response: raise pgbouncer's pool size within a maximum."
     kind: ClassVar[ScalerKind] = "pgbouncer"
 
