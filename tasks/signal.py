@@ -1,8 +1,8 @@
 """Cancel and terminate backends, safely: each signal re-checks the session's identity in the same statement.
 
-A plan records (pid, backend_start, query_start). The signal is sent by one statement that
-finds the pid only if it still has that backend_start (so a reused pid is never hit) and still
-runs that statement; a session that ended or moved on is counted as gone, not as a failure.
+A plan records (pid, backend_start, query_start, state). The signal is sent by one statement
+that finds the pid only if it still has that backend_start (so a reused pid is never hit) and is
+still in that statement and state; a session that ended or moved on is counted as gone, not as a failure.
 Needs the pg_signal_backend role (or superuser) to signal other roles' sessions:
 https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-ADMIN-SIGNAL
 """
@@ -20,22 +20,24 @@ from tasks.db import DB_TASK, Session, connect
 from tasks.errors import PermissionDenied, RunbookDBError
 from tasks.high_load_plan import ActionResult, PlannedAction
 
-# Cancel the statement of this pid only if it is still the same session running the same statement.
+# Cancel the statement of this pid only if it is still the same session, same statement, same state.
 CANCEL_SQL = """
 SELECT pg_catalog.pg_cancel_backend(a.pid) AS signalled
   FROM pg_catalog.pg_stat_activity AS a
  WHERE a.pid = %(pid)s
    AND a.backend_start = %(backend_start)s
    AND a.query_start IS NOT DISTINCT FROM %(query_start)s
+   AND a.state = %(state)s
 """
 
-# Terminate this pid only if it is still the same session in the same statement; wait for it to exit.
+# Terminate this pid only if it is still the same session, same statement, same state; wait for it to exit.
 TERMINATE_SQL = """
 SELECT pg_catalog.pg_terminate_backend(a.pid, %(timeout_ms)s) AS signalled
   FROM pg_catalog.pg_stat_activity AS a
  WHERE a.pid = %(pid)s
    AND a.backend_start = %(backend_start)s
    AND a.query_start IS NOT DISTINCT FROM %(query_start)s
+   AND a.state = %(state)s
 """
 
 # Which of these sessions still run the statement that was cancelled?
@@ -84,7 +86,7 @@ class SignalStepFailed(RunbookDBError):
 
 
 def _guard(a: PlannedAction, **extra) -> dict:
-    return {"pid": a.pid, "backend_start": a.backend_start, "query_start": a.query_start, **extra}
+    return {"pid": a.pid, "backend_start": a.backend_start, "query_start": a.query_start, "state": a.state, **extra}
 
 
 def _result(a: PlannedAction, result: str, detail: str = "") -> ActionResult:
