@@ -1,6 +1,8 @@
 """Prefect blocks of pg-runbooks: configuration only (`prefect block register -m blocks`)."""
 
 from blocks.postgres_cluster import ConnectionTarget, Endpoint, PostgresCluster, PostgresNode
+from blocks.scalers import NoScaler, PgBouncerPoolScaler, WebhookScaler
 from blocks.slack_notifier import SlackNotifier
 
-__all__ = ["ConnectionTarget", "Endpoint", "PostgresCluster", "PostgresNode", "SlackNotifier"]
+__all__ = ["ConnectionTarget", "Endpoint", "NoScaler", "PgBouncerPoolScaler", "PostgresCluster", "PostgresNode",
+           "SlackNotifier", "WebhookScaler"]
