@@ -5,8 +5,6 @@ primary; each standby's own receiver; long-running sessions everywhere.
 A node being down is a finding, not a crash.
 """
 
-from __future__ import annotations
-
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, runtime
