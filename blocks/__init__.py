@@ -1,6 +1,9 @@
 """Prefect blocks of pg-runbooks: configuration only (`prefect block register -m blocks`)."""
 
+from blocks.metrics_source import HostMetrics, MetricsSource
 from blocks.postgres_cluster import ConnectionTarget, Endpoint, PostgresCluster, PostgresNode
 from blocks.slack_notifier import SlackNotifier
 
-__all__ = ["ConnectionTarget", "Endpoint", "PostgresCluster", "PostgresNode", "SlackNotifier"]
+__all__ = [
+    "ConnectionTarget", "Endpoint", "HostMetrics", "MetricsSource", "PostgresCluster", "PostgresNode", "SlackNotifier",
+]
