@@ -161,7 +161,7 @@ class MetricsSource(Block):
             with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:  # noqa: S310
                 body = json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise MetricsUnavailable(f"Prometheus answered HTTP {exc.code} to a query; check the query API") from None
+            raise MetricsUnavailable(f"Prometheus answered HTTP {exc.code}: {_error_of(exc)}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise MetricsUnavailable(f"Prometheus at {self.prometheus_url} is unreachable: {reason}") from None
@@ -184,3 +184,12 @@ def _round(value: float | None) -> float | None:
 
 def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
+
+
+def _error_of(exc: urllib.error.HTTPError) -> str:
+    """The errorType and error of a Prometheus error body, else the HTTP reason."""
+    try:
+        body = json.loads(exc.read())
+        return f"{body.get('errorType')}: {body.get('error')}"
+    except (ValueError, OSError, AttributeError):
+        return str(exc.reason)
