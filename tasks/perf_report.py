@@ -54,7 +54,8 @@ class ReportParams(BaseModel):
     state_dir: str = Field(default="~/.pg-runbooks/reports",
                            description="Directory keeping the reports between runs (used without storage_block).")
     storage_block: str | None = Field(
-        default=None, description="A Prefect filesystem block (LocalFileSystem, RemoteFileSystem) for the reports.")
+        default=None, description="A filesystem block for the reports: a LocalFileSystem name, or "
+                                  "'<type-slug>/<name>' such as 'remote-file-system/reports'.")
     metrics_block: str | None = Field(
         default=None, description="A 'host-metrics-source' block for CPU and disk (none: not configured).")
 

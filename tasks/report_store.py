@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from prefect import task
+from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from pydantic import BaseModel, ValidationError
@@ -29,9 +30,13 @@ def open_store(state_dir: str, storage_block: str | None) -> WritableFileSystem:
     """The filesystem block named `storage_block`, else a LocalFileSystem at `state_dir`."""
     if storage_block:
         try:
-            return WritableFileSystem.load(storage_block)
+            # "<block-type-slug>/<name>" (e.g. remote-file-system/reports) or a LocalFileSystem's name.
+            block = Block.load(storage_block) if "/" in storage_block else LocalFileSystem.load(storage_block)
         except (ValueError, KeyError) as exc:
             raise ReportStoreError(f"cannot load the filesystem block {storage_block!r}: {exc}") from None
+        if not isinstance(block, WritableFileSystem):
+            raise ReportStoreError(f"block {storage_block!r} is a {type(block).__name__}, not a writable filesystem")
+        return block
     base = Path(state_dir).expanduser()
     try:
         base.mkdir(parents=True, exist_ok=True)

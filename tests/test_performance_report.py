@@ -6,6 +6,7 @@ import asyncio
 import json
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -234,3 +235,21 @@ def test_missing_extension_and_failing_source_leave_the_rest_reporting(sandbox, 
                                                               "checkpoints"))
     assert report.status == "unknown"
     assert time.monotonic() - started < 60
+
+
+def test_reports_can_live_in_a_filesystem_block(prefect_api, state_dir):
+    from prefect.filesystems import LocalFileSystem
+
+    from tasks.perf_report import PerformanceReport
+    from tasks.report_store import ReportStoreError, load_previous, open_store, store_report
+
+    LocalFileSystem(basepath=state_dir).save("perf-store", overwrite=True)
+    report = PerformanceReport(cluster="c1", node="primary", started_at=datetime.now(UTC), summary="s")
+    for name in ("perf-store", "local-file-system/perf-store"):
+        assert load_previous.fn("", name, "c1", PerformanceReport)[0] is None
+    path = store_report.fn("", "perf-store", "c1", report, report.started_at)
+    assert (Path(state_dir) / path).exists()
+    loaded, note = load_previous.fn("", "local-file-system/perf-store", "c1", PerformanceReport)
+    assert note is None and loaded == report
+    with pytest.raises(ReportStoreError, match="no-such-store"):
+        open_store("", "no-such-store")
