@@ -109,7 +109,7 @@ class MetricsSource(Block):
     _block_type_name = "Host Metrics Source"
     _block_type_slug = "host-metrics-source"
     _description = "CPU and disk figures for pg-runbooks reports and alerts: none, local host, or Prometheus."
-    _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#cpu-and-disk"
+    _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#daily-performance-report-and-troubleshooters-runbooks-12-31-32"
 
     kind: SourceKind = Field(default="none", description="none, local (worker on the DB host) or prometheus.")
     data_path: str | None = Field(

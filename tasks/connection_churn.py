@@ -44,18 +44,29 @@ SELECT count(*) FILTER (WHERE now() - backend_start < make_interval(secs => %(yo
 """
 
 
+class _Sessions(BaseModel):
+    sessions: int
+    session_time_ms: float
+
+
+class _Ages(BaseModel):
+    young_backends: int
+    avg_age: float | None
+    oldest_age: float | None
+
+
 @task(name="sample-connection-churn", **DB_TASK)
 def sample_churn(target: ConnectionTarget, sample_seconds: float = 2.0, young_seconds: float = 10.0) -> ChurnSample:
     with connect(target, purpose="troubleshoot-connections") as db:
         has_sessions = db.server_version_num >= 140000
-        first = db._rows(SESSIONS_SQL, None)[0][0] if has_sessions else None
+        first = db.fetch_all(SESSIONS_SQL, None, _Sessions)[0] if has_sessions else None
         time.sleep(sample_seconds)
-        last = db._rows(SESSIONS_SQL, None)[0][0] if has_sessions else None
-        ages = db._rows(AGES_SQL, {"young": young_seconds})[0][0]
-    new = None if first is None else max(int(last["sessions"] - first["sessions"]), 0)
-    avg_session = (last["session_time_ms"] / last["sessions"] / 1000) if last and last["sessions"] else None
+        last = db.fetch_all(SESSIONS_SQL, None, _Sessions)[0] if has_sessions else None
+        ages = db.fetch_all(AGES_SQL, {"young": young_seconds}, _Ages)[0]
+    new = None if first is None or last is None else max(last.sessions - first.sessions, 0)
+    avg_session = last.session_time_ms / last.sessions / 1000 if last and last.sessions else None
     return ChurnSample(
         sample_seconds=sample_seconds, new_sessions=new,
         sessions_per_second=None if new is None else round(new / sample_seconds, 2),
-        avg_session_seconds=avg_session, young_backends=ages["young_backends"], young_seconds=young_seconds,
-        avg_backend_age_seconds=ages["avg_age"], oldest_backend_age_seconds=ages["oldest_age"])
+        avg_session_seconds=avg_session, young_backends=ages.young_backends, young_seconds=young_seconds,
+        avg_backend_age_seconds=ages.avg_age, oldest_backend_age_seconds=ages.oldest_age)

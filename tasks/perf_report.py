@@ -235,7 +235,7 @@ def statement_rows(delta: StatementsDelta, field: str, n: int, min_calls: int = 
     return [{"database": s.datname, "user": s.usename, "calls": s.calls, "total_ms": round(s.total_ms, 1),
              "mean_ms": round(s.mean_ms, 2), "rows": s.rows, "blks_read": s.shared_blks_read,
              "temp_blks": s.temp_blks_written, "hit": _pct(s.hit_ratio), "query": redact_sql(s.query, 200)}
-            for s in delta.top(field, n, min_calls)]
+            for s in delta.top(field, n, min_calls) if getattr(s, field) > 0]
 
 
 def _table(headers: list[str], rows: list[list]) -> list[str]:
@@ -281,10 +281,12 @@ def render_markdown(report: PerformanceReport, p: ReportParams) -> str:
                       [[g.kind, g.name, human_bytes(g.size_bytes),
                         "new" if g.growth_bytes is None else ("+" if g.growth_bytes >= 0 else "-")
                         + human_bytes(abs(g.growth_bytes))] for g in report.storage_delta.growth])
-        out += ["", "Largest relations:", ""]
-        out += _table(["relation", "total", "heap", "toast", "indexes"],
-                      [[r.name, human_bytes(r.total_bytes), human_bytes(r.heap_bytes), human_bytes(r.toast_bytes),
-                        human_bytes(r.index_bytes)] for r in report.storage.relations[:p.top_n]])
+        if report.storage.relations:
+            out += ["", "Largest relations:", ""]
+            out += _table(["relation", "total", "heap", "toast", "indexes"],
+                          [[r.name, human_bytes(r.total_bytes), human_bytes(r.heap_bytes),
+                            human_bytes(r.toast_bytes), human_bytes(r.index_bytes)]
+                           for r in report.storage.relations[:p.top_n]])
         temp = [t for t in report.storage_delta.temp if t.temp_files]
         if temp:
             out += ["", "Temp files:", ""]
@@ -301,6 +303,11 @@ def render_markdown(report: PerformanceReport, p: ReportParams) -> str:
         out += _table(["database", "xid age", "% freeze_max_age", "% hard limit", "mxid age"],
                       [[d.datname, f"{d.xid_age:,}", f"{100 * d.xid_age / w.freeze_max_age:.1f}",
                         f"{100 * d.xid_age / HARD_LIMIT:.2f}", f"{d.mxid_age:,}"] for d in w.databases])
+        if w.tables:
+            out += ["", "Oldest tables:", ""]
+            out += _table(["table", "xid age", "% freeze_max_age", "mxid age", "size"],
+                          [[t.name, f"{t.xid_age:,}", f"{100 * t.xid_age / w.freeze_max_age:.1f}", f"{t.mxid_age:,}",
+                            human_bytes(t.size_bytes)] for t in w.tables])
         if w.holders:
             out += ["", "Holding the xmin horizon:", ""]
             out += _table(["kind", "name", "xmin age", "for"],

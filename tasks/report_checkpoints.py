@@ -14,6 +14,25 @@ from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
 
 
+class _Checkpoints(BaseModel):
+    checkpoints_timed: int
+    checkpoints_requested: int
+    checkpoint_write_ms: float
+    buffers_written: int
+    stats_reset: datetime | None
+
+
+class _WalArchiver(BaseModel):
+    wal_bytes: int | None
+    archived_count: int
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: datetime | None
+    archive_mode: str
+    checkpoint_timeout: str
+    max_wal_size: str
+
+
 class CheckpointSnapshot(BaseModel):
     checkpoints_timed: int
     checkpoints_requested: int
@@ -74,6 +93,6 @@ def read_checkpoints(target: ConnectionTarget) -> CheckpointSnapshot:
         version = db.server_version_num
         cp_sql = CHECKPOINTS_CHECKPOINTER_SQL if version >= 170000 else CHECKPOINTS_BGWRITER_SQL
         wal_sql = WAL_ARCHIVER_SQL if version >= 140000 else WAL_ARCHIVER_PRE14_SQL
-        rows, = db._rows(cp_sql, None)[0]
-        wal, = db._rows(wal_sql, None)[0]
-    return CheckpointSnapshot(**rows, **wal)
+        counters = db.fetch_all(cp_sql, None, _Checkpoints)[0]
+        wal = db.fetch_all(wal_sql, None, _WalArchiver)[0]
+    return CheckpointSnapshot(**counters.model_dump(), **wal.model_dump())
