@@ -22,7 +22,7 @@ from tasks.report_checkpoints import read_checkpoints
 from tasks.report_connections import read_connections
 from tasks.report_statements import read_statements
 from tasks.report_storage import read_storage
-from tasks.report_store import load_previous, store_report
+from tasks.report_store import ReportStoreError, load_previous, store_report
 from tasks.report_wraparound import read_wraparound
 
 
@@ -87,8 +87,12 @@ def performance_report(
         report.notification = notify_slack(
             slack_block, f"Performance report {report.cluster}: {report.status.upper()}", report.summary,
             rules.slack_lines(report, params), runtime.flow_run.ui_url)
-    report.stored_at = store_report(params.state_dir, params.storage_block, report.cluster, report,
-                                    report.started_at)
+    try:
+        report.stored_at = store_report(params.state_dir, params.storage_block, report.cluster, report,
+                                        report.started_at)
+    except (ReportStoreError, OSError, ValueError) as exc:  # the report itself is still returned and published
+        report.store_error = f"the report was not stored, so the next run cannot compute deltas: {exc}"
+        logger.warning(report.store_error)
     logger.info(report.summary)
     return report
 

@@ -85,7 +85,8 @@ class PerformanceReport(BaseModel):
     storage_delta: StorageDelta | None = None
     cache_delta: list[RatioRow] = Field(default_factory=list)
     checkpoint_delta: CheckpointDelta | None = None
-    stored_at: str | None = None
+    stored_at: str | None = Field(default=None, description="Path of the stored copy in the report store.")
+    store_error: str | None = None
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
     artifact_key: str | None = None
 
@@ -128,10 +129,12 @@ def statements_check(node: str, snap: StatementsSnapshot, delta: StatementsDelta
     calls = sum(s.calls for s in delta.statements)
     total = sum(s.total_ms for s in delta.statements) / 1000
     reset = " Statistics were reset in between: figures count from the reset." if delta.reset_detected else ""
-    return Check(name="statements", node=node, status="ok",
+    hidden = (f" The texts of {snap.hidden} statements of other roles are hidden: grant pg_monitor "
+              "(or pg_read_all_stats) to the runbook role." if snap.hidden else "")
+    return Check(name="statements", node=node, status="warning" if snap.hidden else "ok",
                  details={"statements": len(delta.statements), "calls": calls, "since": delta.since},
                  summary=f"{len(delta.statements)} statements ran {calls} times for {human_seconds(total)} "
-                         f"since the {delta.since}.{reset}")
+                         f"since the {delta.since}.{reset}{hidden}")
 
 
 def storage_check(node: str, snap: StorageSnapshot, delta: StorageDelta) -> Check:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
+from tasks.errors import RunbookDBError
 
 ENABLE_HINT = (
     "add pg_stat_statements to shared_preload_libraries (restart needed), then run "
@@ -35,6 +36,7 @@ class StatementCounters(BaseModel):
     shared_blks_read: int
     temp_blks_written: int
     blk_read_ms: float
+    hidden: bool = Field(default=False, exclude=True, description="queryid and text hidden from this role.")
 
 
 class StatementsSnapshot(BaseModel):
@@ -43,6 +45,9 @@ class StatementsSnapshot(BaseModel):
     stats_reset: datetime | None = Field(default=None, description="pg_stat_statements_info.stats_reset (PG14+).")
     dealloc: int | None = Field(default=None, description="Entries evicted since the reset (PG14+).")
     statements: list[StatementCounters] = Field(default_factory=list)
+
+    hidden: int = Field(default=0, description="Statements of other roles this role may not see "
+                                               "(it lacks pg_read_all_stats): left out.")
 
 
 def statement_columns(version_num: int) -> dict[str, str]:
@@ -57,12 +62,12 @@ def statement_columns(version_num: int) -> dict[str, str]:
     }
 
 
-# Is pg_stat_statements installed in this database, and is the library preloaded?
+# Is pg_stat_statements created in this database? (Whether it is preloaded shows when its view is read:
+# shared_preload_libraries itself needs pg_read_all_settings.)
 EXTENSION_SQL = """
-SELECT exists (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements') AS installed,
-       'pg_stat_statements' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))
-                                                                                              AS preloaded
+SELECT exists (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements') AS installed
 """
+NOT_LOADED_SQLSTATE = "55000"  # object_not_in_prerequisite_state: "must be loaded via shared_preload_libraries"
 
 # Cumulative counters of every statement, with its database and role names (version columns filled in).
 STATEMENTS_SQL = """
@@ -76,11 +81,11 @@ SELECT concat_ws(':', s.userid, s.dbid, {toplevel}, s.queryid) AS key,
        s.shared_blks_hit,
        s.shared_blks_read,
        s.temp_blks_written,
-       s.{blk_read_ms}::float8                            AS blk_read_ms
+       s.{blk_read_ms}::float8                            AS blk_read_ms,
+       s.queryid IS NULL                                  AS hidden
   FROM {schema}.pg_stat_statements AS s
   LEFT JOIN pg_catalog.pg_database AS d ON d.oid = s.dbid
   LEFT JOIN pg_catalog.pg_roles AS r ON r.oid = s.userid
- WHERE s.queryid IS NOT NULL
 """
 
 # When were the statement statistics last reset, and how many entries were evicted (PG14+)?
@@ -99,9 +104,6 @@ SELECT n.nspname::text
 """
 
 
-class _Extension(BaseModel):
-    installed: bool
-    preloaded: bool
 
 
 class _Info(BaseModel):
@@ -121,18 +123,20 @@ def statements_query(version_num: int, schema: str) -> sql.Composed:
 def read_statements(target: ConnectionTarget) -> StatementsSnapshot:
     """Every statement's cumulative counters, or why there are none (extension missing)."""
     with connect(target, purpose="report-statements") as db:
-        ext = db.fetch_all(EXTENSION_SQL, None, _Extension)[0]
-        if not ext.installed:
-            why = "is not loaded" if not ext.preloaded else "is loaded but not created"
+        if not db.scalar(EXTENSION_SQL):
             return StatementsSnapshot(
                 available=False,
-                reason=f"pg_stat_statements {why} in database {target.database}: {ENABLE_HINT}.")
-        if not ext.preloaded:
+                reason=f"pg_stat_statements is not created in database {target.database}: {ENABLE_HINT}.")
+        schema = db.scalar(SCHEMA_SQL)
+        try:
+            rows = db.fetch_all(statements_query(db.server_version_num, schema), None, StatementCounters)
+        except RunbookDBError as exc:
+            if exc.sqlstate != NOT_LOADED_SQLSTATE:
+                raise
             return StatementsSnapshot(
                 available=False,
                 reason=f"pg_stat_statements is created but not in shared_preload_libraries: {ENABLE_HINT}.")
-        schema = db.scalar(SCHEMA_SQL)
-        rows = db.fetch_all(statements_query(db.server_version_num, schema), None, StatementCounters)
         info = (db.fetch_all(sql.SQL(INFO_SQL).format(schema=sql.Identifier(schema)), None, _Info)[0]
                 if db.server_version_num >= 140000 else _Info(stats_reset=None, dealloc=None))
-    return StatementsSnapshot(available=True, stats_reset=info.stats_reset, dealloc=info.dealloc, statements=rows)
+    return StatementsSnapshot(available=True, stats_reset=info.stats_reset, dealloc=info.dealloc,
+                              statements=[r for r in rows if not r.hidden], hidden=sum(r.hidden for r in rows))

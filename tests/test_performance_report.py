@@ -253,3 +253,24 @@ def test_reports_can_live_in_a_filesystem_block(prefect_api, state_dir):
     assert note is None and loaded == report
     with pytest.raises(ReportStoreError, match="no-such-store"):
         open_store("", "no-such-store")
+
+
+def test_a_role_without_pg_monitor_is_told_which_grant_is_missing(sandbox, prefect_api, state_dir):
+    import secrets
+
+    from pydantic import SecretStr
+
+    password = secrets.token_urlsafe(12)
+    psql(sandbox, "primary", "DROP ROLE IF EXISTS perf_plain")
+    psql(sandbox, "primary", psycopg.sql.SQL("CREATE ROLE perf_plain LOGIN PASSWORD {}").format(
+        psycopg.sql.Literal(password)))
+    block = sandbox_cluster_block(sandbox, name="perf-plain")
+    PostgresCluster.model_validate({**block.model_dump(), "user": "perf_plain"}).model_copy(
+        update={"password": SecretStr(password)}).save("perf-plain", overwrite=True)
+    report = performance_report(cluster_block="perf-plain", params=params(state_dir))
+    storage = report.check("storage")
+    assert storage.status == "unknown" and "pg_ls_waldir" in storage.summary and "pg_monitor" in storage.summary
+    statements = report.check("statements")
+    assert statements.status == "warning" and "pg_read_all_stats" in statements.summary
+    assert report.check("wraparound").status == "ok" and report.check("connections").status == "ok"
+    assert password not in report.model_dump_json()
