@@ -63,7 +63,7 @@ def idle_in_transaction_rules(snap: ConnectionsSnapshot, r: ConnectionRules) -> 
             apps[s.application_name or "(none)"] = apps.get(s.application_name or "(none)", 0) + 1
         recs.append(Recommendation(
             id="idle-in-transaction-many", rule="idle-in-transaction-many", severity="warning", subject="cluster",
-            impact=count, finding=f"{count} sessions are idle in transaction (more than {r.max_idle_in_transaction}).",
+            impact=100 * count / snap.limits.usable, finding=f"{count} sessions are idle in transaction (more than {r.max_idle_in_transaction}).",
             evidence={"count": count, "by_application": apps, "sessions": [_session(s) for s in sessions[:20]]},
             action=("Set idle_in_transaction_session_timeout (e.g. ALTER ROLE <app role> SET "
                     "idle_in_transaction_session_timeout = '5min') and make the application commit or roll back "
@@ -74,7 +74,7 @@ def idle_in_transaction_rules(snap: ConnectionsSnapshot, r: ConnectionRules) -> 
     if old:
         recs.append(Recommendation(
             id="idle-in-transaction-old", rule="idle-in-transaction-old", severity="warning", subject="cluster",
-            impact=max(s.xact_seconds for s in old),
+            impact=100 * len(old) / snap.limits.usable,
             finding=f"{len(old)} session(s) idle in transaction for more than {human_seconds(limit_s)}; the oldest, "
                     f"pid {old[0].pid} ({old[0].application_name or 'no application'}), for "
                     f"{human_seconds(old[0].xact_seconds)}.",
@@ -113,7 +113,7 @@ def pooler_rules(snap: ConnectionsSnapshot, churn: ChurnSample | None, has_poole
     if not has_pooler:
         recs.append(Recommendation(
             id="no-pooler", rule="no-pooler", severity="warning" if snap.client_backends >= 50 else "info",
-            subject="cluster", impact=snap.client_backends,
+            subject="cluster", impact=100 * snap.client_backends / snap.limits.usable,
             finding=f"No connection pooler is configured in front of the cluster ({snap.client_backends} client "
                     "backends connect directly).",
             evidence={"client_backends": snap.client_backends, "usable_slots": snap.limits.usable},
@@ -123,7 +123,7 @@ def pooler_rules(snap: ConnectionsSnapshot, churn: ChurnSample | None, has_poole
     if churn and churn.sessions_per_second is not None and churn.sessions_per_second >= r.churn_per_second:
         recs.append(Recommendation(
             id="connection-churn", rule="connection-churn", severity="warning", subject="cluster",
-            impact=churn.sessions_per_second,
+            impact=min(100.0, churn.sessions_per_second),
             finding=f"{churn.sessions_per_second:.1f} new sessions per second (each a forked backend); "
                     f"sessions live {human_seconds(churn.avg_session_seconds)} on average.",
             evidence=churn.model_dump(),

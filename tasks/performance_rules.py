@@ -1,5 +1,8 @@
 """Performance troubleshooting rules (runbook 3.2): pure functions from diagnostics to ranked Recommendations.
 
+Impact is a 0-100 share of the resource a finding is about, so findings of different rules rank
+together: statement time, temp blocks written, sequential rows read, index bytes, dead rows.
+
 Statement figures are cumulative since the last statistics reset (the troubleshooter reads the
 live view; the daily report keeps the day-over-day deltas).
 """
@@ -41,6 +44,7 @@ def statement_rules(snap: StatementsSnapshot, totals: StatementsDelta | None,
             finding="Query statistics are not available, so slow statements cannot be ranked.",
             evidence={"reason": snap.reason}, action=snap.reason or "enable pg_stat_statements")]
     all_ms = sum(s.total_ms for s in totals.statements) or 1.0
+    all_temp = sum(s.temp_blks_written for s in totals.statements) or 1
     recs = []
     for s in totals.top("total_ms", len(totals.statements), r.min_calls):
         if s.mean_ms < r.slow_mean_ms or len(recs) >= r.max_statements:
@@ -62,7 +66,7 @@ def statement_rules(snap: StatementsSnapshot, totals: StatementsDelta | None,
             break
         recs.append(Recommendation(
             id=f"temp-spill:{s.key}", rule="temp-spill", severity="warning", subject=f"statement in {s.datname}",
-            impact=s.temp_blks_written,
+            impact=100 * s.temp_blks_written / all_temp,
             finding=f"{redact_sql(s.query, 80)!r} wrote {human_bytes(s.temp_blks_written * 8192)} to temp files "
                     f"in {s.calls} calls.",
             evidence={"query": redact_sql(s.query, 500), "temp_blks_written": s.temp_blks_written, "calls": s.calls},
@@ -81,7 +85,7 @@ def cache_rules(rows: list[RatioRow], r: PerformanceRules) -> list[Recommendatio
             recs.append(Recommendation(
                 id=f"cache-hit-low:{row.name}", rule="cache-hit-low", severity="warning",
                 subject=f"database {row.name}",
-                impact=row.blks_read,
+                impact=100 * (1 - row.hit_ratio),
                 finding=f"Database {row.name} finds {100 * row.hit_ratio:.1f} % of blocks in shared buffers "
                         f"({row.blks_read} reads from disk or OS cache).",
                 evidence=row.model_dump(),
@@ -105,13 +109,14 @@ def io_rules(usage: UsageSnapshot) -> list[Recommendation]:
 
 def table_rules(usage: UsageSnapshot, r: PerformanceRules) -> list[Recommendation]:
     recs = []
+    all_seq = sum(t.seq_tup_read for t in usage.tables) or 1
     for t in usage.tables:
         per_scan = t.seq_tup_read / t.seq_scan if t.seq_scan else 0
         if (t.n_live_tup >= r.seq_scan_min_rows and t.seq_scan >= r.seq_scan_min_count
                 and per_scan >= t.n_live_tup / 2 and t.seq_scan > (t.idx_scan or 0)):
             recs.append(Recommendation(
                 id=f"seq-scan:{t.name}", rule="seq-scan", severity="warning", subject=f"table {t.name}",
-                impact=t.seq_tup_read,
+                impact=100 * t.seq_tup_read / all_seq,
                 finding=f"{t.name} ({t.n_live_tup} rows) was read in full {t.seq_scan} times "
                         f"({t.seq_tup_read} rows read) against {t.idx_scan or 0} index scans.",
                 evidence={"seq_scan": t.seq_scan, "seq_tup_read": t.seq_tup_read, "idx_scan": t.idx_scan,
@@ -124,7 +129,7 @@ def table_rules(usage: UsageSnapshot, r: PerformanceRules) -> list[Recommendatio
             last = max([d for d in (t.last_vacuum, t.last_autovacuum) if d], default=None)
             recs.append(Recommendation(
                 id=f"dead-tuples:{t.name}", rule="dead-tuples", severity="warning", subject=f"table {t.name}",
-                impact=t.n_dead_tup,
+                impact=100 * dead_share,
                 finding=f"{t.name} has {t.n_dead_tup} dead tuples ({100 * dead_share:.0f} % of its rows); "
                         f"last vacuumed {last:%Y-%m-%d %H:%M} UTC." if last else
                         f"{t.name} has {t.n_dead_tup} dead tuples ({100 * dead_share:.0f} % of its rows) and was "
@@ -138,7 +143,7 @@ def table_rules(usage: UsageSnapshot, r: PerformanceRules) -> list[Recommendatio
                 and t.n_mod_since_analyze >= r.analyze_min_changes):
             recs.append(Recommendation(
                 id=f"never-analyzed:{t.name}", rule="never-analyzed", severity="warning", subject=f"table {t.name}",
-                impact=t.n_mod_since_analyze,
+                impact=min(100.0, 100 * t.n_mod_since_analyze / max(t.n_live_tup, 1)),
                 finding=f"{t.name} was never analyzed and has {t.n_mod_since_analyze} changes: the planner guesses.",
                 evidence={"n_mod_since_analyze": t.n_mod_since_analyze, "n_live_tup": t.n_live_tup},
                 action=f"ANALYZE {t.name}.", fix_flow="vacuum"))
@@ -147,11 +152,12 @@ def table_rules(usage: UsageSnapshot, r: PerformanceRules) -> list[Recommendatio
 
 def index_rules(usage: UsageSnapshot, r: PerformanceRules) -> list[Recommendation]:
     recs = []
+    all_index = sum(i.size_bytes for i in usage.indexes) or 1
     for i in usage.indexes:
         if not i.is_valid:
             recs.append(Recommendation(
                 id=f"invalid-index:{i.name}", rule="invalid-index", severity="warning", subject=f"index {i.name}",
-                impact=i.size_bytes,
+                impact=100,
                 finding=f"Index {i.name} on {i.table_name} is INVALID (a failed CREATE/REINDEX CONCURRENTLY): "
                         "it is maintained on every write but never used.",
                 evidence=i.model_dump(), action=f"REINDEX INDEX CONCURRENTLY {i.name}, or drop it if it is a leftover "
@@ -159,7 +165,7 @@ def index_rules(usage: UsageSnapshot, r: PerformanceRules) -> list[Recommendatio
         elif i.idx_scan == 0 and not i.is_unique and i.size_bytes >= r.unused_index_min_bytes:
             recs.append(Recommendation(
                 id=f"unused-index:{i.name}", rule="unused-index", severity="info", subject=f"index {i.name}",
-                impact=i.size_bytes,
+                impact=100 * i.size_bytes / all_index,
                 finding=f"Index {i.name} on {i.table_name} ({human_bytes(i.size_bytes)}) was never scanned since "
                         "the statistics were reset.",
                 evidence=i.model_dump(),

@@ -30,7 +30,8 @@ class Recommendation(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict, description="Numbers and sessions behind the finding.")
     action: str = Field(description="The concrete next step.")
     fix_flow: str | None = Field(default=None, description="The pg-runbooks deployment that carries the fix out.")
-    impact: float = Field(default=0, description="Ranking weight within a severity (bigger first).")
+    impact: float = Field(default=0, description="Ranking weight within a severity, bigger first (0-100: the "
+                                                 "share of the resource concerned).")
 
 
 class TroubleshootReport(BaseModel):
