@@ -63,7 +63,8 @@ def idle_in_transaction_rules(snap: ConnectionsSnapshot, r: ConnectionRules) -> 
             apps[s.application_name or "(none)"] = apps.get(s.application_name or "(none)", 0) + 1
         recs.append(Recommendation(
             id="idle-in-transaction-many", rule="idle-in-transaction-many", severity="warning", subject="cluster",
-            impact=100 * count / snap.limits.usable, finding=f"{count} sessions are idle in transaction (more than {r.max_idle_in_transaction}).",
+            impact=100 * count / snap.limits.usable,
+            finding=f"{count} sessions are idle in transaction (more than {r.max_idle_in_transaction}).",
             evidence={"count": count, "by_application": apps, "sessions": [_session(s) for s in sessions[:20]]},
             action=("Set idle_in_transaction_session_timeout (e.g. ALTER ROLE <app role> SET "
                     "idle_in_transaction_session_timeout = '5min') and make the application commit or roll back "
