@@ -19,8 +19,19 @@ def test_deployments_have_schedules_and_forms():
     assert "schedules" not in deployments["troubleshoot-performance"]
     for name, model_param in OURS.items():
         flow = load_flow_from_entrypoint(str(ROOT / deployments[name]["entrypoint"]))
+        validated = flow.validate_parameters(deployments[name].get("parameters", {}))
+        assert validated["cluster_block"] == "sandbox"
         schema = parameter_schema(flow).model_dump_for_openapi()
         assert {"cluster_block", "slack_block", model_param} <= set(schema["properties"]), name
         definition = next(iter(schema["definitions"].values()))
         bounded = [p for p in definition["properties"].values() if "minimum" in p or "exclusiveMinimum" in p]
         assert bounded and all("description" in p for p in definition["properties"].values()), name
+
+
+def test_report_deployment_uses_the_sandbox_host_source():
+    from flows.performance_report import performance_report
+
+    deployment = next(d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+                      if d["name"] == "performance-report")
+    params = performance_report.validate_parameters(deployment["parameters"])["params"]
+    assert params.metrics_block == "sandbox-host" and params.top_n == 10
