@@ -45,7 +45,10 @@ def extra_databases(sandbox: Sandbox):
         conn.execute("CREATE TABLE IF NOT EXISTS cache_probe (id int, pad text) WITH (autovacuum_enabled = off)")
         conn.execute("TRUNCATE cache_probe")
         conn.execute("INSERT INTO cache_probe SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g")
-    return QUIET_DB, NOEXT_DB
+    yield QUIET_DB, NOEXT_DB
+    for db in (QUIET_DB, NOEXT_DB):  # leave the shared sandbox as we found it
+        psql(sandbox, "primary", psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            psycopg.sql.Identifier(db)))
 
 
 def no_negative_counts(obj, path="report"):
@@ -99,6 +102,7 @@ def test_statement_calls_and_idle_transactions_match_postgres(sandbox, cluster_b
     finally:
         for conn in idle:
             conn.close()
+        psql(sandbox, "primary", "DROP TABLE IF EXISTS perf_probe")
 
     assert second.previous_at == first.started_at
     assert second.statements_delta.since == "previous report"
@@ -267,7 +271,10 @@ def test_a_role_without_pg_monitor_is_told_which_grant_is_missing(sandbox, prefe
     block = sandbox_cluster_block(sandbox, name="perf-plain")
     PostgresCluster.model_validate({**block.model_dump(), "user": "perf_plain"}).model_copy(
         update={"password": SecretStr(password)}).save("perf-plain", overwrite=True)
-    report = performance_report(cluster_block="perf-plain", params=params(state_dir))
+    try:
+        report = performance_report(cluster_block="perf-plain", params=params(state_dir))
+    finally:
+        psql(sandbox, "primary", "DROP ROLE IF EXISTS perf_plain")
     storage = report.check("storage")
     assert storage.status == "unknown" and "pg_ls_waldir" in storage.summary and "pg_monitor" in storage.summary
     statements = report.check("statements")

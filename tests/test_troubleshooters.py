@@ -118,6 +118,9 @@ def perf_tables(sandbox):
                                               "WHERE relname = 'ts_seq'")[0][0], what="table stats flushed")
     wait_for(lambda: psql(sandbox, "primary", "SELECT n_dead_tup > 0 FROM pg_stat_user_tables "
                                               "WHERE relname = 'ts_dead'")[0][0], what="dead tuples counted")
+    yield
+    psql(sandbox, "primary", "DROP TABLE IF EXISTS ts_seq, ts_dead")  # leave the shared sandbox as found
+    psql(sandbox, "primary", "DROP DATABASE IF EXISTS ts_noext_db WITH (FORCE)")
 
 
 PERF_RULES = PerformanceRules(seq_scan_min_rows=50_000, seq_scan_min_count=5, dead_tuple_min=10_000,
