@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
+from tasks.health_report import redact_sql
 
 
 class SlotLimits(BaseModel):
@@ -140,7 +141,8 @@ def read_connections(target: ConnectionTarget, limit: int = 100) -> ConnectionsS
     with connect(target, purpose="report-connections") as db:
         limits = db.fetch_all(LIMITS_SQL, None, SlotLimits)[0]
         groups = db.fetch_all(GROUPS_SQL, None, ConnectionGroup)
-        idle_tx = db.fetch_all(IDLE_IN_TRANSACTION_SQL, {"limit": limit}, IdleInTransaction)
+        idle_tx = [s.model_copy(update={"query": redact_sql(s.query, 500)})
+                   for s in db.fetch_all(IDLE_IN_TRANSACTION_SQL, {"limit": limit}, IdleInTransaction)]
         sessions = (db.fetch_all(SESSIONS_SQL, None, _Sessions)[0]
                     if db.server_version_num >= 140000 else _Sessions(sessions_total=None, session_time_ms=None))
     return ConnectionsSnapshot(limits=limits, groups=groups, idle_in_transaction=idle_tx,

@@ -1,7 +1,9 @@
 """pg_stat_statements counters (report 1.2, troubleshooter 3.2), read without ever resetting them.
 
 Column names differ by server version; `statement_columns` is the one place that branches on
-server_version_num. Works with pg_monitor (pg_read_all_stats shows every statement's text).
+server_version_num. Utility statements are not normalized before PG16 (ALTER ROLE ... PASSWORD
+'...' keeps its literal), so texts are redacted as they are read, before anything stores them.
+Works with pg_monitor (pg_read_all_stats shows every statement's text).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import BaseModel, Field
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
 from tasks.errors import RunbookDBError
+from tasks.health_report import redact_sql
 
 ENABLE_HINT = (
     "add pg_stat_statements to shared_preload_libraries (restart needed), then run "
@@ -138,5 +141,6 @@ def read_statements(target: ConnectionTarget) -> StatementsSnapshot:
                 reason=f"pg_stat_statements is created but not in shared_preload_libraries: {ENABLE_HINT}.")
         info = (db.fetch_all(sql.SQL(INFO_SQL).format(schema=sql.Identifier(schema)), None, _Info)[0]
                 if db.server_version_num >= 140000 else _Info(stats_reset=None, dealloc=None))
+    visible = [r.model_copy(update={"query": redact_sql(r.query, 1000)}) for r in rows if not r.hidden]
     return StatementsSnapshot(available=True, stats_reset=info.stats_reset, dealloc=info.dealloc,
-                              statements=[r for r in rows if not r.hidden], hidden=sum(r.hidden for r in rows))
+                              statements=visible, hidden=sum(r.hidden for r in rows))

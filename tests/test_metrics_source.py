@@ -40,7 +40,8 @@ def test_local_disk_matches_df():
     percent, total, free = local_disk(path)
     df = subprocess.run(["df", "-P", "-B1", path], capture_output=True, text=True, check=True).stdout.splitlines()[1]
     _, size, used, avail, capacity, _ = df.split(None, 5)
-    assert total == int(size) and free == int(avail)
+    assert total == int(size)
+    assert abs(free - int(avail)) <= total // 1000  # other processes write to the same filesystem meanwhile
     assert abs(percent - int(capacity.rstrip("%"))) <= 1  # df rounds up
 
 

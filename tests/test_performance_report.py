@@ -95,6 +95,9 @@ def test_statement_calls_and_idle_transactions_match_postgres(sandbox, cluster_b
         with sandbox.connect("primary") as conn:
             for i in range(n):
                 conn.execute("SELECT count(*) FROM perf_probe WHERE id > %s", (i,))
+        psql(sandbox, "primary", "DROP ROLE IF EXISTS perf_secret_probe")
+        psql(sandbox, "primary", "CREATE ROLE perf_secret_probe PASSWORD 'sekrit-probe-pw'")  # tracked as is
+        psql(sandbox, "primary", "DROP ROLE perf_secret_probe")
         truth_idle = {r[0] for r in psql(sandbox, "primary",
                       "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' "
                       "AND application_name = 'perf-idle-tx'")}
@@ -129,6 +132,11 @@ def test_statement_calls_and_idle_transactions_match_postgres(sandbox, cluster_b
     assert "Top statements by total time" in markdown[0].data
     tables = asyncio.run(_artifacts("performance-test-sandbox-statements"))
     assert tables and tables[0].type == "table"
+    # a password literal in a tracked statement never reaches the report, the store or the UI
+    assert any("perf_secret_probe" in s.query for s in second.statements.statements)
+    for text in (second.model_dump_json(), (Path(state_dir) / "test-sandbox" / "latest.json").read_text(),
+                 markdown[0].data, str(tables[0].data)):
+        assert "sekrit-probe-pw" not in text
 
 
 def _quiet_counters(sandbox):
