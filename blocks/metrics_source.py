@@ -30,13 +30,17 @@ SourceKind = Literal["none", "local", "prometheus"]
 
 # Busy CPU share of one instance over the last 5 minutes (node_exporter).
 PROMETHEUS_CPU_QUERY = '100 * (1 - avg(rate(node_cpu_seconds_total{{mode="idle",instance="{instance}"}}[5m])))'
-# Used share of the filesystem mounted at the data directory (node_exporter).
+_FS = '{{instance="{instance}",mountpoint="{mountpoint}"}}'
+# Used share of the filesystem mounted at the data directory, as df computes it (used / (used + available
+# to non-root)), so the local and Prometheus sources agree even with reserved blocks (node_exporter).
 PROMETHEUS_DISK_QUERY = (
-    '100 * (1 - node_filesystem_avail_bytes{{instance="{instance}",mountpoint="{mountpoint}"}}'
-    ' / node_filesystem_size_bytes{{instance="{instance}",mountpoint="{mountpoint}"}})'
+    f"100 * (node_filesystem_size_bytes{_FS} - node_filesystem_free_bytes{_FS})"
+    f" / (node_filesystem_size_bytes{_FS} - node_filesystem_free_bytes{_FS} + node_filesystem_avail_bytes{_FS})"
 )
 # Size of that filesystem in bytes.
-PROMETHEUS_DISK_SIZE_QUERY = 'node_filesystem_size_bytes{{instance="{instance}",mountpoint="{mountpoint}"}}'
+PROMETHEUS_DISK_SIZE_QUERY = f"node_filesystem_size_bytes{_FS}"
+# Bytes still available to PostgreSQL (non-root) on it.
+PROMETHEUS_DISK_AVAIL_QUERY = f"node_filesystem_avail_bytes{_FS}"
 
 
 class MetricsUnavailable(RuntimeError):
@@ -149,7 +153,8 @@ class MetricsSource(Block):
             cpu_percent=_round(self.query(PROMETHEUS_CPU_QUERY.format(**labels))),
             disk_path=self.mountpoint,
             disk_used_percent=_round(self.query(PROMETHEUS_DISK_QUERY.format(**labels))),
-            disk_total_bytes=_int(self.query(PROMETHEUS_DISK_SIZE_QUERY.format(**labels))))
+            disk_total_bytes=_int(self.query(PROMETHEUS_DISK_SIZE_QUERY.format(**labels))),
+            disk_free_bytes=_int(self.query(PROMETHEUS_DISK_AVAIL_QUERY.format(**labels))))
 
     def query(self, promql: str) -> float | None:
         """One instant query; the first sample's value, or None when the result is empty."""

@@ -67,9 +67,10 @@ def test_prometheus_source_queries_node_exporter_series(prometheus):
     sample = source.sample()
     assert (sample.cpu_percent, sample.disk_used_percent, sample.disk_total_bytes) == (37.5, 61.3, 100_000_000_000)
     assert sample.disk_path == "/var/lib/postgresql"
-    cpu_query = prometheus.queries[-3]
+    cpu_query = prometheus.queries[-4]
     assert 'mode="idle"' in cpu_query and 'instance="db1:9100"' in cpu_query
-    assert 'mountpoint="/var/lib/postgresql"' in prometheus.queries[-2]
+    assert 'mountpoint="/var/lib/postgresql"' in prometheus.queries[-3]
+    assert "node_filesystem_free_bytes" in prometheus.queries[-3]
     assert prometheus.auth[-1] == "Bearer prom-token"
     assert "prom-token" not in repr(source) and "prom-token" not in sample.model_dump_json()
 
