@@ -85,6 +85,8 @@ class PerformanceReport(BaseModel):
     storage_delta: StorageDelta | None = None
     cache_delta: list[RatioRow] = Field(default_factory=list)
     checkpoint_delta: CheckpointDelta | None = None
+    no_baseline: list[str] = Field(default_factory=list,
+                                   description="Sections the previous report lacks: totals since the stats reset.")
     stored_at: str | None = Field(default=None, description="Path of the stored copy in the report store.")
     store_error: str | None = None
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
@@ -205,7 +207,14 @@ def host_check(node: str, host: HostMetrics | None, p: ReportParams) -> Check:
 
 
 def compute_deltas(report: PerformanceReport, previous: PerformanceReport | None) -> None:
-    """Fill the report's *_delta fields from its snapshots and the previous report's."""
+    """Fill the report's *_delta fields from its snapshots and the previous report's.
+
+    A section that failed in the previous report has no baseline: its figures are totals since the
+    statistics were reset, and `no_baseline` says so.
+    """
+    if previous is not None:
+        report.no_baseline = [name for name in ("statements", "storage", "cache", "checkpoints")
+                              if getattr(report, name) is not None and getattr(previous, name) is None]
     if report.statements is not None and report.statements.available:
         report.statements_delta = statements_delta(report.statements, previous.statements if previous else None)
     if report.storage is not None:
@@ -253,6 +262,9 @@ def render_markdown(report: PerformanceReport, p: ReportParams) -> str:
            f"Node {report.node}, started {report.started_at:%Y-%m-%d %H:%M:%S} UTC. "
            + (f"Deltas since the report of {report.previous_at:%Y-%m-%d %H:%M:%S} UTC."
               if report.previous_at else (report.baseline_note or "")), ""]
+    if report.no_baseline:
+        out += [f"The previous report has no {', '.join(report.no_baseline)} figures (the section failed): "
+                "those are totals since the statistics were last reset.", ""]
     out += _table(["status", "section", "summary"], [[c.status, c.name, c.summary] for c in report.checks])
     c = report.connections
     if c:

@@ -289,3 +289,19 @@ def test_a_role_without_pg_monitor_is_told_which_grant_is_missing(sandbox, prefe
     assert statements.status == "warning" and "pg_read_all_stats" in statements.summary
     assert report.check("wraparound").status == "ok" and report.check("connections").status == "ok"
     assert password not in report.model_dump_json()
+
+
+def test_unreachable_primary_is_a_report_of_failed_sections_not_a_crash(sandbox, prefect_api, state_dir):
+    from blocks.postgres_cluster import PostgresNode
+    from sandbox.cluster import free_port
+
+    block = sandbox_cluster_block(sandbox, name="perf-down")
+    PostgresCluster.model_validate({**block.model_dump(), "cluster_name": "perf-down",
+                                    "nodes": [PostgresNode(name="primary", host="127.0.0.1", port=free_port())]}
+                                   ).save("perf-down", overwrite=True)
+    report = performance_report(cluster_block="perf-down", params=params(state_dir))
+    failed = {c.name for c in report.checks if c.status == "unknown"}
+    assert failed == {"connections", "statements", "storage", "cache", "wraparound", "checkpoints"}
+    assert all("unreachable" in report.check(n).summary for n in failed)
+    assert report.check("host").status == "ok" and report.status == "unknown"
+    assert report.stored_at and (Path(state_dir) / report.stored_at).exists()

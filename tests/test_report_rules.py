@@ -101,3 +101,16 @@ def test_rank_puts_critical_first_then_impact():
         return Recommendation(id=i, rule=i, severity=sev, subject="x", finding="f", action="a", impact=impact)
     assert [x.id for x in rank([r("a", "info", 9), r("b", "warning", 1), r("c", "critical", 0),
                                 r("d", "warning", 5)])] == ["c", "d", "b", "a"]
+
+
+def test_a_section_missing_from_the_previous_report_has_no_baseline():
+    from tasks.perf_report import PerformanceReport, ReportParams, compute_deltas, render_markdown
+
+    now = snap(T0, stmt("a", 10, 100.0))
+    previous = PerformanceReport(cluster="c", node="n", started_at=T0, statements=None)
+    report = PerformanceReport(cluster="c", node="n", started_at=T0 + timedelta(days=1), statements=now,
+                               previous_at=T0)
+    compute_deltas(report, previous)
+    assert report.no_baseline == ["statements"]
+    assert report.statements_delta.since == "statistics reset" and report.statements_delta.statements[0].calls == 10
+    assert "no statements figures" in render_markdown(report, ReportParams())
