@@ -57,21 +57,7 @@ def performance_report(
             errors[name] = error
     rules.compute_deltas(report, previous)
 
-    report.checks = [rules.failed_check(name, target.node, exc) for name, exc in errors.items()]
-    if report.connections:
-        report.checks.append(rules.connections_check(target.node, report.connections, params))
-    if report.statements:
-        report.checks.append(rules.statements_check(target.node, report.statements, report.statements_delta))
-    if report.storage:
-        report.checks.append(rules.storage_check(target.node, report.storage, report.storage_delta))
-    if report.cache:
-        report.checks.append(rules.cache_check(target.node, report.cache_delta, params))
-    if report.wraparound:
-        report.checks.append(rules.wraparound_check(target.node, report.wraparound, params))
-    if report.checkpoints:
-        report.checks.append(rules.checkpoints_check(target.node, report.checkpoints, report.checkpoint_delta))
-    if "host" not in errors:
-        report.checks.append(rules.host_check(target.node, report.host, params))
+    report.checks = rules.section_checks(report, errors, params)
     rules.finish_report(report)
     report.finished_at = datetime.now(UTC)
 

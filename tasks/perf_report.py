@@ -225,6 +225,27 @@ def compute_deltas(report: PerformanceReport, previous: PerformanceReport | None
         report.checkpoint_delta = checkpoint_delta(report.checkpoints, previous.checkpoints if previous else None)
 
 
+def section_checks(report: PerformanceReport, errors: dict[str, BaseException], p: ReportParams) -> list[Check]:
+    """One check per section: failed sections from their errors, the others from their figures."""
+    node = report.node
+    checks = [failed_check(name, node, exc) for name, exc in errors.items()]
+    if report.connections:
+        checks.append(connections_check(node, report.connections, p))
+    if report.statements:
+        checks.append(statements_check(node, report.statements, report.statements_delta))
+    if report.storage:
+        checks.append(storage_check(node, report.storage, report.storage_delta))
+    if report.cache:
+        checks.append(cache_check(node, report.cache_delta, p))
+    if report.wraparound:
+        checks.append(wraparound_check(node, report.wraparound, p))
+    if report.checkpoints:
+        checks.append(checkpoints_check(node, report.checkpoints, report.checkpoint_delta))
+    if "host" not in errors:
+        checks.append(host_check(node, report.host, p))
+    return checks
+
+
 def finish_report(report: PerformanceReport) -> PerformanceReport:
     report.checks.sort(key=lambda c: SECTIONS.index(c.name) if c.name in SECTIONS else 99)
     report.status = worst([c.status for c in report.checks])

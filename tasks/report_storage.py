@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
+from tasks.errors import PermissionDenied
 
 
 class DatabaseSize(BaseModel):
@@ -85,8 +86,6 @@ class _Wal(BaseModel):
 
 @task(name="read-storage", **DB_TASK)
 def read_storage(target: ConnectionTarget, limit: int = 20) -> StorageSnapshot:
-    from tasks.errors import PermissionDenied
-
     with connect(target, purpose="report-storage") as db:
         databases = db.fetch_all(DATABASE_SIZES_SQL, None, DatabaseSize)
         relations = db.fetch_all(RELATION_SIZES_SQL, {"limit": limit}, RelationSize)
