@@ -25,6 +25,10 @@ def sandbox_cluster_block(box: Sandbox, superuser: bool = True, name: str = "san
 
 
 def save_sandbox_blocks(box: Sandbox, name: str = "sandbox") -> str:
-    """Save (or overwrite) the PostgresCluster block `name` for the sandbox."""
+    """Save (or overwrite) the PostgresCluster block `name` for the sandbox, and the host-metrics-source
+    block `<name>-host` (local: the sandbox runs on this machine)."""
+    from blocks.metrics_source import MetricsSource
+
     sandbox_cluster_block(box, name=name).save(name, overwrite=True)
+    MetricsSource(kind="local").save(f"{name}-host", overwrite=True)
     return name

@@ -1,0 +1,55 @@
+"""Runbook 3.2: performance troubleshooting. Slow statements, cache, I/O timing, index usage and table
+statistics, ranked by impact; each recommendation names the evidence and the flow that fixes it.
+
+Read-only: it never resets statistics, vacuums or drops anything.
+"""
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, runtime
+
+from blocks.postgres_cluster import PostgresCluster
+from flows.health_check import _outcomes
+from tasks import recommendations as recs
+from tasks.health_report import describe_error
+from tasks.performance_rules import PerformanceRules, headline, performance_recommendations
+from tasks.publish import artifact_key, notify_slack, publish_markdown
+from tasks.recommendations import TroubleshootReport
+from tasks.report_cache import read_cache
+from tasks.report_deltas import cache_deltas, statements_delta
+from tasks.report_statements import read_statements
+from tasks.table_stats import read_usage
+
+
+@flow(name="troubleshoot-performance", log_prints=False)
+def troubleshoot_performance(
+    cluster_block: str = "sandbox",
+    rules: PerformanceRules = PerformanceRules(),
+    slack_block: str | None = None,
+) -> TroubleshootReport:
+    """Diagnose performance problems on the primary and rank what to fix first."""
+    logger = get_run_logger()
+    cluster = PostgresCluster.load(cluster_block)
+    target = cluster.primary_target()
+    report = TroubleshootReport(kind="performance", cluster=cluster.cluster_name, node=target.node,
+                                started_at=datetime.now(UTC))
+    names = ("statements", "cache", "table and index usage")
+    outcomes = dict(zip(names, _outcomes([read_statements.submit(target), read_cache.submit(target),
+                                          read_usage.submit(target)]), strict=True))
+    for name, (_, error) in outcomes.items():
+        if error is not None:
+            report.failed_sections[name] = describe_error(error)
+    statements, cache, usage = (outcomes[n][0] for n in names)
+    totals = statements_delta(statements, None) if statements and statements.available else None
+    report.recommendations = performance_recommendations(
+        statements, totals, cache_deltas(cache, None) if cache else None, usage, rules)
+    report.figures = headline(statements, usage)
+    recs.finish(report)
+    report.finished_at = datetime.now(UTC)
+    report.artifact_key = publish_markdown(artifact_key("troubleshoot-performance", report.cluster),
+                                           recs.render_markdown(report), report.summary)
+    if slack_block:
+        report.notification = notify_slack(slack_block, f"Performance {report.cluster}: {report.status.upper()}",
+                                           report.summary, recs.slack_lines(report), runtime.flow_run.ui_url)
+    logger.info(report.summary)
+    return report

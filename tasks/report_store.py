@@ -1,0 +1,72 @@
+"""Where daily reports are kept between runs: JSON files in a Prefect filesystem block.
+
+Either a named block (LocalFileSystem, RemoteFileSystem for s3/gcs/...) or a local directory;
+both go through the same WritableFileSystem API. Layout per cluster:
+`<cluster>/latest.json` (read by the next run) and `<cluster>/<UTC timestamp>.json` (history).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+from prefect import task
+from prefect.blocks.core import Block
+from prefect.cache_policies import NO_CACHE
+from prefect.filesystems import LocalFileSystem, WritableFileSystem
+from pydantic import BaseModel, ValidationError
+
+
+class ReportStoreError(RuntimeError):
+    """The report store cannot be used; the message says what to fix."""
+
+
+def _slug(cluster: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", cluster).strip("-") or "cluster"
+
+
+def open_store(state_dir: str, storage_block: str | None) -> WritableFileSystem:
+    """The filesystem block named `storage_block`, else a LocalFileSystem at `state_dir`."""
+    if storage_block:
+        try:
+            # "<block-type-slug>/<name>" (e.g. remote-file-system/reports) or a LocalFileSystem's name.
+            block = Block.load(storage_block) if "/" in storage_block else LocalFileSystem.load(storage_block)
+        except (ValueError, KeyError) as exc:
+            raise ReportStoreError(f"cannot load the filesystem block {storage_block!r}: {exc}") from None
+        if not isinstance(block, WritableFileSystem):
+            raise ReportStoreError(f"block {storage_block!r} is a {type(block).__name__}, not a writable filesystem")
+        return block
+    base = Path(state_dir).expanduser()
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportStoreError(f"cannot create the report directory {base}: {exc.strerror}") from None
+    return LocalFileSystem(basepath=str(base))
+
+
+@task(name="load-previous-report", cache_policy=NO_CACHE)
+def load_previous(state_dir: str, storage_block: str | None, cluster: str, model: type[BaseModel]) -> tuple[
+        BaseModel | None, str | None]:
+    """(the previous report, None) or (None, why there is none): a missing or unreadable one is not fatal."""
+    store = open_store(state_dir, storage_block)
+    try:
+        raw = store.read_path(f"{_slug(cluster)}/latest.json")
+    except (FileNotFoundError, ValueError, OSError):
+        return None, "no previous report: figures are totals since the statistics were last reset"
+    try:
+        return model.model_validate_json(raw), None
+    except ValidationError as exc:
+        return None, f"the previous report could not be read ({exc.error_count()} errors); starting afresh"
+
+
+@task(name="store-report", cache_policy=NO_CACHE)
+def store_report(state_dir: str, storage_block: str | None, cluster: str, report: BaseModel,
+                 taken_at: datetime) -> str:
+    """Write the report as latest.json and as a timestamped copy; returns the copy's path."""
+    store = open_store(state_dir, storage_block)
+    data = report.model_dump_json().encode()
+    history = f"{_slug(cluster)}/{taken_at:%Y%m%dT%H%M%SZ}.json"
+    store.write_path(history, data)
+    store.write_path(f"{_slug(cluster)}/latest.json", data)
+    return history
