@@ -12,7 +12,7 @@ from tasks.maintenance_log import read_maintenance_log
 from tasks.relations import parse_qualified_name
 from tasks.vacuum import FreezeLimits, TableVacuumState
 from tasks.vacuum_plan import VacuumParams, select_candidates
-from tests.helpers import psql, wait_for
+from tests.helpers import psql, wait_horizon
 
 SCHEMA = "vac_t"
 HOSTILE = 'We"ird; DROP TABLE x; --'
@@ -25,15 +25,6 @@ def _stats(box, schema: str, table: str):
                 "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables WHERE schemaname = %s AND relname = %s",
                 (schema, table))
     return rows[0]
-
-
-def wait_horizon(box) -> None:
-    """Wait until the replica's hot_standby_feedback xmin (on its slot) has passed our last deletes,
-    so VACUUM can remove those dead tuples (otherwise they are still 'recently dead')."""
-    xid = int(psql(box, "primary", "SELECT pg_catalog.txid_current()")[0][0])
-    wait_for(lambda: psql(box, "primary",
-                          "SELECT bool_and(xmin IS NULL OR xmin::text::bigint > %s) FROM pg_replication_slots",
-                          (xid % 2**32,))[0][0], timeout=15, what="the replica's xmin to advance")
 
 
 def _all_vacuum_counts(box) -> dict[str, int]:
