@@ -195,6 +195,9 @@ def run_index_action(target: ConnectionTarget, planned: IndexActionResult, ref: 
         result.summary = f"{ref.qualified}: skipped, lock not granted within {lock_timeout_ms} ms."
     except RunbookDBError as exc:
         result.error = exc.sentence
+        if planned.action == "reindex":
+            result.error += (f"; a cancelled REINDEX CONCURRENTLY can leave an invalid {ref.name}_ccnew index: "
+                             "the next run reports it, drop it by listing it")
         result.summary = f"{ref.qualified}: {planned.action} failed: {exc.sentence}"
     result.duration_s = round(time.monotonic() - t0, 3)
     return result

@@ -177,7 +177,15 @@ def vacuum_table(
         result.pages_before, result.pages_after = before.relpages, after.relpages
         result.duration_s = round(time.monotonic() - t0, 3)
         locked = [n for n in notices if n.startswith("55P03") or "lock not available" in n]
-        if locked:
+        # PG15 warns "skipping "t" --- only superuser, table owner, or database owner can vacuum it".
+        denied = [n for n in notices if n.startswith("42501") or "permission denied" in n
+                  or ("skipping" in n and "owner" in n)]
+        if denied:
+            result.status, result.error = "failed", (
+                f"permission denied ({denied[0].split(' ', 1)[-1].strip()}): VACUUM needs the table's owner or a "
+                "superuser (PG16+: the MAINTAIN privilege or pg_maintain)")
+            result.summary = f"{ref.qualified} not vacuumed: {result.error}."
+        elif locked:
             result.status, result.reason = "skipped-locked", "another session holds a conflicting lock (SKIP_LOCKED)"
             result.summary = f"{ref.qualified} skipped: {result.reason}."
         else:

@@ -159,3 +159,21 @@ def test_dry_run_changes_nothing(sandbox, cluster_block, vac_tables):
     report = vacuum(cluster_block=cluster_block, params=VacuumParams(dry_run=True, min_dead_tuples=100))
     assert f"{SCHEMA}.dirty" in report.planned and report.results[0].status == "planned"
     assert _all_vacuum_counts(sandbox) == before
+
+
+def test_role_without_the_grant_fails_that_table_clearly(sandbox, monitor_cluster_block, vac_tables, tmp_path,
+                                                         slack):
+    from tests.helpers import save_slack_block
+
+    from sandbox.cluster import MONITOR_ROLE
+
+    psql(sandbox, "primary", sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+        sql.Identifier(SCHEMA), sql.Identifier(MONITOR_ROLE)))
+    before = _all_vacuum_counts(sandbox)
+    report = vacuum(cluster_block=monitor_cluster_block, slack_block=save_slack_block(slack, "vac-s2", "xoxb-ok-v2"),
+                    params=VacuumParams(tables=[f"{SCHEMA}.dirty"], log_dir=str(tmp_path)))
+    assert _all_vacuum_counts(sandbox) == before
+    r = report.results[0]
+    assert r.status == "failed" and "permission denied" in r.error and "owner" in r.error
+    assert report.status == "critical" and "1 failed" in report.summary
+    assert report.notification.ok and slack.calls("chat.postMessage")
