@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks import bloat_report as rules
 from tasks.bloat import measure_relations, read_catalog_info, read_index_stats, read_table_stats
 from tasks.bloat_report import BloatParams, BloatReport
-from tasks.publish import artifact_key, publish_markdown
+from tasks.publish import artifact_key, notify_slack, publish_markdown
 
 
 @flow(name="bloat-analysis", log_prints=False)
@@ -53,5 +53,10 @@ def bloat_analysis(
     report.finished_at = datetime.now(UTC)
     report.artifact_key = publish_markdown(artifact_key("bloat", f"{report.cluster}-{report.database}"),
                                            rules.render_markdown(report, params), report.summary)
+    if slack_block and report.status != "ok":
+        report.notification = notify_slack(
+            slack_block, f"Bloat {report.cluster}/{report.database}: {report.status.upper()}", report.summary,
+            [f.summary + " " + f.recommendation for f in report.findings if f.reliable][:20],
+            runtime.flow_run.ui_url)
     logger.info(report.summary)
     return report

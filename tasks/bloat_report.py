@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from tasks.bloat import CatalogInfo, IndexStats, Measured, TableStats
 from tasks.findings import Status, human_bytes, md_cell
+from tasks.notify import NotificationOutcome
 
 MAXALIGN = 8
 PAGE_HEADER = 24
@@ -79,6 +80,7 @@ class BloatReport(BaseModel):
     estimate_seconds: float = 0.0
     findings: list[BloatFinding] = Field(default_factory=list, description="Every relation over the thresholds.")
     artifact_key: str | None = None
+    notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
 
 
 def maxalign(n: float) -> int:

@@ -163,9 +163,8 @@ def test_dry_run_changes_nothing(sandbox, cluster_block, vac_tables):
 
 def test_role_without_the_grant_fails_that_table_clearly(sandbox, monitor_cluster_block, vac_tables, tmp_path,
                                                          slack):
-    from tests.helpers import save_slack_block
-
     from sandbox.cluster import MONITOR_ROLE
+    from tests.helpers import save_slack_block
 
     psql(sandbox, "primary", sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
         sql.Identifier(SCHEMA), sql.Identifier(MONITOR_ROLE)))
