@@ -17,7 +17,7 @@ from tasks import vacuum_plan as plan
 from tasks.bounded import run_bounded
 from tasks.maintenance_log import persist_maintenance_log
 from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
-from tasks.vacuum import VacuumResult, read_vacuum_candidates, resolve_tables, vacuum_table
+from tasks.vacuum import VacuumResult, read_vacuum_candidates, resolve_tables, vacuum_tables
 from tasks.vacuum_plan import VacuumParams, VacuumReport
 
 
@@ -40,19 +40,18 @@ def vacuum(
         candidates = plan.requested_candidates(refs, states)
     else:
         candidates = plan.select_candidates(states, params, limits)
-        refs = [plan.ref_of(c) for c in candidates]
     report.planned = [c.table for c in candidates]
 
     if params.dry_run:
         report.results = [plan.planned_result(c) for c in candidates]
     else:
         started, not_started = run_bounded(
-            refs,
-            lambda ref: vacuum_table.submit(target, ref, params.options, params.lock_timeout_ms,
-                                            params.statement_timeout_ms, deadline),
+            plan.batches(candidates, params.batch_tables, params.concurrency),
+            lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
+                                               params.statement_timeout_ms, deadline),
             params.concurrency, deadline)
-        report.results = [future.result() for _, future in started]
-        report.results += [plan.window_skipped(ref) for ref in not_started]
+        report.results = [result for _, future in started for result in future.result()]
+        report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]
 
     plan.finish_report(report)
     report.finished_at = datetime.now(UTC)

@@ -7,6 +7,7 @@ Thresholds follow https://www.postgresql.org/docs/current/routine-vacuuming.html
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Literal
 
@@ -39,6 +40,9 @@ class VacuumParams(BaseModel):
     max_tables: int = Field(default=500, ge=1, le=100_000, description="At most this many tables per run.")
     concurrency: int = Field(default=2, ge=1, le=32,
                              description="Tables vacuumed at the same time (one connection each).")
+    batch_tables: int = Field(default=20, ge=1, le=1000,
+                              description="Small tables vacuumed one after another in one task (each still on its "
+                                          "own connection); a table over 256 MB always runs alone.")
     window_minutes: float | None = Field(
         default=None, gt=0, le=24 * 60,
         description="Maintenance window from the start of the run: no table starts after it ends. Empty = no limit.")
@@ -199,3 +203,19 @@ def planned_result(c: Candidate) -> VacuumResult:
 def window_skipped(ref: RelationRef) -> VacuumResult:
     return VacuumResult(table=ref.qualified, status="skipped-window", reason="maintenance window ended",
                         summary=f"{ref.qualified} not vacuumed: the maintenance window ended before its turn.")
+
+
+def batches(candidates: list[Candidate], max_tables: int = 20, concurrency: int = 2,
+            max_bytes: int = 256 * 1024 * 1024) -> list[list[RelationRef]]:
+    """Consecutive candidates grouped while small (a big table is a batch of its own), in order;
+    batches small enough that every lane gets several."""
+    max_tables = max(1, min(max_tables, math.ceil(len(candidates) / (concurrency * 4))))
+    out: list[list[RelationRef]] = []
+    size = 0
+    for c in candidates:
+        if not out or len(out[-1]) >= max_tables or size + c.state.size_bytes > max_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(ref_of(c))
+        size += c.state.size_bytes
+    return out

@@ -61,10 +61,16 @@ def idx_schema(sandbox):
             with psycopg.connect(sandbox.conninfo("primary"), autocommit=True) as conn:
                 conn.execute("SET statement_timeout = 1000")
                 conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(S, "big_v")))
+        # The same wait cancels a CREATE INDEX CONCURRENTLY: an invalid index that is not a leftover.
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            with psycopg.connect(sandbox.conninfo("primary"), autocommit=True) as conn:
+                conn.execute("SET statement_timeout = 1000")
+                conn.execute(sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} (id)").format(
+                    sql.Identifier("big_id"), big))
     finally:
         writer.rollback()
         writer.close()
-    assert _indexes(sandbox)["big_v_ccnew"] is False
+    assert _indexes(sandbox)["big_v_ccnew"] is False and _indexes(sandbox)["big_id"] is False
     # idx_b is scanned only on the replica.
     wait_for(lambda: _q(sandbox, "SELECT to_regclass('idx_t.idx_b') IS NOT NULL", node="replica")[0][0])
     with psycopg.connect(sandbox.conninfo("replica"), autocommit=True) as conn:
@@ -97,6 +103,7 @@ def test_dry_run_reports_every_kind_with_do_and_undo_and_changes_nothing(sandbox
     assert "idx_a_b" not in _by(report, "redundant") and "uniq_a" not in _by(report, "redundant")
     inv = _by(report, "invalid")
     assert "big_v_ccnew" in inv and "failed REINDEX CONCURRENTLY" in inv["big_v_ccnew"].reason
+    assert inv["big_id"].do == 'REINDEX INDEX CONCURRENTLY "idx_t"."big_id";'
     assert "big_v" in _by(report, "bloated")
     assert any(a.index == f"{S}.big_v" and a.action == "reindex" and a.status == "planned" for a in report.actions)
     assert not any(a.action == "drop" for a in report.actions), "nothing listed, nothing dropped"
@@ -119,16 +126,17 @@ def test_unknown_listed_index_is_a_clear_error(sandbox, cluster_block, idx_schem
 def test_actions_rebuild_bloated_and_drop_only_listed(sandbox, cluster_block, idx_schema, tmp_path):
     size_before = _q(sandbox, "SELECT pg_relation_size('idx_t.big_v')")[0][0]
     report = index_maintenance(cluster_block=cluster_block, params=IndexParams(
-        **BASE, dry_run=False, log_dir=str(tmp_path), rebuild_invalid=False,
+        **BASE, dry_run=False, log_dir=str(tmp_path), rebuild_invalid=True,
         drop_indexes=[f"{S}.{HOSTILE}", f"{S}.big_v_ccnew", f"{S}.t_pkey", f"{S}.uniq_a"]))
     after = _indexes(sandbox)
     assert HOSTILE not in after and "big_v_ccnew" not in after
-    assert {"t_pkey", "uniq_a", "idx_unused", "idx_a", "idx_a_dup", "idx_b", "big_v"} <= set(after)
-    assert all(after.values())
+    assert {"t_pkey", "uniq_a", "idx_unused", "idx_a", "idx_a_dup", "idx_b", "big_v", "big_id"} <= set(after)
+    assert all(after.values()), "the invalid big_id was rebuilt valid"
     assert _q(sandbox, "SELECT count(*) FROM idx_t.t")[0][0] == 5000
     acts = {a.index.split(".", 1)[1]: a for a in report.actions if a.index.startswith(S + ".")}
     assert acts["t_pkey"].status == "refused" and acts["uniq_a"].status == "refused"
     assert acts[HOSTILE].status == "done" and acts["big_v_ccnew"].status == "done"
+    assert acts["big_id"].action == "reindex" and acts["big_id"].status == "done"
     reindex = acts["big_v"]
     assert reindex.status == "done" and reindex.size_before == size_before
     assert reindex.size_after < 0.6 * reindex.size_before
