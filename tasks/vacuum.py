@@ -206,6 +206,10 @@ def vacuum_one(
             result.status = "vacuumed"
             result.summary = (f"{ref.qualified} vacuumed in {result.duration_s:.2f} s: dead tuples "
                               f"{before.n_dead_tup} → {after.n_dead_tup}, pages {before.relpages} → {after.relpages}.")
+            if before.n_dead_tup >= 1000 and after.n_dead_tup >= 0.5 * before.n_dead_tup:
+                result.reason = ("most dead tuples are still needed: an old snapshot, an idle transaction, a "
+                                 "replication slot's xmin or hot_standby_feedback holds the xmin horizon")
+                result.summary += f" {result.reason[0].upper()}{result.reason[1:]}."
     except LockTimeout as exc:
         result.status, result.reason, result.error = "skipped-locked", "lock_timeout expired", exc.sentence
         result.summary = f"{ref.qualified} skipped: lock not granted within {lock_timeout_ms} ms."

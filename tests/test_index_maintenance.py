@@ -144,3 +144,39 @@ def test_actions_rebuild_bloated_and_drop_only_listed(sandbox, cluster_block, id
     log = read_maintenance_log(str(tmp_path))
     assert {r["index"] for r in log} >= {f"{S}.big_v", f"{S}.{HOSTILE}"}
     assert "drop(s) refused" in report.summary
+
+
+def _ix(oid, name, cols, **kw):
+    from tasks.indexes import IndexInfo
+
+    base = dict(oid=oid, schema_name="s", table_name="t", table_oid=1, name=name, am="btree", size_bytes=10 * 2**20,
+                is_unique=False, is_primary=False, is_exclusion=False, is_replident=False, is_valid=True,
+                is_ready=True, backs_constraint=False, key_columns=len(cols), indkey=cols, indclass=[1] * len(cols),
+                indcollation=[0] * len(cols), indoption=[0] * len(cols), exprs=None, pred=None,
+                definition=f"CREATE INDEX {name} ON s.t USING btree (x)", idx_scan=0)
+    return IndexInfo(**{**base, **kw})
+
+
+def test_unused_is_not_decided_without_every_node():
+    from tasks.index_report import unused
+    from tasks.indexes import NodeScans
+
+    ixs = [_ix(10, "a", [1])]
+    found, notes = unused(ixs, [NodeScans(node="primary", window_days=30, scans={})], ["replica"], IndexParams())
+    assert not found and "replica" in notes[0]
+    found, _ = unused(ixs, [NodeScans(node="primary", window_days=30, scans={}),
+                            NodeScans(node="replica", window_days=30, scans={10: 3})], [], IndexParams())
+    assert not found
+
+
+def test_duplicate_and_redundant_rules():
+    from tasks.index_report import duplicates, redundant
+
+    ixs = [_ix(10, "nonuniq", [1]), _ix(11, "uniq", [1], is_unique=True),
+           _ix(12, "other_opclass", [1], indclass=[2]), _ix(13, "partial", [1], pred="(x > 0)"),
+           _ix(14, "wide", [1, 2]), _ix(15, "desc", [1], indoption=[3]),
+           _ix(16, "uniq_prefix", [2], is_unique=True), _ix(17, "wide2", [2, 1])]
+    dup = {f.index: f for f in duplicates(ixs)}
+    assert set(dup) == {"s.nonuniq"} and "s.uniq" in dup["s.nonuniq"].reason
+    red = {f.index for f in redundant(ixs)}
+    assert red == {"s.nonuniq"}, "unique, other opclass, partial and DESC indexes are not redundant"

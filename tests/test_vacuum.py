@@ -176,3 +176,17 @@ def test_role_without_the_grant_fails_that_table_clearly(sandbox, monitor_cluste
     assert r.status == "failed" and "permission denied" in r.error and "owner" in r.error
     assert report.status == "critical" and "1 failed" in report.summary
     assert report.notification.ok and slack.calls("chat.postMessage")
+
+
+def test_vacuum_statement_options_by_server_version(sandbox):
+    from tasks.relations import RelationRef
+    from tasks.vacuum import VacuumOptions, vacuum_statement
+
+    ref = RelationRef(oid=1, schema_name="s", name=HOSTILE)
+    opts = VacuumOptions(analyze=True, freeze=True, index_cleanup="off", parallel=2)
+    with sandbox.connect("primary") as conn:
+        text = vacuum_statement(ref, opts, 150000).as_string(conn)
+        old = vacuum_statement(ref, opts, 110000).as_string(conn)
+    assert text == ('VACUUM (ANALYZE, FREEZE, SKIP_LOCKED, INDEX_CLEANUP OFF, PARALLEL 2) '
+                    '"s"."We""ird; DROP TABLE x; --"')
+    assert old == 'VACUUM (ANALYZE, FREEZE) "s"."We""ird; DROP TABLE x; --"'
