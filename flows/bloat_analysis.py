@@ -34,8 +34,8 @@ def bloat_analysis(
 
     info = read_catalog_info(target)
     t0 = time.monotonic()
-    tables = read_table_stats(target, info.can_read_pg_statistic)
-    indexes = read_index_stats(target) if info.can_read_pg_statistic else []
+    tables = read_table_stats(target, info.can_read_pg_statistic, params.min_pages)
+    indexes = read_index_stats(target, params.min_pages) if info.can_read_pg_statistic else []
     report.estimate_seconds = round(time.monotonic() - t0, 3)
     report.tables_estimated, report.indexes_estimated = len(tables), len(indexes)
     report.tiers = rules.tier_notes(info)

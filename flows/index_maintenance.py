@@ -48,7 +48,7 @@ def index_maintenance(
     estimates = []
     if info.can_read_pg_statistic:
         bp = BloatParams(ratio_threshold=params.bloat_ratio, min_bloat_bytes=params.bloat_min_bytes)
-        stats = read_index_stats(primary)
+        stats = read_index_stats(primary, bp.min_pages)
         estimates = [bloat_report.estimate_index(i, bp, info) for i in stats]
         if info.has_pgstattuple:
             top = bloat_report.top_candidates(estimates, bp, "index")

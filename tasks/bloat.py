@@ -110,12 +110,14 @@ SELECT c.oid::bigint AS oid,
 """
 _TABLE_WHERE = """
  WHERE c.relkind IN ('r', 'm')
+   AND c.relpages >= %(min_pages)s
    AND n.nspname <> 'information_schema'
    AND n.nspname !~ '^pg_'
  GROUP BY c.oid, n.nspname, t.relpages
 """
 
-# Estimate inputs of every user table: pages, tuples, fillfactor, and the average width and null
+# Estimate inputs of every user table at or above the size floor (smaller ones cannot be estimated
+# reliably and cannot hold much bloat): pages, tuples, fillfactor, and the average width and null
 # fraction of its columns from pg_statistic (joined by starelid, staattnum: the fast form).
 TABLE_STATS_SQL = _TABLE_SELECT.format(stat="st", attcol="staattnum", nullfrac="stanullfrac", width="stawidth") + """
   LEFT JOIN pg_catalog.pg_statistic AS st
@@ -129,9 +131,9 @@ TABLE_STATS_PG_STATS_SQL = _TABLE_SELECT.format(
          ON ps.schemaname = n.nspname AND ps.tablename = c.relname AND ps.attname = a.attname
         AND NOT ps.inherited""" + _TABLE_WHERE
 
-# Estimate inputs of every valid btree index: pages, tuples, fillfactor, deduplication, and the
-# width and null fraction of each key and INCLUDE column (a table column's statistics, or the
-# index's own for an expression).
+# Estimate inputs of every valid btree index at or above the size floor: pages, tuples, fillfactor,
+# deduplication, and the width and null fraction of each key and INCLUDE column (a table column's
+# statistics, or the index's own for an expression).
 INDEX_STATS_SQL = """
 SELECT i.indexrelid::bigint AS oid,
        n.nspname AS schema_name,
@@ -162,6 +164,7 @@ SELECT i.indexrelid::bigint AS oid,
   LEFT JOIN pg_catalog.pg_statistic AS se
          ON k.attnum = 0 AND se.starelid = i.indexrelid AND se.staattnum = k.pos AND NOT se.stainherit
  WHERE i.indisvalid
+   AND ic.relpages >= %(min_pages)s
    AND n.nspname <> 'information_schema'
    AND n.nspname !~ '^pg_'
  GROUP BY i.indexrelid, n.nspname, tc.relname, ic.relname, ic.relpages, ic.reltuples, ic.reloptions,
@@ -230,16 +233,17 @@ def read_catalog_info(target: ConnectionTarget) -> CatalogInfo:
 
 
 @task(name="read-table-estimate-inputs", **DB_TASK)
-def read_table_stats(target: ConnectionTarget, use_pg_statistic: bool) -> list[TableStats]:
+def read_table_stats(target: ConnectionTarget, use_pg_statistic: bool, min_pages: int = 1) -> list[TableStats]:
     with connect(target, purpose="bloat") as s:
-        return s.fetch_all(TABLE_STATS_SQL if use_pg_statistic else TABLE_STATS_PG_STATS_SQL, None, TableStats)
+        return s.fetch_all(TABLE_STATS_SQL if use_pg_statistic else TABLE_STATS_PG_STATS_SQL,
+                           {"min_pages": min_pages}, TableStats)
 
 
 @task(name="read-index-estimate-inputs", **DB_TASK)
-def read_index_stats(target: ConnectionTarget) -> list[IndexStats]:
+def read_index_stats(target: ConnectionTarget, min_pages: int = 1) -> list[IndexStats]:
     """Needs pg_statistic (superuser or a grant on it); callers skip indexes without it."""
     with connect(target, purpose="bloat") as s:
-        return s.fetch_all(INDEX_STATS_SQL, None, IndexStats)
+        return s.fetch_all(INDEX_STATS_SQL, {"min_pages": min_pages}, IndexStats)
 
 
 class Measured(BaseModel):

@@ -36,7 +36,8 @@ class BloatParams(BaseModel):
     """How deep to measure and what counts (the Prefect UI renders this as the run form)."""
 
     min_pages: int = Field(default=128, ge=1, description="Size floor: relations smaller than this many pages "
-                                                          "(8 kB each) get no reliable estimate.")
+                                                          "(8 kB each) are not estimated (no reliable figure, "
+                                                          "little to reclaim).")
     ratio_threshold: float = Field(default=0.20, ge=0, le=1, description="Bloat ratio that makes a finding.")
     min_bloat_bytes: int = Field(default=8 * MiB, ge=0, description="...and at least this many wasted bytes.")
     top_n: int = Field(default=20, ge=0, le=1000, description="Top candidates measured with pgstattuple_approx / "
@@ -261,7 +262,8 @@ def finish_report(report: BloatReport, all_findings: list[BloatFinding], p: Bloa
     report.summary = (f"{len(reliable)} relation(s) on {report.cluster}/{report.database} over "
                       f"{p.ratio_threshold:.0%} bloat with a reliable figure ({human_bytes(total)} reclaimable), "
                       f"{len(over) - len(reliable)} more flagged unreliable; {report.tables_estimated} tables and "
-                      f"{report.indexes_estimated} btree indexes estimated in {report.estimate_seconds:.2f} s.")
+                      f"{report.indexes_estimated} btree indexes of at least {p.min_pages} pages estimated in "
+                      f"{report.estimate_seconds:.2f} s.")
     return report
 
 
