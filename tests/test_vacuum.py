@@ -190,3 +190,35 @@ def test_vacuum_statement_options_by_server_version(sandbox):
     assert text == ('VACUUM (ANALYZE, FREEZE, SKIP_LOCKED, INDEX_CLEANUP OFF, PARALLEL 2) '
                     '"s"."We""ird; DROP TABLE x; --"')
     assert old == 'VACUUM (ANALYZE, FREEZE) "s"."We""ird; DROP TABLE x; --"'
+
+
+def test_bounded_runner_keeps_n_in_flight_and_starts_nothing_after_the_deadline():
+    import concurrent.futures
+    import threading
+    import time
+
+    from tasks.bounded import run_bounded
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+    lock, state = threading.Lock(), {"now": 0, "max": 0}
+
+    class Fut:
+        def __init__(self, f):
+            self.wrapped_future = f
+
+    def work(_):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.03)
+        with lock:
+            state["now"] -= 1
+
+    started, skipped = run_bounded(list(range(10)), lambda i: Fut(pool.submit(work, i)), 2, None)
+    assert len(started) == 10 and not skipped and state["max"] == 2
+    started, skipped = run_bounded(list(range(5)), lambda i: Fut(pool.submit(work, i)), 2, time.time() - 1)
+    assert not started and skipped == list(range(5))
+    deadline = time.time() + 0.05
+    started, skipped = run_bounded(list(range(20)), lambda i: Fut(pool.submit(work, i)), 2, deadline)
+    assert started and skipped and len(started) + len(skipped) == 20
+    pool.shutdown()
