@@ -29,7 +29,7 @@ def bloat_analysis(
     """Estimate every table's and btree index's bloat, measure the worst, recommend what to do."""
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
-    target = cluster.primary_target() if database is None else cluster.target(cluster.primary_node, database)
+    target = cluster.target(cluster.primary_node, database)
     report = BloatReport(cluster=cluster.cluster_name, database=target.database, started_at=datetime.now(UTC))
 
     info = read_catalog_info(target)

@@ -29,17 +29,18 @@ from tasks.relations import RelationRef
 def index_maintenance(
     cluster_block: str = "sandbox",
     params: IndexParams = IndexParams(),
+    database: str | None = None,
     slack_block: str | None = None,
 ) -> IndexReport:
     """Report index findings with DO/UNDO statements; rebuild or drop (listed only) when not a dry run."""
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
-    primary = cluster.primary_target()
+    primary = cluster.target(cluster.primary_node, database)
     report = IndexReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC), dry_run=params.dry_run)
 
     listed = resolve_indexes(primary, params.drop_indexes)  # UnknownObject before anything happens
     indexes = read_index_inventory(primary)
-    targets = [t for t in cluster.targets() if t.node not in cluster.fenced_nodes]
+    targets = [cluster.target(n.name, database) for n in cluster.nodes if n.name not in cluster.fenced_nodes]
     scans = list(zip(targets, _outcomes([read_index_scans.submit(t) for t in targets]), strict=True))
     nodes = [res for _, (res, err) in scans if err is None]
     unreachable = [t.node for t, (_, err) in scans if err is not None]

@@ -25,12 +25,13 @@ from tasks.vacuum_plan import VacuumParams, VacuumReport
 def vacuum(
     cluster_block: str = "sandbox",
     params: VacuumParams = VacuumParams(),
+    database: str | None = None,
     slack_block: str | None = None,
 ) -> VacuumReport:
     """Vacuum the named tables, or every table that needs it, within the maintenance window."""
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
-    target = cluster.primary_target()
+    target = cluster.target(cluster.primary_node, database)
     report = VacuumReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC), dry_run=params.dry_run)
     deadline = time.time() + params.window_minutes * 60 if params.window_minutes else None
 
