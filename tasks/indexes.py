@@ -199,5 +199,8 @@ def run_index_action(target: ConnectionTarget, planned: IndexActionResult, ref: 
             result.error += (f"; a cancelled REINDEX CONCURRENTLY can leave an invalid {ref.name}_ccnew index: "
                              "the next run reports it, drop it by listing it")
         result.summary = f"{ref.qualified}: {planned.action} failed: {exc.sentence}"
+    except Exception as exc:  # noqa: BLE001 - one index failing never stops the others
+        result.error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        result.summary = f"{ref.qualified}: {planned.action} failed unexpectedly: {result.error}"
     result.duration_s = round(time.monotonic() - t0, 3)
     return result

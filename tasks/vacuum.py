@@ -234,5 +234,8 @@ def vacuum_one(
     except RunbookDBError as exc:
         result.error = exc.sentence
         result.summary = f"{ref.qualified} failed: {exc.sentence}"
+    except Exception as exc:  # noqa: BLE001 - one table failing never stops the others
+        result.error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        result.summary = f"{ref.qualified} failed unexpectedly: {result.error}"
     result.duration_s = round(time.monotonic() - t0, 3)
     return result
