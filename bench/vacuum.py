@@ -72,13 +72,14 @@ def vacuumdb(box: Sandbox, *args: str) -> float:
     return time.monotonic() - t0
 
 
-def run_flow() -> tuple[float, int]:
+def run_flow(one_connection: bool = False) -> tuple[float, int]:
     from flows.vacuum import vacuum
     from tasks.vacuum_plan import VacuumParams
 
     t0 = time.monotonic()
     report = vacuum(cluster_block="bench", params=VacuumParams(
         min_dead_tuples=50, dead_tuple_ratio=0.1, concurrency=2, max_tables=5000,
+        one_connection_per_batch=one_connection,
         log_dir=tempfile.mkdtemp(prefix="pgrb-bench-log-")))
     return time.monotonic() - t0, report.count("vacuumed")
 
@@ -138,9 +139,12 @@ def main() -> int:
                 ref = vacuumdb(box, "--jobs", "2", "--analyze")
                 make_dead(box, dirty)
                 flow_s, done = run_flow()
+                make_dead(box, dirty)
+                shared_s, shared_done = run_flow(one_connection=True)
                 print(f"{label}: vacuumdb --jobs 2 --analyze {ref:.2f} s (all {args.tables} tables); "
-                      f"vacuum flow {flow_s:.2f} s ({done} tables vacuumed); ratio flow/vacuumdb "
-                      f"{flow_s / ref:.2f}")
+                      f"vacuum flow {flow_s:.2f} s ({done} tables vacuumed, a connection per table), ratio "
+                      f"flow/vacuumdb {flow_s / ref:.2f}; with one_connection_per_batch {shared_s:.2f} s "
+                      f"({shared_done} tables), ratio {shared_s / ref:.2f}")
 
         have = args.tables
         for size in (1000, 5000, 20000):

@@ -49,7 +49,8 @@ def vacuum(
         started, not_started = run_bounded(
             plan.batches(candidates, params.batch_tables, params.concurrency),
             lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
-                                               params.statement_timeout_ms, deadline),
+                                               params.statement_timeout_ms, deadline,
+                                               params.one_connection_per_batch),
             params.concurrency, deadline)
         report.results = [result for _, future in started for result in future.result()]
         report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]

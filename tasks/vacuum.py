@@ -7,6 +7,7 @@ exception: one table never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Literal
@@ -172,11 +173,33 @@ def vacuum_tables(
     lock_timeout_ms: int,
     statement_timeout_ms: int,
     deadline_epoch: float | None = None,
+    one_connection: bool = False,
 ) -> list[VacuumResult]:
-    """VACUUM a batch of tables one after the other, each on its own connection; never raises for a
-    database error. Batches keep Prefect's per-task cost off thousands of small tables."""
-    return [vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms, deadline_epoch)
-            for ref in refs]
+    """VACUUM a batch of tables one after the other; never raises for a database error. Batches keep
+    Prefect's per-task cost off thousands of small tables.
+
+    Each table gets its own autocommit connection, or with `one_connection` the batch shares one
+    dedicated autocommit connection (a new one after a connection is lost): opening a connection
+    (SCRAM) costs more than vacuuming a small table.
+    """
+    if not one_connection:
+        return [vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms, deadline_epoch)
+                for ref in refs]
+    results: list[VacuumResult] = []
+    with contextlib.ExitStack() as stack:
+        session: Session | None = None
+        for ref in refs:
+            if session is None or session.conn.broken or session.conn.closed:
+                stack.close()
+                try:
+                    session = stack.enter_context(connect(
+                        target, purpose="vacuum", autocommit=True, lock_timeout_ms=lock_timeout_ms,
+                        statement_timeout_ms=statement_timeout_ms))
+                except RunbookDBError:
+                    session = None  # vacuum_one reconnects and reports the error for this table
+            results.append(vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms,
+                                      deadline_epoch, session=session))
+    return results
 
 
 def vacuum_one(
@@ -186,8 +209,10 @@ def vacuum_one(
     lock_timeout_ms: int,
     statement_timeout_ms: int,
     deadline_epoch: float | None = None,
+    session: Session | None = None,
 ) -> VacuumResult:
-    """VACUUM one table on its own autocommit connection; a failure is the result, not an exception."""
+    """VACUUM one table on its own autocommit connection (or on `session`, a dedicated autocommit one);
+    a failure is the result, not an exception."""
     if deadline_epoch is not None and time.time() >= deadline_epoch:
         return VacuumResult(table=ref.qualified, status="skipped-window", reason="maintenance window ended",
                             summary=f"{ref.qualified} not vacuumed: the maintenance window had ended.")
@@ -195,15 +220,23 @@ def vacuum_one(
     result = VacuumResult(table=ref.qualified, status="failed", started_at=started)
     notices: list[str] = []
     try:
-        with connect(target, purpose="vacuum", autocommit=True, lock_timeout_ms=lock_timeout_ms,
-                     statement_timeout_ms=statement_timeout_ms) as s:
+        opened = contextlib.nullcontext(session) if session is not None else connect(
+            target, purpose="vacuum", autocommit=True, lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms)
+        with opened as s:
             before = s.fetch_one(ONE_TABLE_STATE_SQL, {"oid": ref.oid}, TableVacuumState)
             if before is None or (before.schema_name, before.table_name) != (ref.schema_name, ref.name):
                 result.error = "the table was dropped, renamed or replaced since it was planned"
                 result.summary = f"{ref.qualified} not vacuumed: {result.error}."
                 return result
-            s.conn.add_notice_handler(lambda d: notices.append(f"{d.sqlstate or ''} {d.message_primary or ''}"))
-            s.execute(vacuum_statement(ref, options, s.server_version_num))
+            def on_notice(d) -> None:
+                notices.append(f"{d.sqlstate or ''} {d.message_primary or ''}")
+
+            s.conn.add_notice_handler(on_notice)
+            try:
+                s.execute(vacuum_statement(ref, options, s.server_version_num))
+            finally:
+                s.conn.remove_notice_handler(on_notice)
             after = s.fetch_one(ONE_TABLE_STATE_SQL, {"oid": ref.oid}, TableVacuumState)
         result.dead_before, result.dead_after = before.n_dead_tup, after.n_dead_tup
         result.pages_before, result.pages_after = before.relpages, after.relpages

@@ -43,6 +43,9 @@ class VacuumParams(BaseModel):
     batch_tables: int = Field(default=20, ge=1, le=1000,
                               description="Small tables vacuumed one after another in one task (each still on its "
                                           "own connection); a table over 256 MB always runs alone.")
+    one_connection_per_batch: bool = Field(
+        default=False, description="Vacuum a batch's tables on one dedicated autocommit connection instead of a "
+                                   "new connection per table (faster for thousands of small tables).")
     window_minutes: float | None = Field(
         default=None, gt=0, le=24 * 60,
         description="Maintenance window from the start of the run: no table starts after it ends. Empty = no limit.")

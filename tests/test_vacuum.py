@@ -222,3 +222,25 @@ def test_bounded_runner_keeps_n_in_flight_and_starts_nothing_after_the_deadline(
     started, skipped = run_bounded(list(range(20)), lambda i: Fut(pool.submit(work, i)), 2, deadline)
     assert started and skipped and len(started) + len(skipped) == 20
     pool.shutdown()
+
+
+def test_one_connection_per_batch_carries_on_after_a_locked_table(sandbox, cluster_block, vac_tables):
+    from blocks.postgres_cluster import PostgresCluster
+    from tasks.vacuum import VacuumOptions, resolve_tables, vacuum_tables
+
+    for name in ("Locked", "dirty", UNICODE):
+        psql(sandbox, "primary", sql.SQL("DELETE FROM {} WHERE id % 7 = 0").format(sql.Identifier(SCHEMA, name)))
+    wait_horizon(sandbox)
+    holder = psycopg.connect(sandbox.conninfo("primary"))
+    holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(SCHEMA, "Locked")))
+    try:
+        before = _all_vacuum_counts(sandbox)
+        target = PostgresCluster.load(cluster_block).primary_target()
+        refs = resolve_tables.fn(target, [f"{SCHEMA}.Locked", f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"])
+        results = vacuum_tables.fn(target, refs, VacuumOptions(), 300, 60_000, None, one_connection=True)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert [r.status for r in results] == ["skipped-locked", "vacuumed", "vacuumed"]
+    after = _all_vacuum_counts(sandbox)
+    assert {t for t in after if after[t] != before.get(t)} == {f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"}
