@@ -43,3 +43,11 @@ def psql(box: Sandbox, node: str, query: str, params=None):
         cur = conn.execute(query, params)
         return cur.fetchall() if cur.description else None
 
+
+def wait_horizon(box) -> None:
+    """Wait until the replica's hot_standby_feedback xmin (on its slot) has passed our last deletes,
+    so VACUUM can remove those dead tuples (otherwise they are still 'recently dead')."""
+    xid = int(psql(box, "primary", "SELECT pg_catalog.txid_current()")[0][0])
+    wait_for(lambda: psql(box, "primary",
+                          "SELECT bool_and(xmin IS NULL OR xmin::text::bigint > %s) FROM pg_replication_slots",
+                          (xid % 2**32,))[0][0], timeout=15, what="the replica's xmin to advance")

@@ -1,0 +1,60 @@
+"""Runbook 2.2: bloat analysis in tiers.
+
+A catalog estimate for every table and btree index (with reliability guards), then
+pgstattuple_approx / pgstatindex on the top candidates when the extension is installed, and
+pgstattuple only on request. Each relation: bytes, ratio, method, and what to do about it.
+"""
+
+import time
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, runtime
+
+from blocks.postgres_cluster import PostgresCluster
+from tasks import bloat_report as rules
+from tasks.bloat import measure_relations, read_catalog_info, read_index_stats, read_table_stats
+from tasks.bloat_report import BloatParams, BloatReport
+from tasks.publish import artifact_key, notify_slack, publish_markdown
+
+
+@flow(name="bloat-analysis", log_prints=False)
+def bloat_analysis(
+    cluster_block: str = "sandbox",
+    params: BloatParams = BloatParams(),
+    database: str | None = None,
+    slack_block: str | None = None,
+) -> BloatReport:
+    """Estimate every table's and btree index's bloat, measure the worst, recommend what to do."""
+    logger = get_run_logger()
+    cluster = PostgresCluster.load(cluster_block)
+    target = cluster.target(cluster.primary_node, database)
+    report = BloatReport(cluster=cluster.cluster_name, database=target.database, started_at=datetime.now(UTC))
+
+    info = read_catalog_info(target)
+    t0 = time.monotonic()
+    tables = read_table_stats(target, info.can_read_pg_statistic, params.min_pages)
+    indexes = read_index_stats(target, params.min_pages) if info.can_read_pg_statistic else []
+    report.estimate_seconds = round(time.monotonic() - t0, 3)
+    report.tables_estimated, report.indexes_estimated = len(tables), len(indexes)
+    report.tiers = rules.tier_notes(info)
+    findings = [rules.estimate_table(t, params, info.block_size) for t in tables]
+    findings += [rules.estimate_index(i, params, info) for i in indexes]
+
+    if info.has_pgstattuple and params.top_n:
+        top_tables = rules.top_candidates(findings, params, "table")
+        top_indexes = rules.top_candidates(findings, params, "index")
+        measured = measure_relations(target, info.pgstattuple_schema, [f.oid for f in top_tables],
+                                     [f.oid for f in top_indexes], params.exact)
+        rules.apply_measurements(findings, measured, tables, indexes, info.block_size)
+
+    rules.finish_report(report, findings, params)
+    report.finished_at = datetime.now(UTC)
+    report.artifact_key = publish_markdown(artifact_key("bloat", f"{report.cluster}-{report.database}"),
+                                           rules.render_markdown(report, params), report.summary)
+    if slack_block and report.status != "ok":
+        report.notification = notify_slack(
+            slack_block, f"Bloat {report.cluster}/{report.database}: {report.status.upper()}", report.summary,
+            [f.summary + " " + f.recommendation for f in report.findings if f.reliable][:20],
+            runtime.flow_run.ui_url)
+    logger.info(report.summary)
+    return report

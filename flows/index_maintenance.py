@@ -1,0 +1,90 @@
+"""Runbook 2.3: index maintenance that is safe online.
+
+Finds unused (no scan on the primary and every replica over the stats window), duplicate,
+redundant, invalid (including _ccnew leftovers) and bloated indexes, each with its DO and UNDO
+statement. Acts only when dry_run is off: REINDEX INDEX CONCURRENTLY for bloated and invalid
+indexes, DROP INDEX CONCURRENTLY only for indexes the operator lists.
+"""
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, runtime
+
+from blocks.postgres_cluster import PostgresCluster
+from flows.health_check import _outcomes
+from tasks import bloat_report
+from tasks import index_report as rules
+from tasks.bloat import measure_relations, read_catalog_info, read_index_stats
+from tasks.bloat_report import BloatParams
+from tasks.index_report import IndexParams, IndexReport
+from tasks.indexes import read_index_inventory, read_index_scans, resolve_indexes, run_index_action
+from tasks.maintenance_log import persist_maintenance_log
+from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
+from tasks.relations import RelationRef
+
+
+@flow(name="index-maintenance", log_prints=False)
+def index_maintenance(
+    cluster_block: str = "sandbox",
+    params: IndexParams = IndexParams(),
+    database: str | None = None,
+    slack_block: str | None = None,
+) -> IndexReport:
+    """Report index findings with DO/UNDO statements; rebuild or drop (listed only) when not a dry run."""
+    logger = get_run_logger()
+    cluster = PostgresCluster.load(cluster_block)
+    primary = cluster.target(cluster.primary_node, database)
+    report = IndexReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC), dry_run=params.dry_run)
+
+    listed = resolve_indexes(primary, params.drop_indexes)  # UnknownObject before anything happens
+    indexes = read_index_inventory(primary)
+    targets = [cluster.target(n.name, database) for n in cluster.nodes if n.name not in cluster.fenced_nodes]
+    scans = list(zip(targets, _outcomes([read_index_scans.submit(t) for t in targets]), strict=True))
+    nodes = [res for _, (res, err) in scans if err is None]
+    unreachable = [t.node for t, (_, err) in scans if err is not None]
+
+    info = read_catalog_info(primary)
+    estimates = []
+    if info.can_read_pg_statistic:
+        bp = BloatParams(ratio_threshold=params.bloat_ratio, min_bloat_bytes=params.bloat_min_bytes)
+        stats = read_index_stats(primary, bp.min_pages)
+        estimates = [bloat_report.estimate_index(i, bp, info) for i in stats]
+        if info.has_pgstattuple:
+            top = bloat_report.top_candidates(estimates, bp, "index")
+            measured = measure_relations(primary, info.pgstattuple_schema, [], [f.oid for f in top], False)
+            bloat_report.apply_measurements(estimates, measured, [], stats, info.block_size)
+    else:
+        report.notes.append("bloated indexes not estimated: this role cannot read pg_statistic")
+
+    unused, notes = rules.unused(indexes, nodes, unreachable, params)
+    report.notes += notes
+    report.findings = (unused + rules.duplicates(indexes) + rules.redundant(indexes) + rules.invalid(indexes)
+                       + rules.bloated(indexes, estimates, params))
+    report.actions = rules.plan_actions(report.findings, [r.qualified for r in listed], params)
+
+    if not params.dry_run:
+        refs = {ix.qualified: RelationRef(oid=ix.oid, schema_name=ix.schema_name, name=ix.name, kind="i")
+                for ix in indexes}
+        report.actions = [
+            run_index_action(primary, a, refs[a.index], params.lock_timeout_ms, params.statement_timeout_ms)
+            if a.status == "planned" else a
+            for a in report.actions
+        ]
+
+    rules.finish_report(report)
+    report.finished_at = datetime.now(UTC)
+    key = artifact_key("indexes", report.cluster)
+    rows = rules.log_rows(report)
+    if rows:
+        publish_table(f"{key}-log", rows, report.summary)
+        if not params.dry_run:
+            report.log_path = persist_maintenance_log("index-maintenance", report.cluster,
+                                                      str(runtime.flow_run.id), rows, params.log_dir)
+    report.artifact_key = publish_markdown(key, rules.render_markdown(report), report.summary)
+    if slack_block and report.status == "critical":
+        report.notification = notify_slack(
+            slack_block, f"Index maintenance {report.cluster}: {report.status.upper()}", report.summary,
+            [a.summary for a in report.actions if a.status in ("failed", "skipped-locked")],
+            runtime.flow_run.ui_url)
+    logger.info(report.summary)
+    return report

@@ -1,0 +1,73 @@
+"""Runbook 2.1: vacuum and analyze what needs it (or the tables an operator names).
+
+Wraparound risk first, then dead tuples, then stale statistics; N tables at a time, each on its
+own connection with lock_timeout; no table starts after the maintenance window; every table's
+outcome is logged, and failures alert in Slack.
+"""
+
+import time
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, runtime
+
+from blocks.postgres_cluster import PostgresCluster
+from tasks import vacuum_plan as plan
+from tasks.bounded import run_bounded
+from tasks.maintenance_log import persist_maintenance_log
+from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
+from tasks.vacuum import VacuumResult, read_vacuum_candidates, resolve_tables, vacuum_tables
+from tasks.vacuum_plan import VacuumParams, VacuumReport
+
+
+@flow(name="vacuum", log_prints=False)
+def vacuum(
+    cluster_block: str = "sandbox",
+    params: VacuumParams = VacuumParams(),
+    database: str | None = None,
+    slack_block: str | None = None,
+) -> VacuumReport:
+    """Vacuum the named tables, or every table that needs it, within the maintenance window."""
+    logger = get_run_logger()
+    cluster = PostgresCluster.load(cluster_block)
+    target = cluster.target(cluster.primary_node, database)
+    report = VacuumReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC), dry_run=params.dry_run)
+    deadline = time.time() + params.window_minutes * 60 if params.window_minutes else None
+
+    states, limits = read_vacuum_candidates(target)
+    if params.tables:
+        refs = resolve_tables(target, params.tables)  # UnknownObject before anything is vacuumed
+        candidates = plan.requested_candidates(refs, states)
+    else:
+        candidates = plan.select_candidates(states, params, limits)
+    report.planned = [c.table for c in candidates]
+
+    if params.dry_run:
+        report.results = [plan.planned_result(c) for c in candidates]
+    else:
+        started, not_started = run_bounded(
+            plan.batches(candidates, params.batch_tables, params.concurrency),
+            lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
+                                               params.statement_timeout_ms, deadline,
+                                               params.one_connection_per_batch),
+            params.concurrency, deadline)
+        report.results = [result for _, future in started for result in future.result()]
+        report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]
+
+    plan.finish_report(report)
+    report.finished_at = datetime.now(UTC)
+    rows = plan.log_rows(report)
+    key = artifact_key("vacuum", report.cluster)
+    if rows:
+        publish_table(f"{key}-log", rows, report.summary)
+        if not params.dry_run:
+            report.log_path = persist_maintenance_log("vacuum", report.cluster, str(runtime.flow_run.id),
+                                                      rows, params.log_dir)
+    report.artifact_key = publish_markdown(key, plan.render_markdown(report, candidates), report.summary)
+    if slack_block and report.status != "ok":
+        report.notification = notify_slack(slack_block, f"Vacuum {report.cluster}: {report.status.upper()}",
+                                           report.summary, plan.slack_lines(report), runtime.flow_run.ui_url)
+    logger.info(report.summary)
+    return report
+
+
+__all__ = ["vacuum", "VacuumParams", "VacuumReport", "VacuumResult"]

@@ -1,0 +1,182 @@
+"""Index maintenance against the real sandbox: findings with DO/UNDO, replica scans, _ccnew leftovers,
+REINDEX CONCURRENTLY of a bloated index, drops only of listed indexes, hostile names."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from flows.index_maintenance import index_maintenance
+from tasks.errors import UnknownObject
+from tasks.index_report import IndexParams
+from tasks.maintenance_log import read_maintenance_log
+from tests.helpers import wait_for, wait_horizon
+
+S = "idx_t"
+HOSTILE = 'Ix"; DROP TABLE idx_t.t; --'
+BASE = dict(min_stats_window_days=0, unused_min_bytes=0, bloat_ratio=0.5, bloat_min_bytes=200_000)
+
+
+def _q(box, query, params=None, node="primary"):
+    with psycopg.connect(box.conninfo(node), autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else None
+
+
+def _indexes(box) -> dict[str, bool]:
+    rows = _q(box, "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                   "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s", (S,))
+    return dict(rows)
+
+
+@pytest.fixture(scope="module")
+def idx_schema(sandbox):
+    def ex(text, *idents):
+        _q(sandbox, sql.SQL(text).format(*idents))
+
+    t, big = sql.Identifier(S, "t"), sql.Identifier(S, "big")
+    ex("DROP SCHEMA IF EXISTS {} CASCADE", sql.Identifier(S))
+    ex("CREATE SCHEMA {}", sql.Identifier(S))
+    ex("CREATE TABLE {} (id int PRIMARY KEY, a int, b int, c text) WITH (autovacuum_enabled = off)", t)
+    ex("INSERT INTO {} SELECT g, g, g % 100, md5(g::text) FROM generate_series(1, 5000) g", t)
+    for name, cols in (("uniq_a", "UNIQUE INDEX {} ON {} (a)"), ("idx_a", "INDEX {} ON {} (a)"),
+                       ("idx_a_dup", "INDEX {} ON {} (a)"), ("idx_a_b", "INDEX {} ON {} (a, b)"),
+                       ("idx_b", "INDEX {} ON {} (b)"), ("idx_unused", "INDEX {} ON {} (c)"),
+                       (HOSTILE, "INDEX {} ON {} (c, id)")):
+        ex("CREATE " + cols, sql.Identifier(name), t)
+    ex("CREATE TABLE {} (id int, v int) WITH (autovacuum_enabled = off)", big)
+    ex("INSERT INTO {} SELECT g, g FROM generate_series(1, 150000) g", big)
+    ex("CREATE INDEX {} ON {} (v)", sql.Identifier("big_v"), big)
+    ex("DELETE FROM {} WHERE id % 4 <> 0", big)
+    wait_horizon(sandbox)
+    ex("VACUUM ANALYZE {}", big)
+    ex("ANALYZE {}", t)
+    # A cancelled REINDEX CONCURRENTLY: a writer's open transaction makes it wait after it has
+    # created big_v_ccnew; statement_timeout cancels it there, leaving the invalid leftover.
+    writer = psycopg.connect(sandbox.conninfo("primary"))
+    writer.execute(sql.SQL("INSERT INTO {} VALUES (0, 0)").format(big))
+    try:
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            with psycopg.connect(sandbox.conninfo("primary"), autocommit=True) as conn:
+                conn.execute("SET statement_timeout = 1000")
+                conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(S, "big_v")))
+        # The same wait cancels a CREATE INDEX CONCURRENTLY: an invalid index that is not a leftover.
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            with psycopg.connect(sandbox.conninfo("primary"), autocommit=True) as conn:
+                conn.execute("SET statement_timeout = 1000")
+                conn.execute(sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} (id)").format(
+                    sql.Identifier("big_id"), big))
+    finally:
+        writer.rollback()
+        writer.close()
+    assert _indexes(sandbox)["big_v_ccnew"] is False and _indexes(sandbox)["big_id"] is False
+    # idx_b is scanned only on the replica.
+    wait_for(lambda: _q(sandbox, "SELECT to_regclass('idx_t.idx_b') IS NOT NULL", node="replica")[0][0])
+    with psycopg.connect(sandbox.conninfo("replica"), autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE b = 5").format(t)).fetchall()
+    wait_for(lambda: _q(sandbox, "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'idx_b'",
+                        node="replica")[0][0] > 0, what="replica index scan counted")
+    yield S
+    _q(sandbox, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(S)))
+
+
+def _by(report, kind):
+    return {f.index.split(".", 1)[1]: f for f in report.findings if f.kind == kind and f.index.startswith(S + ".")}
+
+
+def test_dry_run_reports_every_kind_with_do_and_undo_and_changes_nothing(sandbox, cluster_block, idx_schema):
+    before = _indexes(sandbox)
+    report = index_maintenance(cluster_block=cluster_block, params=IndexParams(**BASE))
+    assert _indexes(sandbox) == before and report.dry_run
+    unused = _by(report, "unused")
+    assert "idx_unused" in unused and HOSTILE in unused
+    assert "idx_b" not in unused, "scanned on the replica"
+    assert not {"t_pkey", "uniq_a"} & set(unused), "enforcing indexes are never 'unused'"
+    u = unused["idx_unused"]
+    assert u.do == 'DROP INDEX CONCURRENTLY IF EXISTS "idx_t"."idx_unused";'
+    assert u.undo == "CREATE INDEX CONCURRENTLY idx_unused ON idx_t.t USING btree (c);"
+    dup = _by(report, "duplicate")
+    assert set(dup) == {"idx_a", "idx_a_dup"} and "uniq_a" in dup["idx_a"].reason  # the unique one is kept
+    assert {"idx_a", "idx_a_dup"} <= set(_by(report, "redundant"))
+    assert "idx_a_b" not in _by(report, "redundant") and "uniq_a" not in _by(report, "redundant")
+    inv = _by(report, "invalid")
+    assert "big_v_ccnew" in inv and "failed REINDEX CONCURRENTLY" in inv["big_v_ccnew"].reason
+    assert inv["big_id"].do == 'REINDEX INDEX CONCURRENTLY "idx_t"."big_id";'
+    assert "big_v" in _by(report, "bloated")
+    assert any(a.index == f"{S}.big_v" and a.action == "reindex" and a.status == "planned" for a in report.actions)
+    assert not any(a.action == "drop" for a in report.actions), "nothing listed, nothing dropped"
+
+
+def test_short_stats_window_decides_no_unused(cluster_block, idx_schema):
+    report = index_maintenance(cluster_block=cluster_block,
+                               params=IndexParams(**{**BASE, "min_stats_window_days": 3650}))
+    assert not _by(report, "unused") and any("not decided" in n for n in report.notes)
+
+
+def test_unknown_listed_index_is_a_clear_error(sandbox, cluster_block, idx_schema):
+    before = _indexes(sandbox)
+    with pytest.raises(UnknownObject, match="no index idx_t.nope"):
+        index_maintenance(cluster_block=cluster_block, params=IndexParams(
+            **BASE, dry_run=False, drop_indexes=[f"{S}.idx_unused", f"{S}.nope"]))
+    assert _indexes(sandbox) == before
+
+
+def test_actions_rebuild_bloated_and_drop_only_listed(sandbox, cluster_block, idx_schema, tmp_path):
+    size_before = _q(sandbox, "SELECT pg_relation_size('idx_t.big_v')")[0][0]
+    report = index_maintenance(cluster_block=cluster_block, params=IndexParams(
+        **BASE, dry_run=False, log_dir=str(tmp_path), rebuild_invalid=True,
+        drop_indexes=[f"{S}.{HOSTILE}", f"{S}.big_v_ccnew", f"{S}.t_pkey", f"{S}.uniq_a"]))
+    after = _indexes(sandbox)
+    assert HOSTILE not in after and "big_v_ccnew" not in after
+    assert {"t_pkey", "uniq_a", "idx_unused", "idx_a", "idx_a_dup", "idx_b", "big_v", "big_id"} <= set(after)
+    assert all(after.values()), "the invalid big_id was rebuilt valid"
+    assert _q(sandbox, "SELECT count(*) FROM idx_t.t")[0][0] == 5000
+    acts = {a.index.split(".", 1)[1]: a for a in report.actions if a.index.startswith(S + ".")}
+    assert acts["t_pkey"].status == "refused" and acts["uniq_a"].status == "refused"
+    assert acts[HOSTILE].status == "done" and acts["big_v_ccnew"].status == "done"
+    assert acts["big_id"].action == "reindex" and acts["big_id"].status == "done"
+    reindex = acts["big_v"]
+    assert reindex.status == "done" and reindex.size_before == size_before
+    assert reindex.size_after < 0.6 * reindex.size_before
+    assert _q(sandbox, "SELECT pg_relation_size('idx_t.big_v')")[0][0] == reindex.size_after
+    log = read_maintenance_log(str(tmp_path))
+    assert {r["index"] for r in log} >= {f"{S}.big_v", f"{S}.{HOSTILE}"}
+    assert "drop(s) refused" in report.summary
+
+
+def _ix(oid, name, cols, **kw):
+    from tasks.indexes import IndexInfo
+
+    base = dict(oid=oid, schema_name="s", table_name="t", table_oid=1, name=name, am="btree", size_bytes=10 * 2**20,
+                is_unique=False, is_primary=False, is_exclusion=False, is_replident=False, is_valid=True,
+                is_ready=True, backs_constraint=False, key_columns=len(cols), indkey=cols, indclass=[1] * len(cols),
+                indcollation=[0] * len(cols), indoption=[0] * len(cols), exprs=None, pred=None,
+                definition=f"CREATE INDEX {name} ON s.t USING btree (x)", idx_scan=0)
+    return IndexInfo(**{**base, **kw})
+
+
+def test_unused_is_not_decided_without_every_node():
+    from tasks.index_report import unused
+    from tasks.indexes import NodeScans
+
+    ixs = [_ix(10, "a", [1])]
+    found, notes = unused(ixs, [NodeScans(node="primary", window_days=30, scans={})], ["replica"], IndexParams())
+    assert not found and "replica" in notes[0]
+    found, _ = unused(ixs, [NodeScans(node="primary", window_days=30, scans={}),
+                            NodeScans(node="replica", window_days=30, scans={10: 3})], [], IndexParams())
+    assert not found
+
+
+def test_duplicate_and_redundant_rules():
+    from tasks.index_report import duplicates, redundant
+
+    ixs = [_ix(10, "nonuniq", [1]), _ix(11, "uniq", [1], is_unique=True),
+           _ix(12, "other_opclass", [1], indclass=[2]), _ix(13, "partial", [1], pred="(x > 0)"),
+           _ix(14, "wide", [1, 2]), _ix(15, "desc", [1], indoption=[3]),
+           _ix(16, "uniq_prefix", [2], is_unique=True), _ix(17, "wide2", [2, 1])]
+    dup = {f.index: f for f in duplicates(ixs)}
+    assert set(dup) == {"s.nonuniq"} and "s.uniq" in dup["s.nonuniq"].reason
+    red = {f.index for f in redundant(ixs)}
+    assert red == {"s.nonuniq"}, "unique, other opclass, partial and DESC indexes are not redundant"
