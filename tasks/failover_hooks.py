@@ -53,9 +53,11 @@ def phase_failed(flow, flow_run, state) -> None:
         promoted = bool(cand and cand.reachable and cand.in_recovery is False)
         old = states.get(plan.old_primary)
         old_running = bool(old and old.reachable and old.in_recovery is False)
-        step = failed.step if failed else "(between steps)"
+        last = next((s for s in reversed(ctx.journal.steps) if s.phase == phase), None)
+        step = failed.step if failed else (last.step if last else "start")
+        where = f"at step {step}" if failed else f"after step {step}"
         lines = [
-            f"*Phase {phase} {PHASES.get(phase, '?')} FAILED* at step `{step}`",
+            f"*Phase {phase} {PHASES.get(phase, '?')} FAILED* {where}",
             f"*Error:* {(failed.detail if failed else state.message) or 'unknown'}",
             f"*Cluster now:* {cluster_state_sentence(list(states.values()), ctx.clients_paused)}",
             *[f"*Undo:* {u}" for u in undo],
@@ -64,9 +66,9 @@ def phase_failed(flow, flow_run, state) -> None:
         ]
         ctx.journal.facts.setdefault("hook_reports", []).append(lines)
         ctx.save()
-        title = f"Phase {phase} failed at {step}"
+        title = f"Phase {phase} failed {where}"
         ctx.thread.reply(title + ": " + lines[1], section_blocks(title, lines))
-        post_progress(ctx, f"FAILED in phase {phase} at {step}", lines[2])
+        post_progress(ctx, f"FAILED in phase {phase} {where}", lines[2])
     except Exception:  # noqa: BLE001 - a hook must never hide the original failure
         log.exception("failover phase hook failed")
 

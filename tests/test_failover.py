@@ -233,8 +233,9 @@ def test_resume_after_promotion_completes(box, blocks, journal_dir, slack, monke
     monkeypatch.delenv(FAULT_ENV)
     # promoted, old primary stopped, clients held: never two writable primaries
     assert current(box)[0] == cand
-    hook = [c for c in slack.calls("chat.postMessage", "xoxb-ok-resume") if "failed at promote" in c.raw]
-    assert hook and "PAUSED" in hook[0].raw
+    hook = [c for c in slack.calls("chat.postMessage", "xoxb-ok-resume") if "Phase 2 failed after step promote" in c.raw]
+    assert hook, [c.raw[:300] for c in slack.calls()]
+    assert "clients+PAUSED" in hook[0].raw or "clients PAUSED" in hook[0].raw
     report = failover(request(journal_dir, slack_block="fo-slack"))
     assert report.status == "completed" and report.resumed
     assert any(s.step == "promote" and s.status == "skipped" for s in report.steps)
