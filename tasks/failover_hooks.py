@@ -102,6 +102,9 @@ def undo_phase2(ctx: RunContext, states: dict[str, NodeState]) -> list[str]:
                 undo.append(f"RESUME failed: {exc}")
         else:
             undo.append(f"clients stay PAUSED: {plan.old_primary} is not writable")
+    old = old if old and old.reachable else read_node_state.fn(ctx.cluster.target(plan.old_primary))
+    if old.reachable and old.in_recovery is False and not ctx.clients_paused:
+        journal.status = "rolled_back"  # back where it started: the next run decides afresh
     return undo or ["nothing to undo"]
 
 
