@@ -211,6 +211,11 @@ def test_switchover_under_writes_loses_nothing_and_one_trigger_wins(box, blocks,
     replies = [c for c in slack.calls("chat.postMessage", "xoxb-ok-switchover") if c.body.get("thread_ts")]
     assert any("Phase 1/3" in r.raw for r in replies) and any("Phase 3/3" in r.raw for r in replies)
     assert any("0 bytes lost" in c.raw for c in slack.calls("chat.update", "xoxb-ok-switchover"))
+    # no secret in the journal, the backup or Slack
+    secret = box.config.password
+    for f in Path(journal_dir).iterdir():
+        assert secret not in f.read_text(), f
+    assert not [c for c in slack.calls() if secret in c.raw]
     done = {c.body.get("ts") for c in slack.calls("chat.update", "xoxb-ok-switchover") if "DONE" in c.raw}
     assert parent and len(done) == 1  # the winner's one parent message, updated in place to DONE
 

@@ -123,3 +123,15 @@ def test_prefect_yaml_deploys_failover_one_at_a_time():
     assert "schedules" not in deployments["failover"] and "schedules" not in deployments["rejoin"]
     FailoverRequest(**deployments["failover"]["parameters"]["request"])
     RejoinRequest(**deployments["rejoin"]["parameters"]["request"])
+
+
+def test_the_ui_form_is_one_model_with_bounds():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.failover import failover
+
+    schema = parameter_schema(failover).model_dump_for_openapi()
+    model = schema["definitions"]["FailoverRequest"]["properties"]
+    assert model["mode"]["enum"] == ["switchover", "failover"]
+    assert model["max_lag_bytes"]["minimum"] == 0 and model["max_lag_bytes"]["default"] == 1024 * 1024
+    assert {"candidate", "force", "dry_run", "lsn_gate_timeout_seconds"} <= set(model)
