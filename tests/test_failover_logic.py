@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
+from blocks.failover_adapters import EndpointControl, NodeControl
 from blocks.postgres_cluster import PostgresCluster, PostgresNode
 from tasks.endpoint import ini_targets, rewrite_ini
 from tasks.failover_model import FailoverRefused, FailoverRequest, NodeState, RejoinRequest
@@ -135,3 +137,36 @@ def test_the_ui_form_is_one_model_with_bounds():
     assert model["mode"]["enum"] == ["switchover", "failover"]
     assert model["max_lag_bytes"]["minimum"] == 0 and model["max_lag_bytes"]["default"] == 1024 * 1024
     assert {"candidate", "force", "dry_run", "lsn_gate_timeout_seconds"} <= set(model)
+
+
+class TestNodeControlStandard(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self):
+        return NodeControl
+
+    def test_has_a_valid_image(self, block):
+        pytest.skip("no logo: the network is closed here")
+
+
+class TestEndpointControlStandard(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self):
+        return EndpointControl
+
+    def test_has_a_valid_image(self, block):
+        pytest.skip("no logo: the network is closed here")
+
+
+def test_endpoint_password_is_read_only_for_the_admin_connection():
+    block = EndpointControl(admin_password=SecretStr("adm1n-pw"), ini_path="/x/pgbouncer.ini")
+    assert "adm1n-pw" not in repr(block) and "adm1n-pw" not in block.model_dump_json()
+    assert block.admin_connect_kwargs()["password"] == "adm1n-pw"
+
+
+def test_shell_templates_fill_placeholders_without_a_shell():
+    from tasks.node_control import _argv
+
+    control = NodeControl(kind="shell", data_dirs={"a": "/srv/pg a"},
+                          stop_command="ssh {host} pg_ctl stop -m {mode} -D '{data_dir}'")
+    assert _argv(control, control.stop_command, "pg_ctl", [], node="a", host="db1", mode="fast",
+                 data_dir="/srv/pg a") == ["ssh", "db1", "pg_ctl", "stop", "-m", "fast", "-D", "/srv/pg a"]
