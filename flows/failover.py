@@ -77,7 +77,11 @@ def failover_phase(run_key: str) -> None:
     cand_state = read_node_state(cand)
     promoted = cand_state.reachable and cand_state.in_recovery is False
     if plan.mode == "switchover" and not promoted:
-        run_step(ctx, 2, "checkpoint", old.node, checkpoint, old)
+        old_state = read_node_state(old)
+        if old_state.reachable and old_state.in_recovery is False:
+            run_step(ctx, 2, "checkpoint", old.node, checkpoint, old)
+        else:
+            skip(ctx, 2, "checkpoint", old.node, f"{old.node} serves no writes now ({old_state.error or 'standby'})")
     run_step(ctx, 2, "pause-endpoint", "endpoint", pause_endpoint, endpoint, req.pause_timeout_seconds)
     ctx.paused_at = time.perf_counter()
     stop_mode = "fast" if plan.mode == "switchover" else "immediate"
@@ -177,10 +181,10 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
             update={"sentence": "dry run: nothing promoted"}),
         backup_path=facts.get("backup_path"), journal_path=str(ctx.store.path(plan.cluster)),
         started_at=ctx.started_at, finished_at=datetime.now(UTC))
+    post_progress(ctx, "DONE" if status == "completed" else "DRY RUN", summary)
     ctx.save()
     if status in ("completed", "dry_run"):
         ctx.store.archive(plan.cluster)
-    post_progress(ctx, "DONE" if status == "completed" else "DRY RUN", summary)
     report.notification = ctx.thread.outcome
     report.artifact_key = publish_markdown(artifact_key("failover", plan.cluster), render_markdown(report), summary)
     return report

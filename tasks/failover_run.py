@@ -21,6 +21,7 @@ from tasks.journal import Journal, JournalStore
 from tasks.notify import SlackThread, load_notifier, section_blocks
 
 FAULT_ENV = "PG_RUNBOOKS_FAILOVER_FAIL_AFTER"  # test hook: raise right after the named step
+HANG_ENV = "PG_RUNBOOKS_FAILOVER_HANG_AFTER"  # test hook: block right after the named step (to kill the worker)
 PHASES = {1: "pre-failover", 2: "failover", 3: "post-failover"}
 
 
@@ -97,6 +98,8 @@ def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *a
     _record(ctx, phase, step, node, "done", detail, started)
     if os.environ.get(FAULT_ENV) == step:
         raise InjectedFault(f"injected fault after step {step} ({FAULT_ENV})")
+    while os.environ.get(HANG_ENV) == step:
+        time.sleep(1)
     return result
 
 

@@ -92,7 +92,9 @@ class JournalStore:
     def write_backup(self, cluster: str, run_id: str, data: dict) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{_slug(cluster)}.backup.{run_id}.json"
-        path.write_text(json.dumps(data, indent=2, default=str))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2, default=str))
         return path
 
     @contextlib.contextmanager

@@ -5,6 +5,8 @@ each leaves a primary and a streaming standby (rejoined) behind."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -19,9 +21,9 @@ from flows.rejoin import rejoin
 from sandbox.blocks import sandbox_endpoint_block, save_failover_blocks
 from sandbox.cluster import Sandbox, SandboxConfig, free_port
 from tasks.failover_model import FailoverRefused, FailoverRequest, RejoinRequest
-from tasks.failover_run import FAULT_ENV
+from tasks.failover_run import FAULT_ENV, HANG_ENV
 from tasks.journal import JournalStore
-from tests.helpers import save_slack_block
+from tests.helpers import save_slack_block, wait_for
 
 BLOCK = "fo-test"
 
@@ -272,6 +274,37 @@ def test_resume_after_promotion_completes(box, blocks, journal_dir, slack, monke
     assert report.status == "completed" and report.resumed
     assert any(s.step == "promote" and s.status == "skipped" for s in report.steps)
     assert pgbouncer_port_backend(box) == box.node_port(cand)
+    assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK)).status == "completed"
+    box.wait_streaming_to(cand)
+
+
+def test_worker_killed_mid_phase_then_rerun_completes(box, blocks, journal_dir):
+    """A real SIGKILL of the worker process right after the promotion (no hook runs), then a rerun."""
+    from prefect.settings import PREFECT_API_URL
+
+    old, cand = current(box)
+    req = request(journal_dir)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), HANG_ENV: "promote"}
+    code = ("import sys; from flows.failover import failover; from tasks.failover_model import FailoverRequest; "
+            "failover(FailoverRequest.model_validate_json(sys.argv[1]))")
+    worker = subprocess.Popen([sys.executable, "-c", code, req.model_dump_json()], env=env,
+                              cwd=Path(__file__).resolve().parent.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def promoted_in_journal():
+            journal = JournalStore(journal_dir).load(BLOCK)
+            return journal and any(s.step == "promote" and s.status == "done" for s in journal.steps)
+
+        wait_for(promoted_in_journal, timeout=90, interval=0.05, what="the worker to promote")
+    finally:
+        worker.kill()
+        worker.wait(10)
+    assert current(box)[0] == cand  # the old primary is stopped: one writable node
+    report = failover(request(journal_dir))
+    assert report.status == "completed" and report.resumed and report.new_primary == cand
+    assert pgbouncer_port_backend(box) == box.node_port(cand)
+    with box.connect("pgbouncer") as conn:
+        conn.execute("INSERT INTO public.fo_writes VALUES (999999)")
     assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK)).status == "completed"
     box.wait_streaming_to(cand)
 
