@@ -21,6 +21,7 @@ from tasks.failover_report import render_backup, render_markdown
 from tasks.failover_run import RunContext, close_context, context, open_context, post_progress, reply_phase, run_step
 from tasks.failover_run import skip_step as skip
 from tasks.failover_steps import (
+    application_target,
     checkpoint,
     fence_node,
     lsn_gate,
@@ -87,26 +88,29 @@ def failover_phase(run_key: str) -> None:
     stop_mode = "fast" if plan.mode == "switchover" else "immediate"
     run_step(ctx, 2, "fence", old.node, fence_node, ctl, old.node, old_host, stop_mode, req.stop_timeout_seconds,
              req.force)
+    shutdown = run_step(ctx, 2, "read-shutdown-checkpoint", old.node, read_shutdown_checkpoint, ctl, old.node,
+                        old_host, required=plan.mode == "switchover")
+    if plan.mode == "switchover":
+        if shutdown["state"] != "shut down":
+            raise hooks.unclean_shutdown(old.node, shutdown["state"])
+        ctx.journal.facts["old_wal_end"] = shutdown["checkpoint"]
     if promoted:
         skip(ctx, 2, "promote", cand.node, f"{cand.node} is already writable (timeline {cand_state.timeline}): "
              "resuming after the promotion, not promoting twice")
     else:
-        shutdown = run_step(ctx, 2, "read-shutdown-checkpoint", old.node, read_shutdown_checkpoint, ctl, old.node,
-                            old_host)
-        ctx.journal.facts["old_checkpoint"] = shutdown
         if plan.mode == "switchover":
-            if shutdown["state"] != "shut down":
-                raise hooks.unclean_shutdown(old.node, shutdown["state"])
             reached = run_step(ctx, 2, "lsn-gate", cand.node, lsn_gate, cand, shutdown["checkpoint"],
                                req.lsn_gate_timeout_seconds)
-            ctx.journal.facts.update(old_wal_end=shutdown["checkpoint"], promoted_at=reached)
         else:
-            wal_end = read_wal_end(ctl, old.node, old_host, shutdown["checkpoint"]) if shutdown["checkpoint"] else None
             reached = run_step(ctx, 2, "lsn-gate", cand.node, replay_received, cand, req.lsn_gate_timeout_seconds)
-            ctx.journal.facts.update(old_wal_end=wal_end, promoted_at=reached)
+        ctx.journal.facts["promoted_at"] = reached
         run_step(ctx, 2, "promote", cand.node, promote, cand, req.promote_timeout_seconds)
     verified = run_step(ctx, 2, "verify-promotion", cand.node, verify_promotion, cand, plan.original_timeline)
     ctx.journal.facts.update(new_timeline=verified["timeline"], switch_lsn=verified["switch_lsn"])
+    if verified["switch_lsn"]:  # where the old timeline really ended (timeline history), not the journal's word
+        ctx.journal.facts["promoted_at"] = verified["switch_lsn"]
+    if plan.mode == "failover" and shutdown["checkpoint"]:  # after the promotion: availability first
+        ctx.journal.facts["old_wal_end"] = read_wal_end(ctl, old.node, old_host, shutdown["checkpoint"])
     run_step(ctx, 2, "repoint-endpoint", "endpoint", repoint_endpoint, endpoint, cand_host, cand.port)
     run_step(ctx, 2, "resume-endpoint", "endpoint", resume_endpoint, endpoint)
     ctx.write_pause_ms = round((time.perf_counter() - ctx.paused_at) * 1000, 1)
@@ -121,9 +125,8 @@ def post_failover(run_key: str) -> None:
     ctx = context(run_key)
     started = time.perf_counter()
     plan = ctx.journal.plan
-    probe_target = ctx.cluster.endpoint_target() if ctx.endpoint.kind == "pgbouncer" else None
     probe = run_step(ctx, 3, "probe-application", "endpoint", probe_application,
-                     probe_target or ctx.cluster.target(plan.candidate))
+                     application_target(ctx.cluster.target(plan.candidate), ctx.endpoint))
     if probe["port"] != ctx.cluster.node(plan.candidate).port:
         raise hooks.endpoint_elsewhere(probe["port"], plan.candidate)
     run_step(ctx, 3, "update-cluster-block", "cluster", save_cluster_block, ctx.request.cluster_block,

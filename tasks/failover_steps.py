@@ -208,25 +208,34 @@ def repoint_endpoint(control: EndpointControl, host: str, port: int) -> str:
 @task(name="fence-node", **STEP)
 def fence_node(control: NodeControl, node: str, host: str, mode: str, timeout: int, force: bool) -> str:
     """Stop the old primary (fast or immediate) and confirm it is stopped."""
-    status = nc.node_status(control, node, host)
+    status, error = nc.node_status(control, node, host), ""
     if status == "stopped":
         return f"{node} is already stopped"
     if status == "running":
-        nc.stop_node(control, node, host, mode, timeout)
-        if nc.node_status(control, node, host) == "stopped":
+        try:
+            nc.stop_node(control, node, host, mode, timeout)  # raises unless pg_ctl stop -w (or status) says stopped
             return f"{node} stopped ({mode})"
-        status = "unknown"
+        except nc.NodeControlError as exc:
+            status, error = "unknown", f" ({exc})"
     if force:
         return f"fence of {node} UNCONFIRMED (node control says {status}); proceeding because force is set"
     raise FailoverStepFailed(
-        f"cannot confirm that {node} is stopped (node control: {status}): power it off or block it, then "
+        f"cannot confirm that {node} is stopped (node control: {status}{error}): power it off or block it, then "
         "rerun; or rerun with force if you are sure it cannot accept writes")
 
 
 @task(name="read-shutdown-checkpoint", **STEP)
-def read_shutdown_checkpoint(control: NodeControl, node: str, host: str) -> dict:
-    """pg_controldata of the stopped old primary: state and 'Latest checkpoint location'."""
-    data = nc.controldata(control, node, host)
+def read_shutdown_checkpoint(control: NodeControl, node: str, host: str, required: bool = True) -> dict:
+    """pg_controldata of the stopped old primary: state and 'Latest checkpoint location'.
+
+    Not required in failover mode (its host may be gone): then every value is None (gap unknown).
+    """
+    try:
+        data = nc.controldata(control, node, host)
+    except nc.NodeControlError:
+        if required:
+            raise
+        data = {}
     return {"state": data.get("Database cluster state"), "checkpoint": data.get("Latest checkpoint location"),
             "timeline": data.get("Latest checkpoint's TimeLineID")}
 
@@ -317,6 +326,14 @@ def switch_point(history: str | None, timeline: int | None) -> str | None:
         if len(parts) >= 2 and parts[0].isdigit() and int(parts[0]) == timeline:
             return parts[1]
     return None
+
+
+def application_target(candidate: ConnectionTarget, endpoint: EndpointControl) -> ConnectionTarget:
+    """Where applications connect: pgbouncer's client port, or (endpoint 'none') the new primary itself."""
+    if endpoint.kind != "pgbouncer":
+        return candidate
+    return candidate.model_copy(update={"node": "endpoint", "host": endpoint.admin_host,
+                                        "port": endpoint.admin_port, "via_pooler": True})
 
 
 @task(name="probe-application", **STEP)
