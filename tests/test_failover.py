@@ -313,3 +313,13 @@ def test_journal_is_atomic_json(journal_dir):
     files = os.listdir(journal_dir)
     assert not [f for f in files if f.startswith(".")], files
     assert any(f.endswith(".json") for f in files)
+
+
+def test_no_secret_reaches_prefect_records(box, prefect_api):
+    import asyncio
+
+    from tests.test_secrets import _everything_the_api_stored
+
+    stored = "\n".join(asyncio.run(_everything_the_api_stored()))
+    assert "Failover" in stored or "failover" in stored
+    assert box.config.password not in stored
