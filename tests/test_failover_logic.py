@@ -170,3 +170,36 @@ def test_shell_templates_fill_placeholders_without_a_shell():
                           stop_command="ssh {host} pg_ctl stop -m {mode} -D '{data_dir}'")
     assert _argv(control, control.stop_command, "pg_ctl", [], node="a", host="db1", mode="fast",
                  data_dir="/srv/pg a") == ["ssh", "db1", "pg_ctl", "stop", "-m", "fast", "-D", "/srv/pg a"]
+
+
+def test_a_crashed_or_cancelled_run_alerts_its_thread(slack, tmp_path):
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from prefect.states import Cancelled, Crashed
+
+    from blocks.slack_notifier import SlackNotifier
+    from tasks import failover_hooks, failover_run
+    from tasks.failover_model import FailoverPlan, StepRecord
+    from tasks.journal import Journal, JournalStore
+    from tasks.notify import SlackThread
+
+    notifier = SlackNotifier(bot_token=SecretStr("xoxb-ok-crash"), channel="#db", base_url=slack.base_url)
+    now = datetime.now(UTC)
+    plan = FailoverPlan(cluster="c", mode="switchover", old_primary="a", candidate="b", lag_bytes=0,
+                        original_timeline=1)
+    ctx = failover_run.RunContext(
+        run_id="run-1", request=FailoverRequest(), cluster=CLUSTER,
+        node_control=NodeControl(data_dirs={"a": "/x"}), endpoint=EndpointControl(),
+        store=JournalStore(tmp_path), thread=SlackThread(notifier),
+        journal=Journal(cluster="c", run_id="run-1", plan=plan, started_at=now, updated_at=now,
+                        steps=[StepRecord(phase=2, step="promote", node="b", status="done", at=now)]))
+    failover_run._CONTEXTS["run-1"] = ctx
+    try:
+        failover_hooks.run_crashed(None, SimpleNamespace(id="run-1", parameters={}), Crashed())
+        failover_hooks.run_crashed(None, SimpleNamespace(id="run-1", parameters={}), Cancelled())
+    finally:
+        failover_run.close_context("run-1")
+    raw = "\n".join(c.raw for c in slack.calls(token="xoxb-ok-crash"))
+    assert "CRASHED after step `promote`" in raw and "CANCELLED after step `promote`" in raw
+    assert "rerun the failover" in raw
