@@ -41,9 +41,15 @@ def phase_failed(flow, flow_run, state) -> None:
     """on_failure of each phase subflow: undo where safe, then tell the thread what to do."""
     try:
         ctx = context(flow_run.parameters.get("run_key", ""))
-        if ctx is None or ctx.journal is None or "FailoverRefused" in (state.message or ""):
+        if ctx is None or "FailoverRefused" in (state.message or ""):
             return  # a refusal is posted by the parent flow; nothing changed
         phase = PHASE_OF_FLOW.get(flow.name, 0)
+        if ctx.journal is None:  # failed before any plan: nothing was changed
+            line = f"Phase {phase} {PHASES.get(phase, '?')} FAILED before any change: {state.message}"
+            ctx.thread.reply(line, section_blocks(f"Phase {phase} failed", [line, "*Next:* " + next_action(
+                1, None, False, None, None, "?", "?")]))
+            post_progress(ctx, f"FAILED in phase {phase}, nothing changed", line)
+            return
         failed = next((s for s in reversed(ctx.journal.steps) if s.status == "failed"), None)
         states = node_states(ctx)
         undo = undo_phase2(ctx, states) if phase == 2 else []
