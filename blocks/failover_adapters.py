@@ -47,7 +47,7 @@ class NodeControl(Block):
     )
     waldump_command: str | None = Field(
         default=None,
-        description="kind 'shell', optional: pg_waldump -q -p {data_dir}/pg_wal -s {start} "
+        description="kind 'shell', optional: pg_waldump -q -p {data_dir}/pg_wal -t {timeline} -s {start} "
         "(to measure a crash's LSN gap).",
     )
     replication_user: str = Field(default="postgres", description="Role a rejoined standby streams as.")

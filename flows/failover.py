@@ -110,7 +110,8 @@ def failover_phase(run_key: str) -> None:
     if verified["switch_lsn"]:  # where the old timeline really ended (timeline history), not the journal's word
         ctx.journal.facts["promoted_at"] = verified["switch_lsn"]
     if plan.mode == "failover" and shutdown["checkpoint"]:  # after the promotion: availability first
-        ctx.journal.facts["old_wal_end"] = read_wal_end(ctl, old.node, old_host, shutdown["checkpoint"])
+        ctx.journal.facts["old_wal_end"] = read_wal_end(ctl, old.node, old_host, shutdown["checkpoint"],
+                                                         shutdown["timeline"])
     run_step(ctx, 2, "repoint-endpoint", "endpoint", repoint_endpoint, endpoint, cand_host, cand.port)
     run_step(ctx, 2, "resume-endpoint", "endpoint", resume_endpoint, endpoint)
     ctx.write_pause_ms = round((time.perf_counter() - ctx.paused_at) * 1000, 1)

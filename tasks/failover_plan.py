@@ -153,6 +153,10 @@ def data_loss(mode: str, old_wal_end: str | None, promoted_at: str | None) -> Da
         return DataLoss(old_wal_end=old_wal_end, promoted_at_lsn=promoted_at, sentence=(
             "LSN gap unknown: the old primary's WAL could not be read; acknowledged commits may be lost "
             "(asynchronous replication)"))
+    if mode == "failover" and end < at:  # the candidate cannot hold WAL the old primary never wrote
+        return DataLoss(old_wal_end=old_wal_end, promoted_at_lsn=promoted_at, sentence=(
+            f"LSN gap unknown: the old primary's WAL reads as ending at {old_wal_end}, before the promotion point "
+            f"{promoted_at} (inconsistent; check its pg_wal by hand)"))
     gap = max(0, end - at)
     if mode == "switchover":
         sentence = (f"0 bytes lost: the candidate replayed past the old primary's shutdown checkpoint "

@@ -34,7 +34,8 @@ SELECT pg_catalog.pg_is_in_recovery()                                       AS i
        CASE WHEN pg_catalog.pg_is_in_recovery()
             THEN pg_catalog.pg_is_wal_replay_paused() ELSE false END        AS replay_paused,
        CASE WHEN pg_catalog.pg_is_in_recovery()
-            THEN coalesce((SELECT r.received_tli FROM pg_catalog.pg_stat_wal_receiver AS r),
+            THEN greatest((SELECT r.received_tli FROM pg_catalog.pg_stat_wal_receiver AS r),
+                          (SELECT nullif(v.min_recovery_end_timeline, 0) FROM pg_catalog.pg_control_recovery() AS v),
                           (SELECT c.timeline_id FROM pg_catalog.pg_control_checkpoint() AS c))
             ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int
        END                                                                  AS timeline,
@@ -236,15 +237,18 @@ def read_shutdown_checkpoint(control: NodeControl, node: str, host: str, require
         if required:
             raise
         data = {}
+    tli = data.get("Latest checkpoint's TimeLineID")
     return {"state": data.get("Database cluster state"), "checkpoint": data.get("Latest checkpoint location"),
-            "timeline": data.get("Latest checkpoint's TimeLineID")}
+            "timeline": int(tli) if tli and tli.isdigit() else None}
 
 
 @task(name="read-wal-end", **STEP)
-def read_wal_end(control: NodeControl, node: str, host: str, start_lsn: str) -> str | None:
+def read_wal_end(control: NodeControl, node: str, host: str, start_lsn: str, timeline: int | None) -> str | None:
     """End of the crashed old primary's valid WAL (None when its disk cannot be read)."""
+    if not timeline:
+        return None
     try:
-        return nc.wal_end(control, node, host, start_lsn)
+        return nc.wal_end(control, node, host, start_lsn, timeline)
     except nc.NodeControlError:
         return None
 
@@ -314,18 +318,22 @@ def verify_promotion(target: ConnectionTarget, original_timeline: int | None) ->
             history = db.fetch_one(HISTORY_SQL, {"tli": state["timeline"]}, _Text).value
         except RunbookDBError:
             pass  # needs superuser or pg_read_server_files; the switch point is then unknown
-    return {"timeline": state["timeline"], "xid": xid, "switch_lsn": switch_point(history, original_timeline)}
+    return {"timeline": state["timeline"], "xid": xid, "switch_lsn": switch_point(history)}
 
 
-def switch_point(history: str | None, timeline: int | None) -> str | None:
-    """Where `timeline` ended according to a timeline history file ('1\t0/3000148\t...')."""
-    if not history or not timeline:
-        return None
-    for line in history.splitlines():
+def switch_point(history: str | None, timeline: int | None = None) -> str | None:
+    """Where `timeline` ended according to a timeline history file ('1\t0/3000148\t...').
+
+    Without `timeline`: the last entry, i.e. where the server's parent timeline ended (its promotion).
+    """
+    entries = []
+    for line in (history or "").splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit() and int(parts[0]) == timeline:
-            return parts[1]
-    return None
+        if len(parts) >= 2 and parts[0].isdigit():
+            entries.append((int(parts[0]), parts[1]))
+    if timeline is None:
+        return entries[-1][1] if entries else None
+    return next((lsn for tli, lsn in entries if tli == timeline), None)
 
 
 def application_target(candidate: ConnectionTarget, endpoint: EndpointControl) -> ConnectionTarget:

@@ -101,13 +101,18 @@ def parse_controldata(text: str) -> dict[str, str]:
     return out
 
 
-def wal_end(control: NodeControl, node: str, host: str, start_lsn: str, timeout: float = 60) -> str | None:
-    """End of the valid WAL in a stopped node's pg_wal (where crash recovery would stop), or None."""
-    f = _fields(control, node, host, start=start_lsn)
+def wal_end(control: NodeControl, node: str, host: str, start_lsn: str, timeline: int, timeout: float = 60
+            ) -> str | None:
+    """End of the valid WAL in a stopped node's pg_wal (where crash recovery would stop), or None.
+
+    Read from its last checkpoint on its own timeline (pg_waldump defaults to timeline 1).
+    """
+    f = _fields(control, node, host, start=start_lsn, timeline=str(timeline))
     if control.kind == "shell" and not control.waldump_command:
         return None
     wal_dir = str(Path(f["data_dir"]) / "pg_wal")
-    argv = _argv(control, control.waldump_command, "pg_waldump", ["-q", "-p", wal_dir, "-s", start_lsn], **f)
+    argv = _argv(control, control.waldump_command, "pg_waldump",
+                 ["-q", "-p", wal_dir, "-t", str(timeline), "-s", start_lsn], **f)
     proc = run(argv, timeout)
     return parse_wal_end(proc.stderr)
 

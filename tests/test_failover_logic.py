@@ -96,6 +96,7 @@ def test_data_loss_sentences():
     crash = data_loss("failover", "0/30265F8", "0/3026000")
     assert crash.gap_bytes == 0x5F8 and "LSN gap 1528 bytes" in crash.sentence
     assert data_loss("failover", None, "0/1").gap_bytes is None
+    assert data_loss("failover", "0/1000", "0/2000").gap_bytes is None  # inconsistent: never claims 0
 
 
 def test_pgbouncer_ini_rewrite_touches_only_databases():
@@ -111,7 +112,9 @@ def test_parsers():
                          "0/30265F8: wanted 24, got 0") == "0/30265F8"
     assert parse_controldata("Latest checkpoint location:           0/2000060\n")["Latest checkpoint location"] \
         == "0/2000060"
-    assert switch_point("1\t0/3000148\tno recovery target specified\n", 1) == "0/3000148"
+    history = "1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tno recovery target specified\n"
+    assert switch_point(history, 1) == "0/3000148"
+    assert switch_point(history) == "0/5000000"  # the promotion that created the current timeline
     assert needs_rewind("shut down", "0/3000060", 1, "0/30000D8") is False
     assert needs_rewind("in production", "0/3000060", 1, "0/30000D8") is True
     assert slot_name("pg-1.East") == "pg_1_east"
