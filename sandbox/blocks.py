@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
+from blocks.failover_adapters import EndpointControl, NodeControl
 from blocks.postgres_cluster import Endpoint, PostgresCluster, PostgresNode
 from sandbox.cluster import HOST, MONITOR_ROLE, SUPERUSER, Sandbox
 
@@ -31,4 +32,30 @@ def save_sandbox_blocks(box: Sandbox, name: str = "sandbox") -> str:
 
     sandbox_cluster_block(box, name=name).save(name, overwrite=True)
     MetricsSource(kind="local").save(f"{name}-host", overwrite=True)
+    return name
+
+
+def sandbox_node_control_block(box: Sandbox) -> NodeControl:
+    """Local pg_ctl control of the sandbox's two nodes (as the postgres OS user when root)."""
+    return NodeControl(
+        kind="pg_ctl", bindir=str(box.bindir),
+        data_dirs={"primary": str(box.primary_dir), "replica": str(box.replica_dir)},
+        os_user=box.config.os_user if box.as_root else None,
+        replication_user=SUPERUSER, replication_passfile=str(box.passfile),
+    )
+
+
+def sandbox_endpoint_block(box: Sandbox) -> EndpointControl:
+    """The sandbox's pgbouncer: admin console as the superuser, its ini rewritten on repoint."""
+    return EndpointControl(
+        kind="pgbouncer", admin_host=HOST, admin_port=box.config.pgbouncer_port, admin_user=SUPERUSER,
+        admin_password=SecretStr(box.config.password), ini_path=str(box.pgbouncer_ini),
+    )
+
+
+def save_failover_blocks(box: Sandbox, name: str = "sandbox") -> str:
+    """Save the PostgresCluster, NodeControl and EndpointControl blocks `name` for the sandbox."""
+    save_sandbox_blocks(box, name)
+    sandbox_node_control_block(box).save(name, overwrite=True)
+    sandbox_endpoint_block(box).save(name, overwrite=True)
     return name

@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             _print_conninfo(box)
         elif args.command == "save-blocks":
-            from sandbox.blocks import save_sandbox_blocks
+            from sandbox.blocks import save_failover_blocks
 
-            name = save_sandbox_blocks(box, args.block_name)
-            print(f"saved block postgres-cluster/{name}")
+            name = save_failover_blocks(box, args.block_name)
+            print(f"saved blocks postgres-cluster/{name}, node-control/{name}, endpoint-control/{name}")
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -466,6 +466,20 @@ class Sandbox:
                 raise SandboxError("the replica did not reach state 'streaming' in time")
             time.sleep(0.1)
 
+    def wait_streaming_to(self, upstream: str, timeout: float = 30) -> None:
+        """Wait until `upstream` (whichever node is primary now) reports a streaming standby."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(psycopg.OperationalError), self.connect(upstream) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+                ).fetchone()
+                if row and row[0] > 0:
+                    return
+            if time.monotonic() > deadline:
+                raise SandboxError(f"no standby reached state 'streaming' from {upstream} in time")
+            time.sleep(0.05)
+
     def status(self) -> dict:
         nodes = {}
         for node in ("primary", "replica"):

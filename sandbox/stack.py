@@ -164,12 +164,12 @@ def _provision_in_process(sandbox_dir: str, block_name: str) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
     from blocks import PostgresCluster, SlackNotifier
-    from sandbox.blocks import save_sandbox_blocks
+    from sandbox.blocks import save_failover_blocks
 
     PostgresCluster.register_type_and_schema()
     SlackNotifier.register_type_and_schema()
     box = Sandbox.open(Path(sandbox_dir))
-    save_sandbox_blocks(box, block_name)
+    save_failover_blocks(box, block_name)
 
     async def limits() -> None:
         async with get_client() as client:

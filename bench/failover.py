@@ -1,0 +1,188 @@
+"""Benchmark: switchover under steady write load through pgbouncer, the flow vs the bare sequence.
+
+Reference: the bare scripted sequence (CHECKPOINT, PAUSE, fast stop, LSN gate, pg_promote,
+repoint, RESUME) run directly with psycopg and pg_ctl, no Prefect. For each, five runs on a fresh
+sandbox of its own; medians of the write-pause window (longest gap between acknowledged commits),
+client errors, acknowledged rows lost and total time; then the ratio flow/bare.
+
+    ./run bench failover [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import psycopg  # noqa: E402
+
+from blocks.postgres_cluster import PostgresCluster  # noqa: E402
+from sandbox.blocks import save_failover_blocks  # noqa: E402
+from sandbox.cluster import Sandbox, SandboxConfig, free_port  # noqa: E402
+from tasks.endpoint import rewrite_ini  # noqa: E402
+from tasks.failover_plan import lsn_int  # noqa: E402
+from tasks.node_control import parse_controldata  # noqa: E402
+
+BLOCK = "bench-failover"
+
+
+class Writer(threading.Thread):
+    """Commits numbered rows through pgbouncer; records each acknowledged commit and its time."""
+
+    def __init__(self, box: Sandbox):
+        super().__init__(daemon=True)
+        self.box, self.stop_event = box, threading.Event()
+        self.acked: list[tuple[int, float]] = []
+        self.errors = 0
+        self.base = int(time.time() * 1000) % 1_000_000 * 1000
+
+    def run(self) -> None:
+        conn = self.box.connect("pgbouncer")
+        n = self.base
+        while not self.stop_event.is_set():
+            n += 1
+            try:
+                conn.execute("INSERT INTO public.bench_writes (n) VALUES (%s)", (n,))
+                self.acked.append((n, time.perf_counter()))
+            except psycopg.Error:
+                self.errors += 1
+                conn.close()
+                time.sleep(0.01)
+                conn = self.box.connect("pgbouncer")
+        conn.close()
+
+
+def roles(box: Sandbox) -> tuple[str, str]:
+    for node in ("primary", "replica"):
+        try:
+            with box.connect(node) as conn:
+                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return node, ("replica" if node == "primary" else "primary")
+        except psycopg.OperationalError:
+            pass
+    raise RuntimeError("no primary")
+
+
+def bare_switchover(box: Sandbox, old: str, new: str) -> None:
+    """The reference: the zero-loss sequence with nothing around it."""
+    with box.connect(old) as conn:
+        conn.execute("CHECKPOINT")
+    admin = psycopg.connect(host="127.0.0.1", port=box.config.pgbouncer_port, user="postgres", dbname="pgbouncer",
+                            password=box.config.password, autocommit=True, prepare_threshold=None)
+    admin.execute("PAUSE")
+    box.stop_node(old, "fast")
+    out = box.run_as_server_user([box.pg("pg_controldata"), str(box.node_dir(old))]).stdout
+    goal = lsn_int(parse_controldata(out)["Latest checkpoint location"])
+    with box.connect(new) as conn:
+        while lsn_int(conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]) <= goal:
+            time.sleep(0.002)
+        conn.execute("SELECT pg_promote(wait => false)")
+        while conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            time.sleep(0.005)
+    ini = box.pgbouncer_ini
+    ini.write_text(rewrite_ini(ini.read_text(), "127.0.0.1", box.node_port(new)))
+    admin.execute("RELOAD")
+    admin.execute("RESUME")
+    admin.close()
+    cluster = PostgresCluster.load(BLOCK)
+    cluster.primary_node, cluster.fenced_nodes = new, [old]
+    cluster.save(BLOCK, overwrite=True)
+
+
+def measure(box: Sandbox, switch) -> dict:
+    old, new = roles(box)
+    writer = Writer(box)
+    writer.start()
+    time.sleep(1.0)
+    started = time.perf_counter()
+    switch(old, new)
+    total = time.perf_counter() - started
+    time.sleep(1.0)
+    writer.stop_event.set()
+    writer.join(10)
+    times = [t for _, t in writer.acked]
+    window = [b - a for a, b in zip(times, times[1:], strict=False) if b >= started - 0.5]
+    with box.connect(new) as conn:
+        have = {r[0] for r in conn.execute("SELECT n FROM public.bench_writes WHERE n > %s", (writer.base,))}
+    lost = len({n for n, _ in writer.acked} - have)
+    return {"pause_s": max(window, default=0.0), "errors": writer.errors, "lost": lost, "total_s": total,
+            "acked": len(writer.acked)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.failover import failover
+    from flows.rejoin import rejoin
+    from tasks.failover_model import FailoverRequest, RejoinRequest
+
+    base = Path(tempfile.mkdtemp(prefix="pgrb-bench-failover-"))
+    box = Sandbox(SandboxConfig(base_dir=base, primary_port=free_port(), replica_port=free_port(),
+                                pgbouncer_port=free_port()))
+    journal = tempfile.mkdtemp(prefix="pgrb-bench-journal-")
+    results: dict[str, list[dict]] = {"flow": [], "bare": []}
+    step_ms: dict[str, list[float]] = {}
+    try:
+        box.start()
+        with box.connect("primary") as conn:
+            conn.execute("CREATE TABLE public.bench_writes (n bigint PRIMARY KEY)")
+        with prefect_test_harness(server_startup_timeout=120):
+            save_failover_blocks(box, BLOCK)
+
+            def via_flow(old, new):
+                report = failover(FailoverRequest(cluster_block=BLOCK, node_control_block=BLOCK,
+                                                  endpoint_block=BLOCK, journal_dir=journal))
+                assert report.status == "completed", report.summary
+                for s in report.steps:
+                    if s.phase == 2 and s.status == "done":
+                        step_ms.setdefault(s.step, []).append(s.duration_ms)
+                step_ms.setdefault("clients held (PAUSE..RESUME)", []).append(report.write_pause_ms)
+
+            def bare(old, new):
+                bare_switchover(box, old, new)
+
+            for i in range(args.runs):
+                for kind, fn in (("flow", via_flow), ("bare", bare)):
+                    box.wait_streaming_to(roles(box)[0])
+                    result = measure(box, fn)
+                    results[kind].append(result)
+                    print(f"run {i + 1} {kind}: pause {result['pause_s'] * 1000:.0f} ms, errors {result['errors']}, "
+                          f"lost {result['lost']} of {result['acked']}, total {result['total_s']:.2f} s", flush=True)
+                    rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
+    finally:
+        box.destroy()
+
+    print("\nflow phase 2, median ms per step:")
+    for step, values in step_ms.items():
+        print(f"  {step:32}{statistics.median(values):>8.0f}")
+
+    def med(kind, key):
+        return statistics.median(r[key] for r in results[kind])
+
+    print(f"\nswitchover under write load through pgbouncer, {args.runs} runs each, medians")
+    print(f"{'':28}{'flow':>10}{'bare':>10}{'flow/bare':>11}")
+    for key, label, scale in (("pause_s", "write-pause window (ms)", 1000), ("total_s", "total time (s)", 1)):
+        f, b = med("flow", key) * scale, med("bare", key) * scale
+        print(f"{label:28}{f:>10.1f}{b:>10.1f}{f / b if b else float('nan'):>11.2f}")
+    for key, label in (("errors", "client errors"), ("lost", "acknowledged rows lost")):
+        print(f"{label:28}{med('flow', key):>10.0f}{med('bare', key):>10.0f}")
+    print(f"{'(max over runs) errors/lost':28}{max(r['errors'] for r in results['flow']):>6}/"
+          f"{max(r['lost'] for r in results['flow'])}{max(r['errors'] for r in results['bare']):>7}/"
+          f"{max(r['lost'] for r in results['bare'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Runbook 4.2: manual failover and planned switchover in three phases.
+
+Phase 1 checks the candidate and backs up the critical state (dry_run stops there with the plan).
+Phase 2 holds the clients, fences the old primary, waits for the LSN gate, promotes, verifies and
+repoints. Phase 3 probes the application path, records the new primary in the cluster block and
+notifies. Every step is journaled outside the worker; a rerun inspects the real state of each
+node and continues. At most one run per cluster holds the lock.
+"""
+
+import time
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, runtime
+
+from tasks import failover_hooks as hooks
+from tasks.failover_model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
+from tasks.failover_plan import data_loss, decide
+from tasks.failover_report import render_backup, render_markdown
+from tasks.failover_run import RunContext, close_context, context, open_context, post_progress, reply_phase, run_step
+from tasks.failover_run import skip_step as skip
+from tasks.failover_steps import (
+    application_target,
+    checkpoint,
+    fence_node,
+    lsn_gate,
+    pause_endpoint,
+    probe_application,
+    promote,
+    read_backup,
+    read_endpoint,
+    read_node_state,
+    read_shutdown_checkpoint,
+    read_wal_end,
+    replay_received,
+    repoint_endpoint,
+    resume_endpoint,
+    verify_promotion,
+)
+from tasks.failover_wiring import resume_plan, save_cluster_block, start_journal
+from tasks.publish import artifact_key, publish_markdown
+
+
+@flow(name="failover-pre", on_failure=[hooks.phase_failed])
+def pre_failover(run_key: str) -> FailoverPlan:
+    """Phase 1: inspect every node and the endpoint, decide (or refuse), back up the critical state."""
+    ctx = context(run_key)
+    started = time.perf_counter()
+    states = {t.node: read_node_state(t) for t in ctx.cluster.targets()}
+    try:
+        endpoint, endpoint_error = read_endpoint(ctx.endpoint), None
+    except Exception as exc:  # noqa: BLE001 - an unusable endpoint is a refusal reason
+        endpoint, endpoint_error = {}, str(exc)
+    plan = resume_plan(ctx, states, endpoint_error) or decide(ctx.request, ctx.cluster, states, endpoint_error)
+    start_journal(ctx, plan)
+    backup = {"states": {k: v.model_dump() for k, v in states.items()}, "endpoint": endpoint,
+              "nodes": [read_backup(t).model_dump() for t in ctx.cluster.targets() if states[t.node].reachable],
+              "plan": plan.model_dump()}
+    path = ctx.store.write_backup(ctx.cluster.cluster_name, ctx.run_id, backup)
+    ctx.journal.facts["backup_path"] = str(path)
+    publish_markdown(artifact_key("failover-backup", ctx.cluster.cluster_name), render_backup(backup),
+                     f"Pre-failover backup of {ctx.cluster.cluster_name}")
+    ctx.phase_seconds["pre-failover"] = time.perf_counter() - started
+    reply_phase(ctx, 1, ctx.phase_seconds["pre-failover"])
+    return plan
+
+
+@flow(name="failover-switch", on_failure=[hooks.phase_failed])
+def failover_phase(run_key: str) -> None:
+    """Phase 2: CHECKPOINT, PAUSE, fence, LSN gate, promote, verify, repoint, RESUME."""
+    ctx = context(run_key)
+    started = time.perf_counter()
+    plan, req, c = ctx.journal.plan, ctx.request, ctx.cluster
+    old, cand = c.target(plan.old_primary), c.target(plan.candidate)
+    old_host, cand_host = c.node(plan.old_primary).host, c.node(plan.candidate).host
+    ctl, endpoint = ctx.node_control, ctx.endpoint
+    cand_state = read_node_state(cand)
+    promoted = cand_state.reachable and cand_state.in_recovery is False
+    if plan.mode == "switchover" and not promoted:
+        old_state = read_node_state(old)
+        if old_state.reachable and old_state.in_recovery is False:
+            run_step(ctx, 2, "checkpoint", old.node, checkpoint, old)
+        else:
+            skip(ctx, 2, "checkpoint", old.node, f"{old.node} serves no writes now ({old_state.error or 'standby'})")
+    run_step(ctx, 2, "pause-endpoint", "endpoint", pause_endpoint, endpoint, req.pause_timeout_seconds)
+    ctx.paused_at = time.perf_counter()
+    stop_mode = "fast" if plan.mode == "switchover" else "immediate"
+    run_step(ctx, 2, "fence", old.node, fence_node, ctl, old.node, old_host, stop_mode, req.stop_timeout_seconds,
+             req.force)
+    shutdown = run_step(ctx, 2, "read-shutdown-checkpoint", old.node, read_shutdown_checkpoint, ctl, old.node,
+                        old_host, required=plan.mode == "switchover")
+    if plan.mode == "switchover":
+        if shutdown["state"] != "shut down":
+            raise hooks.unclean_shutdown(old.node, shutdown["state"])
+        ctx.journal.facts["old_wal_end"] = shutdown["checkpoint"]
+    if promoted:
+        skip(ctx, 2, "promote", cand.node, f"{cand.node} is already writable (timeline {cand_state.timeline}): "
+             "resuming after the promotion, not promoting twice")
+    else:
+        if plan.mode == "switchover":
+            reached = run_step(ctx, 2, "lsn-gate", cand.node, lsn_gate, cand, shutdown["checkpoint"],
+                               req.lsn_gate_timeout_seconds)
+        else:
+            reached = run_step(ctx, 2, "lsn-gate", cand.node, replay_received, cand, req.lsn_gate_timeout_seconds)
+        ctx.journal.facts["promoted_at"] = reached
+        run_step(ctx, 2, "promote", cand.node, promote, cand, req.promote_timeout_seconds)
+    verified = run_step(ctx, 2, "verify-promotion", cand.node, verify_promotion, cand, plan.original_timeline)
+    ctx.journal.facts.update(new_timeline=verified["timeline"], switch_lsn=verified["switch_lsn"])
+    if verified["switch_lsn"]:  # where the old timeline really ended (timeline history), not the journal's word
+        ctx.journal.facts["promoted_at"] = verified["switch_lsn"]
+    if plan.mode == "failover" and shutdown["checkpoint"]:  # after the promotion: availability first
+        ctx.journal.facts["old_wal_end"] = read_wal_end(ctl, old.node, old_host, shutdown["checkpoint"],
+                                                         shutdown["timeline"])
+    run_step(ctx, 2, "repoint-endpoint", "endpoint", repoint_endpoint, endpoint, cand_host, cand.port)
+    run_step(ctx, 2, "resume-endpoint", "endpoint", resume_endpoint, endpoint)
+    ctx.write_pause_ms = round((time.perf_counter() - ctx.paused_at) * 1000, 1)
+    ctx.paused_at = None
+    ctx.phase_seconds["failover"] = time.perf_counter() - started
+    reply_phase(ctx, 2, ctx.phase_seconds["failover"])
+
+
+@flow(name="failover-post", on_failure=[hooks.phase_failed])
+def post_failover(run_key: str) -> None:
+    """Phase 3: write-then-read through the endpoint; the cluster block follows the new primary."""
+    ctx = context(run_key)
+    started = time.perf_counter()
+    plan = ctx.journal.plan
+    probe = run_step(ctx, 3, "probe-application", "endpoint", probe_application,
+                     application_target(ctx.cluster.target(plan.candidate), ctx.endpoint))
+    if probe["port"] != ctx.cluster.node(plan.candidate).port:
+        raise hooks.endpoint_elsewhere(probe["port"], plan.candidate)
+    run_step(ctx, 3, "update-cluster-block", "cluster", save_cluster_block, ctx.request.cluster_block,
+             plan.candidate, plan.old_primary)
+    ctx.journal.status = "completed"
+    ctx.phase_seconds["post-failover"] = time.perf_counter() - started
+    reply_phase(ctx, 3, ctx.phase_seconds["post-failover"])
+
+
+@flow(name="failover", on_crashed=[hooks.run_crashed], on_cancellation=[hooks.run_crashed])
+def failover(request: FailoverRequest = FailoverRequest()) -> FailoverReport:
+    """Switch the primary of a cluster to a standby: planned (switchover) or after a loss (failover)."""
+    logger = get_run_logger()
+    run_key = str(runtime.flow_run.id or "local")
+    ctx = open_context(request, run_key, runtime.flow_run.ui_url)
+    try:
+        with ctx.store.exclusive(ctx.cluster.cluster_name, run_key):
+            post_progress(ctx, "phase 1/3 pre-failover", "phase 1: checking nodes, endpoint and lag")
+            plan = pre_failover(run_key)
+            if request.dry_run:
+                return finish(ctx, "dry_run")
+            post_progress(ctx, "phase 2/3 failover", f"phase 1 done: {plan.candidate} qualifies; lag "
+                          f"{plan.lag_bytes if plan.lag_bytes is not None else 'unknown'} bytes")
+            failover_phase(run_key)
+            post_progress(ctx, "phase 3/3 post-failover",
+                          f"phase 2 done: {plan.candidate} promoted, clients held {ctx.write_pause_ms:.0f} ms")
+            post_failover(run_key)
+            report = finish(ctx, "completed")
+            logger.info(report.summary)
+            return report
+    except FailoverRefused as exc:
+        hooks.post_refusal(ctx, exc)
+        raise
+    finally:
+        close_context(run_key)
+
+
+def finish(ctx: RunContext, status: str) -> FailoverReport:
+    """The report, its artifact and the final verdict in Slack."""
+    journal, plan = ctx.journal, ctx.journal.plan
+    facts = journal.facts
+    loss = data_loss(plan.mode, facts.get("old_wal_end"), facts.get("promoted_at") or facts.get("switch_lsn"))
+    if status == "dry_run":
+        summary = (f"{plan.cluster}: dry run — would {plan.mode} {plan.old_primary} → {plan.candidate} in "
+                   f"{len(plan.steps)} steps; nothing was changed")
+        journal.status = "dry_run"
+    else:
+        summary = (f"{plan.cluster}: {plan.candidate} is the new primary (timeline {facts.get('new_timeline')}), "
+                   f"{plan.old_primary} is fenced; {loss.sentence}")
+    report = FailoverReport(
+        cluster=plan.cluster, mode=plan.mode, status=status, summary=summary, old_primary=plan.old_primary,
+        new_primary=plan.candidate if status == "completed" else None, resumed=plan.resumed, plan=plan,
+        steps=list(journal.steps), phase_seconds=ctx.phase_seconds, write_pause_ms=ctx.write_pause_ms,
+        data_loss=loss if status == "completed" else data_loss(plan.mode, None, None).model_copy(
+            update={"sentence": "dry run: nothing promoted"}),
+        backup_path=facts.get("backup_path"), journal_path=str(ctx.store.path(plan.cluster)),
+        started_at=ctx.started_at, finished_at=datetime.now(UTC))
+    post_progress(ctx, "DONE" if status == "completed" else "DRY RUN", summary)
+    ctx.save()
+    if status in ("completed", "dry_run"):
+        ctx.store.archive(plan.cluster)
+    report.notification = ctx.thread.outcome
+    report.artifact_key = publish_markdown(artifact_key("failover", plan.cluster), render_markdown(report), summary)
+    return report
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run one switchover or failover and print its report.")
+    parser.add_argument("--cluster-block", default="sandbox")
+    parser.add_argument("--mode", choices=["switchover", "failover"], default="switchover")
+    parser.add_argument("--candidate")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args()
+    result = failover(FailoverRequest(cluster_block=args.cluster_block, mode=args.mode, candidate=args.candidate,
+                                      dry_run=args.dry_run))
+    print(render_markdown(result))

@@ -1,0 +1,171 @@
+"""Endpoint control: hold, repoint and release clients through the EndpointControl adapter.
+
+pgbouncer: PAUSE waits until every server connection is released (transactions finish) and holds
+new queries; the [databases] host/port in the ini are rewritten atomically, RELOAD reads them,
+RESUME releases the clients. 'none': nothing to do (libpq multi-host, read-write sessions).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+import psycopg
+
+from blocks.failover_adapters import EndpointControl
+
+
+class EndpointError(RuntimeError):
+    """The endpoint (pgbouncer) did not do what was asked; the message says what to do."""
+
+
+HOST_RE = re.compile(r"\bhost=\S+")
+PORT_RE = re.compile(r"\bport=\d+")
+
+
+def _admin(control: EndpointControl) -> psycopg.Connection:
+    try:
+        return psycopg.connect(**control.admin_connect_kwargs())
+    except psycopg.Error as exc:
+        raise EndpointError(
+            f"pgbouncer admin console {control.admin_host}:{control.admin_port} is unreachable "
+            f"({type(exc).__name__}): check that pgbouncer runs and the EndpointControl block"
+        ) from None
+
+
+def show_databases(control: EndpointControl) -> list[dict]:
+    """SHOW DATABASES of the admin console (reachability check and where each pool points)."""
+    if control.kind == "none":
+        return []
+    with _admin(control) as conn:
+        cur = conn.execute("SHOW DATABASES")
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def pause(control: EndpointControl, timeout_s: float) -> str:
+    """PAUSE: wait for running transactions, then hold every client. Idempotent.
+
+    A transaction longer than timeout_s keeps PAUSE from returning: then RESUME is sent (which
+    abandons the pause) and EndpointError says so; the clients were never held.
+    """
+    if control.kind == "none":
+        return "no endpoint to pause (libpq multi-host)"
+    conn = _admin(control)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            conn.execute("PAUSE")
+            outcome["ok"] = "paused"
+        except psycopg.Error as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        resume(control)  # the waiting PAUSE is abandoned; its connection is left to the daemon thread
+        raise EndpointError(
+            f"pgbouncer PAUSE did not complete in {timeout_s:.0f} s: a long transaction holds a server "
+            "connection; clients were resumed, nothing else changed. End that transaction or raise "
+            "pause_timeout_seconds"
+        )
+    conn.close()
+    error = outcome.get("error")
+    if error is not None:
+        if "already" in str(error):
+            return "already paused"
+        raise EndpointError(f"pgbouncer PAUSE failed: {str(error).strip()[:200]}")
+    return "paused"
+
+
+def resume(control: EndpointControl) -> str:
+    """RESUME the clients. Idempotent ('not paused' is fine)."""
+    if control.kind == "none":
+        return "no endpoint to resume"
+    with _admin(control) as conn:
+        try:
+            conn.execute("RESUME")
+        except psycopg.Error as exc:
+            if "not paused" in str(exc):
+                return "was not paused"
+            raise EndpointError(f"pgbouncer RESUME failed: {str(exc).strip()[:200]}") from None
+    return "resumed"
+
+
+def rewrite_ini(text: str, host: str, port: int) -> str:
+    """The ini with every [databases] entry pointing at host:port (other sections untouched)."""
+    out, section = [], ""
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped.lower()
+        elif section == "[databases]" and "=" in stripped and not stripped.startswith((";", "#")):
+            name, _, conn = line.partition("=")
+            conn = HOST_RE.sub(f"host={host}", conn) if HOST_RE.search(conn) else f" host={host}" + conn
+            conn = PORT_RE.sub(f"port={port}", conn) if PORT_RE.search(conn) else conn.rstrip("\n") + f" port={port}\n"
+            line = f"{name}={conn}"
+        out.append(line)
+    return "".join(out)
+
+
+def ini_targets(text: str) -> set[tuple[str, int]]:
+    """Every (host, port) the [databases] section points at."""
+    found, section = set(), ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped.lower()
+        elif section == "[databases]" and "=" in stripped and not stripped.startswith((";", "#")):
+            host = HOST_RE.search(stripped)
+            port = PORT_RE.search(stripped)
+            found.add((host.group(0)[5:] if host else "", int(port.group(0)[5:]) if port else 5432))
+    return found
+
+
+def read_ini(control: EndpointControl) -> str | None:
+    if control.kind == "none" or not control.ini_path:
+        return None
+    try:
+        return Path(control.ini_path).read_text()
+    except OSError as exc:
+        raise EndpointError(f"cannot read pgbouncer ini {control.ini_path}: {exc.strerror}") from None
+
+
+def repoint(control: EndpointControl, host: str, port: int) -> str:
+    """Point pgbouncer at host:port: atomic ini rewrite (owner and mode kept), then RELOAD."""
+    if control.kind == "none":
+        return "no endpoint to repoint (clients follow the writable server)"
+    if not control.ini_path:
+        raise EndpointError("the EndpointControl block has no ini_path to rewrite")
+    path = Path(control.ini_path)
+    text = read_ini(control) or ""
+    if ini_targets(text) != {(host, port)}:
+        new = rewrite_ini(text, host, port)
+        st = path.stat()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pgbouncer-ini-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(new)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, st.st_mode & 0o777)
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        action = f"ini rewritten to {host}:{port}"
+    else:
+        action = f"ini already points at {host}:{port}"
+    with _admin(control) as conn:
+        try:
+            conn.execute("RELOAD")
+        except psycopg.Error as exc:
+            raise EndpointError(f"pgbouncer RELOAD failed: {str(exc).strip()[:200]}") from None
+    return f"{action}; RELOAD done"

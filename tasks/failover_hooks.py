@@ -1,0 +1,141 @@
+"""Failover hooks: what a failed phase, a crashed or cancelled run tells the team, and the safe undo.
+
+A hook inspects the real state of each node, undoes its phase's work only where that cannot
+create a second writable primary, and posts phase, step, error, cluster state and the next
+manual action to the run's Slack thread. Hooks never raise (Prefect swallows it anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tasks import endpoint as ep
+from tasks import node_control as nc
+from tasks.failover_model import FailoverRefused, FailoverStepFailed, NodeState
+from tasks.failover_plan import next_action
+from tasks.failover_report import cluster_state_sentence
+from tasks.failover_run import PHASES, RunContext, context, post_progress
+from tasks.failover_steps import read_node_state
+from tasks.notify import SlackThread, load_notifier, section_blocks
+
+log = logging.getLogger("pg_runbooks.failover")
+PHASE_OF_FLOW = {"failover-pre": 1, "failover-switch": 2, "failover-post": 3}
+
+
+def unclean_shutdown(node: str, state: str | None) -> FailoverStepFailed:
+    return FailoverStepFailed(
+        f"{node} was not shut down cleanly (pg_controldata: {state}): a switchover cannot prove zero loss; "
+        "rerun in failover mode (the LSN gap will be reported)")
+
+
+def endpoint_elsewhere(port: int, candidate: str) -> FailoverStepFailed:
+    return FailoverStepFailed(f"the endpoint's write probe landed on port {port}, not on {candidate}: "
+                              "check the pgbouncer ini and RELOAD by hand")
+
+
+def node_states(ctx: RunContext) -> dict[str, NodeState]:
+    return {t.node: read_node_state.fn(t) for t in ctx.cluster.targets()}
+
+
+def phase_failed(flow, flow_run, state) -> None:
+    """on_failure of each phase subflow: undo where safe, then tell the thread what to do."""
+    try:
+        ctx = context(flow_run.parameters.get("run_key", ""))
+        if ctx is None or "FailoverRefused" in (state.message or ""):
+            return  # a refusal is posted by the parent flow; nothing changed
+        phase = PHASE_OF_FLOW.get(flow.name, 0)
+        if ctx.journal is None:  # failed before any plan: nothing was changed
+            line = f"Phase {phase} {PHASES.get(phase, '?')} FAILED before any change: {state.message}"
+            ctx.thread.reply(line, section_blocks(f"Phase {phase} failed", [line, "*Next:* " + next_action(
+                1, None, False, None, None, "?", "?")]))
+            post_progress(ctx, f"FAILED in phase {phase}, nothing changed", line)
+            return
+        failed = next((s for s in reversed(ctx.journal.steps) if s.status == "failed"), None)
+        states = node_states(ctx)
+        undo = undo_phase2(ctx, states) if phase == 2 else []
+        states = node_states(ctx) if undo else states
+        plan = ctx.journal.plan
+        cand = states.get(plan.candidate)
+        promoted = bool(cand and cand.reachable and cand.in_recovery is False)
+        old = states.get(plan.old_primary)
+        old_running = bool(old and old.reachable and old.in_recovery is False)
+        last = next((s for s in reversed(ctx.journal.steps) if s.phase == phase), None)
+        step = failed.step if failed else (last.step if last else "start")
+        where = f"at step {step}" if failed else f"after step {step}"
+        lines = [
+            f"*Phase {phase} {PHASES.get(phase, '?')} FAILED* {where}",
+            f"*Error:* {(failed.detail if failed else state.message) or 'unknown'}",
+            f"*Cluster now:* {cluster_state_sentence(list(states.values()), ctx.clients_paused)}",
+            *[f"*Undo:* {u}" for u in undo],
+            "*Next:* " + next_action(phase, step, promoted, old_running, ctx.clients_paused, plan.candidate,
+                                     plan.old_primary),
+        ]
+        ctx.journal.facts.setdefault("hook_reports", []).append(lines)
+        ctx.save()
+        title = f"Phase {phase} failed {where}"
+        ctx.thread.reply(title + ": " + lines[1], section_blocks(title, lines))
+        post_progress(ctx, f"FAILED in phase {phase} {where}", lines[2])
+    except Exception:  # noqa: BLE001 - a hook must never hide the original failure
+        log.exception("failover phase hook failed")
+
+
+def undo_phase2(ctx: RunContext, states: dict[str, NodeState]) -> list[str]:
+    """Put the old primary back only when the candidate was never asked to promote."""
+    plan, journal = ctx.journal.plan, ctx.journal
+    cand = states.get(plan.candidate)
+    promoted = bool(cand and cand.reachable and cand.in_recovery is False)
+    if promoted or journal.attempted("promote"):
+        held = "clients stay PAUSED at pgbouncer" if ctx.clients_paused else "clients were not paused"
+        return [f"none: {plan.candidate} was promoted (or pg_promote was requested); nothing is undone so that "
+                f"only one primary can exist; {held}"]
+    undo = []
+    old = states.get(plan.old_primary)
+    old_host = ctx.cluster.node(plan.old_primary).host
+    if plan.mode == "switchover" and journal.attempted("fence") and not (old and old.reachable):
+        try:
+            nc.start_node(ctx.node_control, plan.old_primary, old_host)
+            undo.append(f"restarted {plan.old_primary} ({plan.candidate} was never promoted, the stop was clean)")
+            old = read_node_state.fn(ctx.cluster.target(plan.old_primary))
+        except nc.NodeControlError as exc:
+            undo.append(f"could not restart {plan.old_primary}: {exc}")
+    if ctx.clients_paused or journal.attempted("pause-endpoint"):
+        if old and old.reachable and old.in_recovery is False:
+            try:
+                undo.append(f"RESUME sent to pgbouncer ({ep.resume(ctx.endpoint)}): clients continue on "
+                            f"{plan.old_primary}, which still points there")
+                ctx.paused_at = None
+            except ep.EndpointError as exc:
+                undo.append(f"RESUME failed: {exc}")
+        else:
+            undo.append(f"clients stay PAUSED: {plan.old_primary} is not writable")
+    old = old if old and old.reachable else read_node_state.fn(ctx.cluster.target(plan.old_primary))
+    if old.reachable and old.in_recovery is False and not ctx.clients_paused:
+        journal.status = "rolled_back"  # back where it started: the next run decides afresh
+    return undo or ["nothing to undo"]
+
+
+def post_refusal(ctx: RunContext, exc: FailoverRefused) -> None:
+    try:
+        post_progress(ctx, "REFUSED, nothing was changed", "; ".join(exc.reasons))
+    except Exception:  # noqa: BLE001
+        log.exception("could not post the refusal")
+
+
+def run_crashed(flow, flow_run, state) -> None:
+    """on_crashed / on_cancellation of the parent flow: alert with the last journaled step."""
+    try:
+        ctx = context(str(flow_run.id))
+        what = "CANCELLED" if state.is_cancelling() or state.is_cancelled() else "CRASHED"
+        if ctx is not None:
+            last = ctx.journal.steps[-1] if ctx.journal and ctx.journal.steps else None
+            line = (f"run {what} after step `{last.step}` ({last.status}); the journal is kept: rerun the "
+                    "failover to inspect every node and continue" if last else f"run {what} before any step")
+            ctx.thread.reply(f"Failover {what}", section_blocks(f"Failover {what}", [line]))
+            post_progress(ctx, what, line)
+            return
+        request = (flow_run.parameters or {}).get("request") or {}
+        notifier, _ = load_notifier(request.get("slack_block"))
+        SlackThread(notifier).post(
+            f"Failover of {request.get('cluster_block')} {what}: rerun it to resume from the step journal")
+    except Exception:  # noqa: BLE001
+        log.exception("failover crash hook failed")

@@ -1,0 +1,64 @@
+"""Journal wiring of a failover run: fresh start or resume, and the cluster block update."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.postgres_cluster import PostgresCluster
+from tasks.failover_model import FailoverPlan, FailoverRefused, NodeState
+from tasks.failover_run import RunContext
+from tasks.journal import Journal
+
+
+def resume_plan(ctx: RunContext, states: dict[str, NodeState], endpoint_error: str | None) -> FailoverPlan | None:
+    """The plan of an unfinished run whose phase 2 started (to be continued), else None (decide afresh).
+
+    Only the plan (which node was leaving, which was promoted) comes from the journal; every
+    step of phase 2 inspects the node again before acting.
+    """
+    journal = ctx.store.load(ctx.cluster.cluster_name)
+    if journal is None:
+        return None
+    if journal.status != "in_progress" or not any(s.phase >= 2 for s in journal.steps):
+        ctx.store.archive(ctx.cluster.cluster_name)
+        return None
+    plan = journal.plan
+    reasons = []
+    if ctx.request.candidate and ctx.request.candidate != plan.candidate:
+        reasons.append(f"an unfinished failover of {plan.cluster} to {plan.candidate} (run {journal.run_id}) must "
+                       f"be completed first: rerun with candidate {plan.candidate} or empty")
+    if endpoint_error:
+        reasons.append(f"the endpoint is unusable: {endpoint_error}")
+    writable = [n for n, s in states.items() if s.reachable and s.in_recovery is False]
+    if len(writable) > 1:
+        reasons.append(f"SPLIT BRAIN: {', '.join(writable)} all accept writes; stop {plan.old_primary} by hand")
+    if not states[plan.candidate].reachable:
+        reasons.append(f"candidate {plan.candidate} is unreachable ({states[plan.candidate].error})")
+    if reasons:
+        raise FailoverRefused(reasons)
+    journal.plan = plan.model_copy(update={"resumed": True})
+    journal.facts["resumed_from_run"] = journal.run_id
+    journal.run_id = ctx.run_id
+    ctx.journal = journal
+    return journal.plan
+
+
+def start_journal(ctx: RunContext, plan: FailoverPlan) -> None:
+    if ctx.journal is None:
+        now = datetime.now(UTC)
+        ctx.journal = Journal(cluster=ctx.cluster.cluster_name, run_id=ctx.run_id, plan=plan, started_at=now,
+                              updated_at=now, slack_channel=ctx.thread.outcome.channel)
+    ctx.save()
+
+
+@task(name="update-cluster-block", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def save_cluster_block(block_name: str, new_primary: str, fenced: str) -> str:
+    """Every scheduled flow follows the new primary; the old one is recorded as fenced."""
+    cluster = PostgresCluster.load(block_name)
+    cluster.primary_node = new_primary
+    cluster.fenced_nodes = sorted({*cluster.fenced_nodes, fenced} - {new_primary})
+    cluster.save(block_name, overwrite=True)
+    return f"block {block_name}: primary_node={new_primary}, fenced={cluster.fenced_nodes}"

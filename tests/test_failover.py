@@ -1,0 +1,347 @@
+"""Failover and switchover end to end on a sandbox of their own (primary, replica, pgbouncer),
+the real Prefect API and the fake Slack. Tests run in file order and hand the topology on:
+each leaves a primary and a streaming standby (rejoined) behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from blocks.postgres_cluster import PostgresCluster
+from flows.failover import failover
+from flows.rejoin import rejoin
+from sandbox.blocks import sandbox_endpoint_block, save_failover_blocks
+from sandbox.cluster import Sandbox, SandboxConfig, free_port
+from tasks.failover_model import FailoverRefused, FailoverRequest, RejoinRequest
+from tasks.failover_plan import lsn_int
+from tasks.failover_run import FAULT_ENV, HANG_ENV
+from tasks.journal import JournalStore
+from tests.helpers import save_slack_block, wait_for
+
+BLOCK = "fo-test"
+
+
+@pytest.fixture(scope="module")
+def box():
+    base = Path(tempfile.mkdtemp(prefix="pgrb-failover-"))
+    sb = Sandbox(SandboxConfig(
+        base_dir=base, primary_port=free_port(), replica_port=free_port(), pgbouncer_port=free_port()))
+    sb.start()
+    yield sb
+    sb.destroy()
+
+
+@pytest.fixture(scope="module")
+def blocks(box, prefect_api):
+    save_failover_blocks(box, BLOCK)
+    return BLOCK
+
+
+@pytest.fixture(scope="module")
+def journal_dir():
+    return tempfile.mkdtemp(prefix="pgrb-journal-")
+
+
+def request(journal_dir, **kw) -> FailoverRequest:
+    base = dict(cluster_block=BLOCK, node_control_block=BLOCK, endpoint_block=BLOCK, journal_dir=journal_dir,
+                lsn_gate_timeout_seconds=15, promote_timeout_seconds=15)
+    return FailoverRequest(**{**base, **kw})
+
+
+def current(box) -> tuple[str, str]:
+    """(primary, standby) node names as the servers say."""
+    roles = {}
+    for node in ("primary", "replica"):
+        try:
+            with box.connect(node) as conn:
+                roles[node] = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        except psycopg.OperationalError:
+            roles[node] = None
+    primary = [n for n, r in roles.items() if r is False]
+    assert len(primary) == 1, roles
+    return primary[0], next(n for n in roles if n != primary[0])
+
+
+def pgbouncer_port_backend(box) -> int:
+    with box.connect("pgbouncer") as conn:
+        return conn.execute("SELECT inet_server_port()").fetchone()[0]
+
+
+def psql_one(box, node, query):
+    with box.connect(node) as conn:
+        return conn.execute(query).fetchone()[0]
+
+
+class Writer(threading.Thread):
+    """Commits numbered rows through pgbouncer and records which commits were acknowledged."""
+
+    def __init__(self, box):
+        super().__init__(daemon=True)
+        self.box, self.stop_event = box, threading.Event()
+        self.acked: list[int] = []
+        self.errors: list[str] = []
+
+    def run(self):
+        conn = self.box.connect("pgbouncer")
+        n = 0
+        while not self.stop_event.is_set():
+            n += 1
+            try:
+                conn.execute("INSERT INTO public.fo_writes (n) VALUES (%s)", (n,))
+                self.acked.append(n)
+            except psycopg.Error as exc:
+                self.errors.append(f"{n}: {type(exc).__name__}: {exc}")
+                conn.close()
+                conn = self.box.connect("pgbouncer")
+            time.sleep(0.002)
+        conn.close()
+
+
+def test_refusals_change_nothing(box, blocks, journal_dir, slack):
+    save_slack_block(slack, "fo-slack", "xoxb-ok-refusals")
+    # the candidate is the primary
+    with pytest.raises(FailoverRefused, match="actually a primary"):
+        failover(request(journal_dir, candidate="primary", slack_block="fo-slack"))
+    # a lagging, paused candidate
+    with box.connect("replica") as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    try:
+        with box.connect("primary") as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS public.fo_lag AS SELECT g FROM generate_series(1, 20000) g")
+        with pytest.raises(FailoverRefused) as refused:
+            failover(request(journal_dir, max_lag_bytes=1024, candidate="replica"))
+        text = str(refused.value)
+        assert "replay paused" in text and "behind, more than max_lag_bytes" in text
+    finally:
+        with box.connect("replica") as conn:
+            conn.execute("SELECT pg_wal_replay_resume()")
+    # pgbouncer unreachable
+    broken = sandbox_endpoint_block(box)
+    broken.admin_port = free_port()
+    broken.save("fo-broken-endpoint", overwrite=True)
+    with pytest.raises(FailoverRefused, match="endpoint is unusable"):
+        failover(request(journal_dir, endpoint_block="fo-broken-endpoint"))
+    # a second trigger while one run holds the cluster's lock
+    with JournalStore(journal_dir).exclusive(BLOCK, "run-holding-the-lock"):
+        with pytest.raises(FailoverRefused, match="already running .*run-holding-the-lock"):
+            failover(request(journal_dir))
+    # nothing changed: same primary, clients flow, no journal left in progress
+    assert current(box) == ("primary", "replica")
+    assert pgbouncer_port_backend(box) == box.config.primary_port
+    assert JournalStore(journal_dir).load(BLOCK) is None
+    refusals = [c for c in slack.calls("chat.update") + slack.calls("chat.postMessage") if "REFUSED" in c.raw]
+    assert refusals
+
+
+def test_dry_run_returns_the_plan(box, blocks, journal_dir):
+    report = failover(request(journal_dir, dry_run=True))
+    assert report.status == "dry_run"
+    assert [s.step for s in report.plan.steps][:4] == ["checkpoint", "pause-endpoint", "fence", "lsn-gate"]
+    assert report.plan.candidate == "replica" and report.plan.lag_bytes is not None
+    assert Path(report.backup_path).exists()
+    assert current(box) == ("primary", "replica")
+
+
+def test_pause_blocked_by_a_long_transaction_is_undone(box, blocks, journal_dir, slack):
+    save_slack_block(slack, "fo-slack", "xoxb-ok-pause")
+    holder = box.connect("pgbouncer", autocommit=False)
+    holder.execute("SELECT 1")  # an open transaction holds a server connection: PAUSE cannot finish
+    try:
+        with pytest.raises(Exception, match="PAUSE did not complete"):
+            failover(request(journal_dir, slack_block="fo-slack", pause_timeout_seconds=1))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert current(box) == ("primary", "replica")
+    with box.connect("pgbouncer") as conn:  # clients are not held
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    hook = [c for c in slack.calls("chat.postMessage", "xoxb-ok-pause") if "failed at step pause-endpoint" in c.raw]
+    assert hook and "writable: primary" in hook[0].raw
+    assert JournalStore(journal_dir).load(BLOCK).status == "rolled_back"
+
+
+def test_switchover_under_writes_loses_nothing_and_one_trigger_wins(box, blocks, journal_dir, slack):
+    save_slack_block(slack, "fo-slack", "xoxb-ok-switchover")
+    with box.connect("primary") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS public.fo_writes (n int PRIMARY KEY)")
+    box.wait_streaming()
+    writer = Writer(box)
+    writer.start()
+    time.sleep(0.5)
+    outcomes: dict[int, object] = {}
+    barrier = threading.Barrier(2)
+
+    def trigger(i):
+        barrier.wait()
+        try:
+            outcomes[i] = failover(request(journal_dir, slack_block="fo-slack"))
+        except Exception as exc:  # noqa: BLE001
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=trigger, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    time.sleep(0.5)
+    writer.stop_event.set()
+    writer.join(10)
+
+    reports = [o for o in outcomes.values() if not isinstance(o, Exception)]
+    refused = [o for o in outcomes.values() if isinstance(o, Exception)]
+    assert len(reports) == 1 and len(refused) == 1, outcomes
+    # the loser is refused by the lock while the winner runs, or (if it started after the winner
+    # finished) by the cluster's new state: either way nothing of it ran
+    assert isinstance(refused[0], FailoverRefused)
+    assert "already running" in str(refused[0]) or "no standby qualifies" in str(refused[0])
+    report = reports[0]
+    assert report.status == "completed", report.summary
+    assert report.new_primary == "replica" and report.data_loss.gap_bytes == 0
+    assert writer.errors == []
+    assert len(writer.acked) > 50
+    assert current(box) == ("replica", "primary")
+    with box.connect("replica") as conn:
+        have = {r[0] for r in conn.execute("SELECT n FROM public.fo_writes").fetchall()}
+    assert set(writer.acked) <= have
+    assert pgbouncer_port_backend(box) == box.config.replica_port
+    block = PostgresCluster.load(BLOCK)
+    assert block.primary_node == "replica" and block.fenced_nodes == ["primary"]
+    # one parent message updated in place, one thread reply per phase
+    parent = [c for c in slack.calls("chat.postMessage", "xoxb-ok-switchover") if not c.body.get("thread_ts")]
+    replies = [c for c in slack.calls("chat.postMessage", "xoxb-ok-switchover") if c.body.get("thread_ts")]
+    assert any("Phase 1/3" in r.raw for r in replies) and any("Phase 3/3" in r.raw for r in replies)
+    assert any("0 bytes lost" in c.raw for c in slack.calls("chat.update", "xoxb-ok-switchover"))
+    # no secret in the journal, the backup or Slack
+    secret = box.config.password
+    for f in Path(journal_dir).iterdir():
+        assert secret not in f.read_text(), f
+    assert not [c for c in slack.calls() if secret in c.raw]
+    done = {c.body.get("ts") for c in slack.calls("chat.update", "xoxb-ok-switchover") if "DONE" in c.raw}
+    assert parent and len(done) == 1  # the winner's one parent message, updated in place to DONE
+
+
+def test_rejoin_after_switchover_needs_no_rewind(box, blocks):
+    report = rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
+    assert report.status == "completed", report.summary
+    assert report.node == "primary" and report.rewind_needed is False
+    box.wait_streaming_to("replica")
+    assert PostgresCluster.load(BLOCK).fenced_nodes == []
+
+
+def test_crash_failover_reports_the_lsn_gap_even_with_slack_down(box, blocks, journal_dir, slack):
+    """The standby stops receiving, 1001 rows commit on the primary only, the primary crashes:
+    the report's gap must equal the WAL the candidate never had, and those rows are really gone."""
+    save_slack_block(slack, "fo-slack-down", "xoxb-server-error", server_error_retries=0)
+    old, cand = current(box)
+    with box.connect(old) as conn:
+        conn.execute("INSERT INTO public.fo_writes VALUES (99999)")  # replicated before the cut
+    box.wait_streaming_to(old)
+    wait_for(lambda: psql_one(box, cand, "SELECT count(*) FROM public.fo_writes WHERE n = 99999"), what="replay")
+    with box.connect(cand) as conn:  # cut replication: the candidate receives nothing more
+        conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        conn.execute("SELECT pg_reload_conf()")
+    wait_for(lambda: not psql_one(box, cand, "SELECT count(*) FROM pg_stat_wal_receiver"), what="receiver to stop")
+    with box.connect(old) as conn:
+        conn.execute("INSERT INTO public.fo_writes SELECT g FROM generate_series(100000, 101000) g")
+    box.stop_node(old, "immediate")
+    report = failover(request(journal_dir, mode="failover", slack_block="fo-slack-down"))
+    assert report.status == "completed", report.summary
+    assert report.new_primary == cand
+    assert report.notification.failed > 0 and not report.notification.ok  # Slack down did not stop it
+    assert current(box)[0] == cand
+    with box.connect(cand) as conn:
+        conn.execute("ALTER SYSTEM RESET primary_conninfo")
+        survived = psql_one(box, cand, "SELECT count(*) FROM public.fo_writes WHERE n BETWEEN 100000 AND 101000")
+    loss = report.data_loss
+    assert survived == 0 and loss.gap_bytes > 50_000  # ground truth: 1001 acknowledged rows lost
+    assert lsn_int(loss.old_wal_end) - lsn_int(loss.promoted_at_lsn) == loss.gap_bytes
+    assert "commits in that range are lost" in loss.sentence and "LSN gap" in report.summary
+
+
+def test_rejoin_after_crash_uses_pg_rewind(box, blocks):
+    old = PostgresCluster.load(BLOCK).fenced_nodes[0]
+    report = rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
+    assert report.status == "completed", report.summary
+    assert report.node == old and report.rewind_needed is True
+    assert report.diverged_copy and Path(report.diverged_copy).exists()
+    assert report.diverged_at
+    with box.connect(old) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        assert conn.execute("SHOW port").fetchone()[0] == str(box.node_port(old))
+    box.wait_streaming_to(current(box)[0])
+
+
+def test_resume_after_promotion_completes(box, blocks, journal_dir, slack, monkeypatch):
+    save_slack_block(slack, "fo-slack", "xoxb-ok-resume")
+    old, cand = current(box)
+    monkeypatch.setenv(FAULT_ENV, "promote")
+    with pytest.raises(Exception, match="injected fault"):
+        failover(request(journal_dir, slack_block="fo-slack"))
+    monkeypatch.delenv(FAULT_ENV)
+    # promoted, old primary stopped, clients held: never two writable primaries
+    assert current(box)[0] == cand
+    posted = slack.calls("chat.postMessage", "xoxb-ok-resume")
+    hook = [c for c in posted if "Phase 2 failed after step promote" in c.raw]
+    assert hook, [c.raw[:300] for c in slack.calls()]
+    assert "clients+PAUSED" in hook[0].raw or "clients PAUSED" in hook[0].raw
+    report = failover(request(journal_dir, slack_block="fo-slack"))
+    assert report.status == "completed" and report.resumed
+    assert any(s.step == "promote" and s.status == "skipped" for s in report.steps)
+    assert pgbouncer_port_backend(box) == box.node_port(cand)
+    assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK)).status == "completed"
+    box.wait_streaming_to(cand)
+
+
+def test_worker_killed_mid_phase_then_rerun_completes(box, blocks, journal_dir):
+    """A real SIGKILL of the worker process right after the promotion (no hook runs), then a rerun."""
+    from prefect.settings import PREFECT_API_URL
+
+    old, cand = current(box)
+    req = request(journal_dir)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), HANG_ENV: "promote"}
+    code = ("import sys; from flows.failover import failover; from tasks.failover_model import FailoverRequest; "
+            "failover(FailoverRequest.model_validate_json(sys.argv[1]))")
+    worker = subprocess.Popen([sys.executable, "-c", code, req.model_dump_json()], env=env,
+                              cwd=Path(__file__).resolve().parent.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def promoted_in_journal():
+            journal = JournalStore(journal_dir).load(BLOCK)
+            return journal and any(s.step == "promote" and s.status == "done" for s in journal.steps)
+
+        wait_for(promoted_in_journal, timeout=90, interval=0.05, what="the worker to promote")
+    finally:
+        worker.kill()
+        worker.wait(10)
+    assert current(box)[0] == cand  # the old primary is stopped: one writable node
+    report = failover(request(journal_dir))
+    assert report.status == "completed" and report.resumed and report.new_primary == cand
+    assert pgbouncer_port_backend(box) == box.node_port(cand)
+    with box.connect("pgbouncer") as conn:
+        conn.execute("INSERT INTO public.fo_writes VALUES (999999)")
+    assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK)).status == "completed"
+    box.wait_streaming_to(cand)
+
+
+def test_journal_is_atomic_json(journal_dir):
+    files = os.listdir(journal_dir)
+    assert not [f for f in files if f.startswith(".")], files
+    assert any(f.endswith(".json") for f in files)
+
+
+def test_no_secret_reaches_prefect_records(box, prefect_api):
+    import asyncio
+
+    from tests.test_secrets import _everything_the_api_stored
+
+    stored = "\n".join(asyncio.run(_everything_the_api_stored()))
+    assert "Failover" in stored or "failover" in stored
+    assert box.config.password not in stored
