@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from tasks import failover_hooks as hooks
+from tasks.failover_approval import await_approval
 from tasks.failover_model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
 from tasks.failover_plan import data_loss, decide
 from tasks.failover_report import render_backup, render_markdown
@@ -147,6 +148,11 @@ def failover(request: FailoverRequest = FailoverRequest()) -> FailoverReport:
             plan = pre_failover(run_key)
             if request.dry_run:
                 return finish(ctx, "dry_run")
+            if request.require_approval:
+                post_progress(ctx, "WAITING FOR APPROVAL", f"phase 1 done: approve {plan.old_primary} → "
+                              f"{plan.candidate} in the Prefect UI within {request.approval_timeout_seconds} s")
+                answer = await_approval(plan, request.approval_timeout_seconds)
+                ctx.journal.facts["approved_by"] = answer.approver or "unnamed"
             post_progress(ctx, "phase 2/3 failover", f"phase 1 done: {plan.candidate} qualifies; lag "
                           f"{plan.lag_bytes if plan.lag_bytes is not None else 'unknown'} bytes")
             failover_phase(run_key)
@@ -157,6 +163,8 @@ def failover(request: FailoverRequest = FailoverRequest()) -> FailoverReport:
             logger.info(report.summary)
             return report
     except FailoverRefused as exc:
+        if ctx.journal is not None and not any(s.phase >= 2 for s in ctx.journal.steps):
+            ctx.store.archive(ctx.cluster.cluster_name)  # refused before phase 2: the next run starts fresh
         hooks.post_refusal(ctx, exc)
         raise
     finally:

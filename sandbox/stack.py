@@ -58,6 +58,7 @@ class LocalStack:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
             "PYTHONPATH": str(ROOT),
+            "PG_RUNBOOKS_STATE_DIR": str(self.state / "runbooks"),  # failover journal, report snapshots
         })
         env.pop("PG_RUNBOOKS_HOME", None)  # resolved at run time by the worker, not at deploy time
         env.update(extra)

@@ -44,6 +44,14 @@ class FailoverRequest(BaseModel):
     )
     force: bool = Field(default=False, description="Proceed despite a lag-guard failure or an unconfirmed fence.")
     dry_run: bool = Field(default=False, description="Run only phase 1: checks, backup and the plan of every step.")
+    require_approval: bool = Field(
+        default=False,
+        description="Pause after phase 1 until the on-call approves the plan in the Prefect UI (for automatic "
+        "triggers). No answer within approval_timeout_seconds refuses the failover: nothing changes.",
+    )
+    approval_timeout_seconds: int = Field(
+        default=900, ge=10, le=86_400, description="How long to wait for the approval before refusing."
+    )
     node_control_block: str = Field(default="sandbox", description="NodeControl block (how to stop/start nodes).")
     endpoint_block: str = Field(default="sandbox", description="EndpointControl block (pgbouncer or none).")
     slack_block: str | None = Field(default=None, description="SlackNotifier block for the run's thread.")

@@ -140,3 +140,89 @@ def test_block_types_register_with_the_prefect_cli(stack):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     slugs = {b["slug"] for b in post(stack, "/block_types/filter", {})}
     assert {"postgres-cluster", "slack-notifier"} <= slugs
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed (./run install)")
+def test_ui_failover_form_shows_typed_parameters_and_a_dry_run_completes(stack):
+    dep = api(stack, "/deployments/name/failover/failover")
+    before = {r["id"] for r in post(stack, "/flow_runs/filter", {"limit": 200})}
+    pw, browser, context = _browser()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{stack.port}/v2/deployments/deployment/{dep['id']}/run",
+                  wait_until="networkidle")
+        page.get_by_label("Max Lag Bytes (Optional)").wait_for(timeout=30_000)
+        for label in ("Candidate (Optional)", "Cluster Block (Optional)"):
+            assert page.get_by_label(label).count() >= 1, label
+        assert page.get_by_text("Mode (Optional)").count() >= 1
+        page.get_by_role("switch").nth(0).wait_for(timeout=10_000)
+        dry = page.get_by_text("Dry Run (Optional)").first
+        dry.scroll_into_view_if_needed()
+        page.locator("div", has=page.get_by_text("Dry Run (Optional)", exact=True)).get_by_role("switch").last.click()
+        page.screenshot(path=str(SHOTS / "failover-run-form.png"), full_page=True)
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_url("**/deployments/deployment/**tab=Runs", timeout=30_000)
+    finally:
+        context.close()
+        browser.close()
+        pw.stop()
+    new = [r for r in post(stack, "/flow_runs/filter", {"limit": 200}) if r["id"] not in before]
+    assert new and new[0]["parameters"]["request"]["dry_run"] is True
+    done = wait_for(stack.api_url, new[0]["id"], timeout=120)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+
+
+def _failover_params(**request):
+    return {"request": {"cluster_block": "sandbox", "mode": "switchover", **request}}
+
+
+def test_second_failover_trigger_is_cancelled_while_the_first_runs(stack):
+    first = create_run(stack.api_url, "failover/failover", _failover_params(dry_run=True), "dup-a")
+    second = create_run(stack.api_url, "failover/failover", _failover_params(dry_run=True), "dup-b")
+    states = sorted(wait_for(stack.api_url, r["id"], timeout=120)["state"]["type"] for r in (first, second))
+    assert states == ["CANCELLED", "COMPLETED"], states
+
+
+def _wait_state(stack, run_id, wanted, timeout=120):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = api(stack, f"/flow_runs/{run_id}")["state"]["type"]
+        if state == wanted:
+            return
+        assert state not in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, state
+        time.sleep(0.5)
+    raise AssertionError(f"run never reached {wanted}")
+
+
+def _primary_in_block(stack):
+    doc = api(stack, "/block_types/slug/postgres-cluster/block_documents/name/sandbox")
+    return doc["data"]["primary_node"]
+
+
+def test_unanswered_approval_fails_closed(stack):
+    run = create_run(stack.api_url, "failover/failover",
+                     _failover_params(require_approval=True, approval_timeout_seconds=10), "approval-timeout")
+    _wait_state(stack, run["id"], "PAUSED")
+    done = wait_for(stack.api_url, run["id"], timeout=120)
+    assert done["state"]["type"] == "FAILED"
+    assert "no approval" in (done["state"]["message"] or ""), done["state"]
+    assert _primary_in_block(stack) == "primary"
+    with stack.sandbox.connect("primary") as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+
+
+def test_switchover_via_rest_with_approval_moves_the_cluster_block(stack):
+    assert _primary_in_block(stack) == "primary"
+    run = create_run(stack.api_url, "failover/failover",
+                     _failover_params(require_approval=True, approval_timeout_seconds=300), "incident-switch-1")
+    _wait_state(stack, run["id"], "PAUSED")
+    post(stack, f"/flow_runs/{run['id']}/resume", {"run_input": {"approve": True, "approver": "e2e-oncall"}})
+    done = wait_for(stack.api_url, run["id"], timeout=180)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert _primary_in_block(stack) == "replica"
+    with stack.sandbox.connect("replica") as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    with stack.sandbox.connect("pgbouncer") as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone()[0] == stack.sandbox.config.replica_port
