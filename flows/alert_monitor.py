@@ -1,0 +1,117 @@
+"""Runbook 5.1/5.2: the alert monitor, every minute, over a fleet of clusters.
+
+Samples every cluster concurrently (one short connection each, a deadline each), then, holding
+each cluster's state lock, evaluates the rules with Prometheus `for:` semantics, starts the
+actions of alerts that fired, delivers due Slack messages and saves the state.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, runtime, unmapped
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.alert_metrics import DB_METRICS, HOST_METRICS, ClusterSamples, no_data, sample_cluster
+from tasks.alert_monitor import (
+    MonitorParams,
+    MonitorReport,
+    changed,
+    cluster_turn,
+    finish,
+    load_alert_state,
+    render_markdown,
+    resolve_clusters,
+    rules_in_force,
+    save_alert_states,
+)
+from tasks.alert_state import locked
+from tasks.notify import load_notifier
+from tasks.publish import artifact_key, publish_markdown
+
+WORKERS = 32
+
+
+@flow(name="alert-monitor", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
+def alert_monitor(
+    cluster_blocks: list[str] = ["sandbox"],  # noqa: B006 - rendered as the default in the UI form
+    cluster_group: str | None = None,
+    slack_block: str | None = None,
+    metrics_block: str | None = None,
+    params: MonitorParams = MonitorParams(),
+    evaluated_at: datetime | None = None,
+) -> MonitorReport:
+    """Evaluate every alert rule on every cluster; notify and act on what fires.
+
+    cluster_group: also every PostgresCluster block whose name starts with it.
+    evaluated_at: the evaluation time (replays and tests); default now.
+    """
+    logger = get_run_logger()
+    report = MonitorReport(started_at=datetime.now(UTC))
+    rules, report.rules_error = rules_in_force(params.rules_file)
+    report.rules_source = params.rules_file or "built-in defaults"
+    blocks = resolve_clusters(cluster_blocks, cluster_group)
+
+    sampled = sample_fleet(blocks, metrics_block, params.deadline_seconds)
+    report.sample_seconds = (datetime.now(UTC) - report.started_at).total_seconds()
+    report.evaluated_at = evaluated_at or datetime.now(UTC)
+
+    notifier, notifier_error = load_notifier(slack_block)
+    if notifier_error:
+        logger.warning(notifier_error)
+    with locked(blocks, params.lock_timeout_seconds):
+        states = load_alert_state(blocks)
+        to_save = []
+        for block in blocks:
+            result, new = cluster_turn(block, sampled[block], states[block], rules, report.evaluated_at,
+                                       notifier, slack_block, params.dispatch_actions, runtime.flow_run.id)
+            report.clusters.append(result)
+            if changed(states[block], new):
+                to_save.append(new)
+        save_alert_states(to_save)
+
+    finish(report)
+    report.finished_at = datetime.now(UTC)
+    report.artifact_key = publish_markdown(artifact_key("alert-monitor", cluster_group or "fleet"),
+                                           render_markdown(report), report.summary[:500])
+    for line in (t for c in report.clusters for t in c.transitions):
+        logger.info(line)
+    if report.rules_error:
+        logger.error(report.rules_error)
+    logger.info(report.summary)
+    return report
+
+
+def sample_fleet(blocks: list[str], metrics_block: str | None, deadline: float) -> dict[str, ClusterSamples]:
+    """Sample every cluster concurrently; a cluster past its deadline is no data, the others go on."""
+    futures = sample_cluster.map(blocks, unmapped(metrics_block), unmapped(deadline))
+    waves = math.ceil(len(blocks) / WORKERS) if blocks else 1
+    done, _ = wait(list(futures), timeout=deadline * waves + 2)
+    out = {}
+    for block, future in zip(blocks, futures, strict=True):
+        if future in done:
+            try:
+                out[block] = future.result()
+                continue
+            except Exception as exc:  # noqa: BLE001 - the task itself failed: no data
+                reason = f"sampling failed: {type(exc).__name__}: {exc}"[:300]
+        else:
+            reason = f"no answer within the {deadline:.0f} s deadline"
+        out[block] = ClusterSamples(cluster=block, samples=no_data(DB_METRICS + HOST_METRICS, reason),
+                                    seconds=deadline, error=reason)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the alert monitor once and print its report.")
+    parser.add_argument("--cluster-block", action="append", default=None)
+    parser.add_argument("--slack-block")
+    parser.add_argument("--rules-file")
+    args = parser.parse_args()
+    out = alert_monitor(cluster_blocks=args.cluster_block or ["sandbox"], slack_block=args.slack_block,
+                        params=MonitorParams(rules_file=args.rules_file))
+    print(render_markdown(out))
