@@ -23,10 +23,10 @@ class RemediationParams(BaseModel):
 
     dry_run: bool = Field(default=True, description="Only list what would be terminated (turn off to act).")
     idle_in_transaction_seconds: float = Field(
-        default=300, ge=10, le=86_400, description="Terminate sessions idle in a transaction longer than this.")
+        default=300, ge=1, le=86_400, description="Terminate sessions idle in a transaction longer than this.")
     idle_applications: list[str] = Field(
         default_factory=list, description="application_name values whose plain idle sessions may be terminated.")
-    idle_seconds: float = Field(default=900, ge=10, le=604_800,
+    idle_seconds: float = Field(default=900, ge=1, le=604_800,
                                 description="An idle session of those applications older than this is stale.")
     protected_users: list[str] = Field(default_factory=list, description="Roles never terminated.")
     protected_applications: list[str] = Field(default_factory=list, description="Applications never terminated.")
