@@ -18,18 +18,20 @@ from tasks.alert_metrics import DB_METRICS, HOST_METRICS, ClusterSamples, no_dat
 from tasks.alert_monitor import (
     MonitorParams,
     MonitorReport,
+    Phases,
     changed,
     cluster_turn,
     finish,
     load_alert_state,
     render_markdown,
     resolve_clusters,
+    rules_error_is_new,
     rules_in_force,
     save_alert_states,
 )
 from tasks.alert_state import locked
 from tasks.notify import load_notifier
-from tasks.publish import artifact_key, publish_markdown
+from tasks.publish import artifact_key, notify_slack, publish_markdown
 
 WORKERS = 32
 
@@ -55,14 +57,17 @@ def alert_monitor(
     blocks = resolve_clusters(cluster_blocks, cluster_group)
 
     sampled = sample_fleet(blocks, metrics_block, params.deadline_seconds)
-    report.sample_seconds = (datetime.now(UTC) - report.started_at).total_seconds()
+    report.sample_seconds = report.phase_seconds["sample"] = (datetime.now(UTC) - report.started_at).total_seconds()
     report.evaluated_at = evaluated_at or datetime.now(UTC)
 
     notifier, notifier_error = load_notifier(slack_block)
     if notifier_error:
         logger.warning(notifier_error)
+    clock = Phases(report.phase_seconds)
     with locked(blocks, params.lock_timeout_seconds):
+        clock.lap("lock")
         states = load_alert_state(blocks)
+        clock.lap("load state")
         to_save = []
         for block in blocks:
             result, new = cluster_turn(block, sampled[block], states[block], rules, report.evaluated_at,
@@ -70,7 +75,9 @@ def alert_monitor(
             report.clusters.append(result)
             if changed(states[block], new):
                 to_save.append(new)
+        clock.lap("evaluate, act, notify")
         save_alert_states(to_save)
+        clock.lap("save state")
 
     finish(report)
     report.finished_at = datetime.now(UTC)
@@ -80,6 +87,9 @@ def alert_monitor(
         logger.info(line)
     if report.rules_error:
         logger.error(report.rules_error)
+        if slack_block and rules_error_is_new(report.rules_error):
+            notify_slack(slack_block, "Alert rules rejected", "The rule file was rejected; the previous valid "
+                         "rules stay in force until it is fixed.", [report.rules_error], runtime.flow_run.ui_url)
     logger.info(report.summary)
     return report
 

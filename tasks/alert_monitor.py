@@ -26,6 +26,7 @@ from tasks.notify import NotificationOutcome
 
 log = logging.getLogger("pg_runbooks.alerts")
 LAST_VALID_RULES = "alert-rules-last-valid"
+LAST_RULES_ERROR = "alert-rules-last-error"
 _last_valid: dict[str, RuleSet] = {}
 
 
@@ -63,6 +64,7 @@ class MonitorReport(BaseModel):
     rules_error: str | None = None
     clusters: list[ClusterResult] = Field(default_factory=list)
     sample_seconds: float = 0.0
+    phase_seconds: dict[str, float] = Field(default_factory=dict, description="Wall time of each phase.")
     artifact_key: str | None = None
 
     def firing(self) -> list[SeriesStatus]:
@@ -110,6 +112,19 @@ def _store_rules(rules_file: str, rules: RuleSet) -> None:
             Variable.set(LAST_VALID_RULES, value, overwrite=True)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not store the last valid rules: %s", exc)
+
+
+def rules_error_is_new(error: str) -> bool:
+    """True the first time a given rule-file error is seen (so Slack hears it once, not every minute)."""
+    from prefect.variables import Variable
+
+    try:
+        if Variable.get(LAST_RULES_ERROR, default=None) == error[:4000]:
+            return False
+        Variable.set(LAST_RULES_ERROR, error[:4000], overwrite=True)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not record the rule-file error: %s", exc)
+    return True
 
 
 def resolve_clusters(cluster_blocks: list[str], cluster_group: str | None) -> list[str]:
@@ -171,6 +186,20 @@ def save_alert_states(states: list[ClusterAlertState]) -> int:
     return len(states)
 
 
+class Phases:
+    """Wall time of consecutive phases, written into a dict (for the report and the benchmark)."""
+
+    def __init__(self, into: dict[str, float]):
+        import time
+
+        self.into, self._time, self._last = into, time.perf_counter, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = self._time()
+        self.into[name] = round(now - self._last, 3)
+        self._last = now
+
+
 def finish(report: MonitorReport) -> MonitorReport:
     firing = report.firing()
     nodata = [s for c in report.clusters for s in c.series if s.state == "nodata"]
@@ -207,5 +236,6 @@ def render_markdown(report: MonitorReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["StateStoreError", "MonitorParams", "MonitorReport", "cluster_turn", "changed", "finish",
-           "load_alert_state", "render_markdown", "resolve_clusters", "rules_in_force", "save_alert_states"]
+__all__ = ["Phases", "StateStoreError", "MonitorParams", "MonitorReport", "cluster_turn", "changed", "finish",
+           "load_alert_state", "render_markdown", "resolve_clusters", "rules_error_is_new", "rules_in_force",
+           "save_alert_states"]

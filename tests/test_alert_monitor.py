@@ -239,7 +239,7 @@ def test_a_hanging_cluster_is_no_data_and_the_others_are_evaluated(sandbox, pref
     assert 'no_data{metric="connection_usage_percent"}' in state.alerts  # pending no-data alert, never "ok"
 
 
-def test_invalid_rule_file_keeps_the_previous_rules(sandbox, prefect_api, tmp_path):
+def test_invalid_rule_file_keeps_the_previous_rules(sandbox, prefect_api, slack, tmp_path):
     block = fresh_block(sandbox, "alert-rules")
     path = rules_file(tmp_path, threshold=99, name="live.yaml")
     ok = alert_monitor(cluster_blocks=[block], params=MonitorParams(rules_file=path))
@@ -247,7 +247,11 @@ def test_invalid_rule_file_keeps_the_previous_rules(sandbox, prefect_api, tmp_pa
     with open(path, "a") as f:
         f.write("  - name: broken\n    metric: connection_usage_percent\n    threshold: '80%'\n    for: 5m\n"
                 "    action: notify_team\n")
-    kept = alert_monitor(cluster_blocks=[block], params=MonitorParams(rules_file=path))
+    save_slack_block(slack, "slack-rules", "xoxb-ok-rules")
+    kept = alert_monitor(cluster_blocks=[block], slack_block="slack-rules", params=MonitorParams(rules_file=path))
+    alert_monitor(cluster_blocks=[block], slack_block="slack-rules", params=MonitorParams(rules_file=path))
+    rejected = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-rules") if "rejected" in str(c.body)]
+    assert len(rejected) == 1  # said once, not every minute
     assert "line 15, rules.2.threshold (rule broken)" in kept.rules_error
     assert {s.rule for s in kept.clusters[0].series} >= {"connection_limit", "replication_lag"}
     assert kept.status == "warning" and "previous rules in force" in kept.summary
