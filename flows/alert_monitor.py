@@ -1,8 +1,10 @@
 """Runbook 5.1/5.2: the alert monitor, every minute, over a fleet of clusters.
 
-Samples every cluster concurrently (one short connection each, a deadline each), then, holding
-each cluster's state lock, evaluates the rules with Prometheus `for:` semantics, starts the
-actions of alerts that fired, delivers due Slack messages and saves the state.
+Samples every cluster concurrently (one short connection each, a deadline each), evaluates the
+rules with Prometheus `for:` semantics on the stored state, then, for the clusters with something
+pending, firing or due, takes their state lock, re-reads their state (compare-and-set on its
+revision: if another run moved it on, the evaluation is redone on that state), starts the actions
+of alerts that fired, delivers due Slack messages and saves. Quiet clusters cost no lock and no write.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from tasks.alert_monitor import (
     MonitorParams,
     MonitorReport,
     Phases,
-    changed,
     cluster_turn,
+    evaluate_fleet,
     finish,
     load_alert_state,
+    quiet_result,
     render_markdown,
     resolve_clusters,
     rules_error_is_new,
@@ -64,18 +67,24 @@ def alert_monitor(
     if notifier_error:
         logger.warning(notifier_error)
     clock = Phases(report.phase_seconds)
-    with locked(blocks, params.lock_timeout_seconds):
+    states = load_alert_state(blocks)
+    evaluations, writers = evaluate_fleet(blocks, sampled, states, rules, report.evaluated_at)
+    clock.lap("load state, evaluate")
+    with locked(writers, params.lock_timeout_seconds):  # only clusters with something pending, firing or due
         clock.lap("lock")
-        states = load_alert_state(blocks)
-        clock.lap("load state")
+        stored = load_alert_state(writers) if writers else {}
         to_save = []
         for block in blocks:
-            result, new = cluster_turn(block, sampled[block], states[block], rules, report.evaluated_at,
+            if block not in writers:
+                report.clusters.append(quiet_result(block, sampled[block], evaluations[block]))
+                continue
+            if stored[block].revision != states[block].revision:  # another run moved it on: redo on its state
+                evaluations[block] = evaluate_fleet([block], sampled, stored, rules, report.evaluated_at)[0][block]
+            result, new = cluster_turn(block, sampled[block], evaluations[block], rules, report.evaluated_at,
                                        notifier, slack_block, params.dispatch_actions, runtime.flow_run.id)
             report.clusters.append(result)
-            if changed(states[block], new):
-                to_save.append(new)
-        clock.lap("evaluate, act, notify")
+            to_save.append(new)
+        clock.lap("act, notify")
         save_alert_states(to_save)
         clock.lap("save state")
 

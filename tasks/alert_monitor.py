@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from blocks.slack_notifier import SlackNotifier
 from tasks.alert_actions import start_action
-from tasks.alert_eval import ClusterAlertState, SeriesStatus, evaluate, rule_for, series_key
+from tasks.alert_eval import ClusterAlertState, Evaluation, SeriesStatus, evaluate, rule_for, series_key
 from tasks.alert_metrics import ClusterSamples
 from tasks.alert_notify import deliver
 from tasks.alert_rules import RuleFileError, RuleSet, default_rules, load_rules
@@ -134,14 +134,9 @@ def resolve_clusters(cluster_blocks: list[str], cluster_group: str | None) -> li
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
-            offset = 0
-            while True:
-                page = client.read_block_documents_by_type("postgres-cluster", offset=offset, limit=200,
-                                                           include_secrets=False)
-                names += sorted(d.name for d in page if d.name and d.name.startswith(cluster_group))
-                if len(page) < 200:
-                    break
-                offset += 200
+            # One call: this endpoint returns every block of the type (it ignores offset and limit).
+            docs = client.read_block_documents_by_type("postgres-cluster", include_secrets=False)
+        names += sorted(d.name for d in docs if d.name and d.name.startswith(cluster_group))
     return list(dict.fromkeys(names))
 
 
@@ -150,11 +145,26 @@ def load_alert_state(blocks: list[str]) -> dict[str, ClusterAlertState]:
     return load_states(blocks)
 
 
-def cluster_turn(block: str, sampled: ClusterSamples, state: ClusterAlertState, rules: RuleSet,
+def evaluate_fleet(blocks: list[str], sampled: dict[str, ClusterSamples], states: dict[str, ClusterAlertState],
+                   rules: RuleSet, now: datetime) -> tuple[dict[str, Evaluation], list[str]]:
+    """Evaluate every cluster (pure); the clusters whose state must be written (they take the lock)."""
+    evaluations = {b: evaluate(rules, sampled[b].samples, states[b], now) for b in blocks}
+    return evaluations, [b for b in blocks if changed(states[b], evaluations[b].state)]
+
+
+def quiet_result(block: str, sampled: ClusterSamples, evaluation: Evaluation) -> ClusterResult:
+    """A cluster with nothing pending, firing or due: nothing to lock, send or save."""
+    return ClusterResult(block=block, cluster=sampled.cluster, seconds=sampled.seconds,
+                         series=evaluation.series, transitions=evaluation.transitions)
+
+
+def cluster_turn(block: str, sampled: ClusterSamples, evaluation: Evaluation, rules: RuleSet,
                  now: datetime, notifier: SlackNotifier | None, slack_block: str | None,
                  dispatch_actions: bool, monitor_run: str | None) -> tuple[ClusterResult, ClusterAlertState]:
-    """Evaluate one cluster, start due actions, deliver due messages; the new state to save."""
-    evaluation = evaluate(rules, sampled.samples, state, now)
+    """Start the due actions and deliver the due messages of one evaluated cluster; the state to save.
+
+    Called with the cluster's state lock held, on an evaluation of the state as stored.
+    """
     new = evaluation.state
     result = ClusterResult(block=block, cluster=sampled.cluster, seconds=sampled.seconds,
                            series=evaluation.series, transitions=evaluation.transitions)
@@ -237,5 +247,6 @@ def render_markdown(report: MonitorReport) -> str:
 
 
 __all__ = ["Phases", "StateStoreError", "MonitorParams", "MonitorReport", "cluster_turn", "changed", "finish",
+           "evaluate_fleet", "quiet_result",
            "load_alert_state", "render_markdown", "resolve_clusters", "rules_error_is_new", "rules_in_force",
            "save_alert_states"]

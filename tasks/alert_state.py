@@ -2,7 +2,8 @@
 
 A restarted or different worker reads the same pending timers. Two monitor runs for the same
 cluster serialise on a global concurrency limit of one slot per cluster (`alert-state-<cluster>`)
-held around read-evaluate-notify-write, so neither can overwrite the other's update. If the
+held around re-read, notify, act and write; the state's `revision` tells a run that another one
+moved the state on since it first read it (it then re-evaluates), so neither overwrites the other. If the
 store cannot be read or written the run fails with StateStoreError: silently starting from
 empty state would reset every pending timer and re-send every firing alert.
 """
@@ -73,29 +74,27 @@ def ensure_limits(names: list[str], limit: int = 1) -> int:
         raise StateStoreError("creating the per-cluster locks", _short(exc)) from exc
 
 
+LOCK_CHUNK = 90  # one acquisition call per 90 clusters (Prefect events carry at most 100 related resources)
+
+
 @contextlib.contextmanager
 def locked(clusters: list[str], timeout_seconds: float = 30) -> Iterator[None]:
-    """Hold the state lock of every cluster (one API call acquires them all)."""
+    """Hold the state lock of every cluster, acquired in sorted chunks (two runs cannot deadlock)."""
     names = sorted({lock_name(c) for c in clusters})
-    if not names:
+    if names:
+        ensure_limits(names)
+    with contextlib.ExitStack() as stack:
+        for start in range(0, len(names), LOCK_CHUNK):
+            chunk = names[start:start + LOCK_CHUNK]
+            try:
+                stack.enter_context(concurrency(chunk, occupy=1, timeout_seconds=timeout_seconds, strict=True,
+                                                lease_duration=120))
+            except TimeoutError as exc:
+                raise StateStoreError("locking", f"another monitor run held the state of some of {len(names)} "
+                                                 f"cluster(s) for more than {timeout_seconds:.0f} s") from exc
+            except Exception as exc:  # noqa: BLE001
+                raise StateStoreError("locking", _short(exc)) from exc
         yield
-        return
-    ensure_limits(names)
-    try:
-        ctx = concurrency(names, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=120)
-        ctx.__enter__()
-    except TimeoutError as exc:
-        raise StateStoreError("locking", f"another monitor run held the state of {len(names)} cluster(s) "
-                                         f"for more than {timeout_seconds:.0f} s") from exc
-    except Exception as exc:  # noqa: BLE001
-        raise StateStoreError("locking", _short(exc)) from exc
-    try:
-        yield
-    except BaseException as exc:
-        ctx.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    else:
-        ctx.__exit__(None, None, None)
 
 
 def load_states(clusters: list[str]) -> dict[str, ClusterAlertState]:
