@@ -263,3 +263,31 @@ def test_invalid_rule_file_keeps_the_previous_rules(sandbox, prefect_api, slack,
     other.write_text("rules: []\n")
     with pytest.raises(RuleFileError, match="no previous valid rules"):
         alert_monitor(cluster_blocks=[block], params=MonitorParams(rules_file=str(other)))
+
+
+def test_two_concurrent_runs_send_one_message(sandbox, prefect_api, slack, tmp_path):
+    """Both runs see the alert fire; the second, after the lock, re-reads the moved state: no duplicate."""
+    block = fresh_block(sandbox, "alert-race")
+    save_slack_block(slack, "slack-race", "xoxb-ok-race")
+    path = tmp_path / "always.yaml"
+    path.write_text("rules:\n  - {name: always, metric: connection_usage_percent, threshold: 0, for: 1m, "
+                    "action: notify_team}\n")
+    params = MonitorParams(rules_file=str(path))
+    t0 = datetime.now(UTC)
+    alert_monitor(cluster_blocks=[block], slack_block="slack-race", params=params, evaluated_at=t0)
+    reports = []
+
+    def run():
+        reports.append(alert_monitor(cluster_blocks=[block], slack_block="slack-race", params=params,
+                                     evaluated_at=t0 + timedelta(seconds=61)))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(reports) == 2 and all(r.firing() for r in reports)
+    posts = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-race") if "FIRING: always" in str(c.body)]
+    assert len(posts) == 1
+    state = load_states([block])[block]
+    assert state.revision == 3 and state.alerts['always{}'].notify_due is None  # three evaluations, none lost
