@@ -28,7 +28,10 @@ def app_role(sandbox):
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone():
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
                 sql.Identifier(APP_ROLE), sql.Literal(APP_PASSWORD)))
-    return APP_ROLE
+    yield APP_ROLE
+    with sandbox.connect("primary") as conn:  # leave the shared sandbox as found
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (APP_ROLE,))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(APP_ROLE)))
 
 
 def app_conn(sandbox, application_name, superuser=False):

@@ -23,7 +23,7 @@ from flows.alert_monitor import alert_monitor
 from sandbox.cluster import HOST
 from tasks.alert_eval import ClusterAlertState, Sample, evaluate
 from tasks.alert_monitor import MonitorParams
-from tasks.alert_rules import RuleFileError, default_rules
+from tasks.alert_rules import RuleFileError, default_rules, load_rules
 from tasks.alert_state import StateStoreError, load_states, locked, save_state, variable_name
 from tests.helpers import psql, save_slack_block, wait_for
 
@@ -203,6 +203,7 @@ def test_paused_replay_fires_replication_lag(sandbox, prefect_api, slack, tmp_pa
         stop.set()
         thread.join()
         psql(sandbox, "replica", "SELECT pg_wal_replay_resume()")
+        psql(sandbox, "primary", "DROP TABLE IF EXISTS alert_lag_probe")
     lag = [s for s in fired.firing() if s.rule == "replication_lag"]
     assert lag and lag[0].labels == {"replica": "replica"} and lag[0].value > 1
     post = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-dba") if "FIRING: replication_lag" in str(c.body)]
@@ -277,11 +278,11 @@ def test_two_concurrent_runs_send_one_message(sandbox, prefect_api, slack, tmp_p
     alert_monitor(cluster_blocks=[block], slack_block="slack-race", params=params, evaluated_at=t0)
     reports = []
 
-    def run():
+    def run(seconds):
         reports.append(alert_monitor(cluster_blocks=[block], slack_block="slack-race", params=params,
-                                     evaluated_at=t0 + timedelta(seconds=61)))
+                                     evaluated_at=t0 + timedelta(seconds=seconds)))
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
+    threads = [threading.Thread(target=run, args=(s,)) for s in (61, 62)]
     for t in threads:
         t.start()
     for t in threads:
@@ -291,3 +292,31 @@ def test_two_concurrent_runs_send_one_message(sandbox, prefect_api, slack, tmp_p
     assert len(posts) == 1
     state = load_states([block])[block]
     assert state.revision == 3 and state.alerts['always{}'].notify_due is None  # three evaluations, none lost
+
+
+def test_state_moved_by_another_run_is_re_evaluated_not_overwritten(sandbox, prefect_api, slack, tmp_path):
+    """Compare-and-set: the run waits for the lock, sees a newer revision, and redoes its evaluation on it."""
+    block = fresh_block(sandbox, "alert-cas")
+    save_slack_block(slack, "slack-cas", "xoxb-ok-cas")
+    path = tmp_path / "always.yaml"
+    path.write_text("rules:\n  - {name: always, metric: connection_usage_percent, threshold: 0, for: 1m, "
+                    "action: notify_team}\n")
+    params = MonitorParams(rules_file=str(path))
+    t0 = datetime.now(UTC)
+    alert_monitor(cluster_blocks=[block], slack_block="slack-cas", params=params, evaluated_at=t0)
+    reports = []
+    with locked([block]):
+        thread = threading.Thread(target=lambda: reports.append(alert_monitor(
+            cluster_blocks=[block], slack_block="slack-cas", params=params, evaluated_at=t0 + timedelta(seconds=62))))
+        thread.start()
+        time.sleep(4)  # the run has read revision 1 and waits for the lock
+        other = evaluate(load_rules(path), [Sample(metric="connection_usage_percent", value=5.0)],
+                         load_states([block])[block], t0 + timedelta(seconds=61)).state
+        other.alerts['always{}'].notify_due, other.alerts['always{}'].thread_ts = None, "1.2"  # "it notified"
+        other.alerts['always{}'].notified_at = t0 + timedelta(seconds=61)
+        save_state(other)
+    thread.join()
+    assert reports and reports[0].firing()
+    assert [c for c in slack.calls("chat.postMessage", token="xoxb-ok-cas") if "FIRING" in str(c.body)] == []
+    state = load_states([block])[block]
+    assert state.revision == 3 and state.alerts['always{}'].thread_ts == "1.2"
