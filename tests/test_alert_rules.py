@@ -113,3 +113,22 @@ def test_not_yaml_and_missing_file():
         parse_rules("rules:\n  - name: [unclosed\n")
     with pytest.raises(RuleFileError, match="cannot read the file"):
         load_rules("/nonexistent/rules.yaml")
+
+
+def test_prefect_yaml_deploys_the_monitor_every_minute_and_actions_on_demand():
+    import importlib
+
+    import yaml
+
+    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    assert deployments["alert-monitor"]["schedules"] == [{"interval": 60}]
+    assert "schedules" not in deployments["connection-remediation"] and "schedules" not in deployments["disk-pressure"]
+    for name in ("alert-monitor", "connection-remediation", "disk-pressure"):
+        d = deployments[name]
+        path, func = d["entrypoint"].split(":")
+        module = path.removesuffix(".py").replace("/", ".")
+        flow = getattr(importlib.import_module(module), func)
+        assert flow.name == name  # run_deployment("<flow>/<deployment>") relies on it
+        flow.validate_parameters(d.get("parameters", {}))
+    assert deployments["connection-remediation"]["parameters"]["params"]["dry_run"] is True
+    assert load_rules(ROOT / deployments["alert-monitor"]["parameters"]["params"]["rules_file"]) == default_rules()
