@@ -93,6 +93,7 @@ class SeriesStatus(BaseModel):
     value: float | None = None
     threshold: float
     since: datetime | None = None
+    unconfigured: bool = Field(default=False, description="No data because no source is configured.")
     summary: str
 
 
@@ -229,7 +230,8 @@ def _no_value(rule: AlertRule, labels: dict[str, str], key: str, sample: Sample,
         state.alerts.pop(key)
         result.transitions.append(f"{key} pending timer reset: no data ({reason}).")
     return SeriesStatus(rule=rule.name, metric=rule.metric, labels=labels, state="nodata", value=None,
-                        threshold=rule.threshold, summary=f"{key}: no data ({reason}).")
+                        threshold=rule.threshold, unconfigured=sample.unconfigured,
+                        summary=f"{key}: no data ({reason}).")
 
 
 def _resolve(alert: AlertInstance, value: float | None, now: datetime, state: ClusterAlertState,

@@ -212,7 +212,8 @@ class Phases:
 
 def finish(report: MonitorReport) -> MonitorReport:
     firing = report.firing()
-    nodata = [s for c in report.clusters for s in c.series if s.state == "nodata"]
+    nodata = [s for c in report.clusters for s in c.series if s.state == "nodata" and not s.unconfigured]
+    unconfigured = sorted({s.metric for c in report.clusters for s in c.series if s.unconfigured})
     pending = [s for c in report.clusters for s in c.series if s.state == "pending"]
     report.status = "critical" if firing else ("warning" if report.rules_error or
                                                 [s for s in nodata if s.rule == "no_data"] else "ok")
@@ -220,7 +221,8 @@ def finish(report: MonitorReport) -> MonitorReport:
              f"{len(pending)} pending", f"{len(nodata)} series without data"]
     first = f"; {firing[0].summary}" if firing else ""
     bad_rules = "; the rule file was rejected, previous rules in force" if report.rules_error else ""
-    report.summary = ", ".join(parts) + first + bad_rules
+    not_set = f"; {', '.join(unconfigured)}: no source configured" if unconfigured else ""
+    report.summary = ", ".join(parts) + first + bad_rules + not_set
     return report
 
 

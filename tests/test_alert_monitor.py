@@ -238,6 +238,7 @@ def test_a_hanging_cluster_is_no_data_and_the_others_are_evaluated(sandbox, pref
     assert any("timeout" in s.summary or "deadline" in s.summary for s in hang.series)
     assert [s.state for s in by_block[good].series if s.rule == "connection_limit"] == ["inactive"]
     assert by_block[good].seconds < 2
+    assert "cpu_usage_percent, disk_usage_percent: no source configured" in report.summary
     assert wall < 30
     state = load_states(["alert-hang"])["alert-hang"]
     assert 'no_data{metric="connection_usage_percent"}' in state.alerts  # pending no-data alert, never "ok"
