@@ -31,7 +31,7 @@ def save_sandbox_blocks(box: Sandbox, name: str = "sandbox") -> str:
     from blocks.metrics_source import MetricsSource
 
     sandbox_cluster_block(box, name=name).save(name, overwrite=True)
-    MetricsSource(kind="local").save(f"{name}-host", overwrite=True)
+    MetricsSource(kind="local", data_path=str(box.primary_dir)).save(f"{name}-host", overwrite=True)
     return name
 
 

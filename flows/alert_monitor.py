@@ -1,0 +1,134 @@
+"""Runbook 5.1/5.2: the alert monitor, every minute, over a fleet of clusters.
+
+Samples every cluster concurrently (one short connection each, a deadline each), evaluates the
+rules with Prometheus `for:` semantics on the stored state, then, for the clusters with something
+pending, firing or due, takes their state lock, re-reads their state (compare-and-set on its
+revision: if another run moved it on, the evaluation is redone on that state), starts the actions
+of alerts that fired, delivers due Slack messages and saves. Quiet clusters cost no lock and no write.
+"""
+
+import math
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, runtime, unmapped
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.alert_metrics import DB_METRICS, HOST_METRICS, ClusterSamples, no_data, sample_cluster
+from tasks.alert_monitor import (
+    MonitorParams,
+    MonitorReport,
+    Phases,
+    cluster_turn,
+    evaluate_fleet,
+    finish,
+    load_alert_state,
+    quiet_result,
+    render_markdown,
+    resolve_clusters,
+    rules_error_is_new,
+    rules_in_force,
+    save_alert_states,
+)
+from tasks.alert_state import locked
+from tasks.notify import load_notifier
+from tasks.publish import artifact_key, notify_slack, publish_markdown
+
+WORKERS = 32
+
+
+@flow(name="alert-monitor", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
+def alert_monitor(
+    cluster_blocks: list[str] = ["sandbox"],  # noqa: B006 - rendered as the default in the UI form
+    cluster_group: str | None = None,
+    slack_block: str | None = None,
+    metrics_block: str | None = None,
+    params: MonitorParams = MonitorParams(),
+    evaluated_at: datetime | None = None,
+) -> MonitorReport:
+    """Evaluate every alert rule on every cluster; notify and act on what fires.
+
+    cluster_group: also every PostgresCluster block whose name starts with it.
+    evaluated_at: the evaluation time (replays and tests); default now.
+    """
+    logger = get_run_logger()
+    report = MonitorReport(started_at=datetime.now(UTC))
+    rules, report.rules_error = rules_in_force(params.rules_file)
+    report.rules_source = params.rules_file or "built-in defaults"
+    blocks = resolve_clusters(cluster_blocks, cluster_group)
+
+    sampled = sample_fleet(blocks, metrics_block, params.deadline_seconds)
+    report.sample_seconds = report.phase_seconds["sample"] = (datetime.now(UTC) - report.started_at).total_seconds()
+    report.evaluated_at = evaluated_at or datetime.now(UTC)
+
+    notifier, notifier_error = load_notifier(slack_block)
+    if notifier_error:
+        logger.warning(notifier_error)
+    clock = Phases(report.phase_seconds)
+    states = load_alert_state(blocks)
+    evaluations, writers = evaluate_fleet(blocks, sampled, states, rules, report.evaluated_at)
+    clock.lap("load state, evaluate")
+    with locked(writers, params.lock_timeout_seconds):  # only clusters with something pending, firing or due
+        clock.lap("lock")
+        stored = load_alert_state(writers) if writers else {}
+        to_save = []
+        for block in blocks:
+            if block not in writers:
+                report.clusters.append(quiet_result(block, sampled[block], evaluations[block]))
+                continue
+            if stored[block].revision != states[block].revision:  # another run moved it on: redo on its state
+                evaluations[block] = evaluate_fleet([block], sampled, stored, rules, report.evaluated_at)[0][block]
+            result, new = cluster_turn(block, sampled[block], evaluations[block], rules, report.evaluated_at,
+                                       notifier, slack_block, params.dispatch_actions, runtime.flow_run.id)
+            report.clusters.append(result)
+            to_save.append(new)
+        clock.lap("act, notify")
+        save_alert_states(to_save)
+        clock.lap("save state")
+
+    finish(report)
+    report.finished_at = datetime.now(UTC)
+    report.artifact_key = publish_markdown(artifact_key("alert-monitor", cluster_group or "fleet"),
+                                           render_markdown(report), report.summary[:500])
+    for line in (t for c in report.clusters for t in c.transitions):
+        logger.info(line)
+    if report.rules_error:
+        logger.error(report.rules_error)
+        if slack_block and rules_error_is_new(report.rules_error):
+            notify_slack(slack_block, "Alert rules rejected", "The rule file was rejected; the previous valid "
+                         "rules stay in force until it is fixed.", [report.rules_error], runtime.flow_run.ui_url)
+    logger.info(report.summary)
+    return report
+
+
+def sample_fleet(blocks: list[str], metrics_block: str | None, deadline: float) -> dict[str, ClusterSamples]:
+    """Sample every cluster concurrently; a cluster past its deadline is no data, the others go on."""
+    futures = sample_cluster.map(blocks, unmapped(metrics_block), unmapped(deadline))
+    waves = math.ceil(len(blocks) / WORKERS) if blocks else 1
+    done, _ = wait(list(futures), timeout=deadline * waves + 2)
+    out = {}
+    for block, future in zip(blocks, futures, strict=True):
+        if future in done:
+            try:
+                out[block] = future.result()
+                continue
+            except Exception as exc:  # noqa: BLE001 - the task itself failed: no data
+                reason = f"sampling failed: {type(exc).__name__}: {exc}"[:300]
+        else:
+            reason = f"no answer within the {deadline:.0f} s deadline"
+        out[block] = ClusterSamples(cluster=block, samples=no_data(DB_METRICS + HOST_METRICS, reason),
+                                    seconds=deadline, error=reason)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the alert monitor once and print its report.")
+    parser.add_argument("--cluster-block", action="append", default=None)
+    parser.add_argument("--slack-block")
+    parser.add_argument("--rules-file")
+    args = parser.parse_args()
+    out = alert_monitor(cluster_blocks=args.cluster_block or ["sandbox"], slack_block=args.slack_block,
+                        params=MonitorParams(rules_file=args.rules_file))
+    print(render_markdown(out))

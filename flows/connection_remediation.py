@@ -1,0 +1,128 @@
+"""Runbook 5.2, connection_limit: terminate stale sessions, then the scaler (when it exists).
+
+Dry run by default: lists what it would terminate. One run per cluster at a time (global
+concurrency limit `alert-action-<cluster>-scale-connections`); a second run says so and stops.
+"""
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from prefect import flow, get_run_logger, runtime
+from pydantic import BaseModel, Field
+
+from blocks.postgres_cluster import PostgresCluster
+from tasks.alert_eval import AlertContext
+from tasks.alert_state import action_lock_name, exclusive
+from tasks.findings import human_seconds, md_cell
+from tasks.notify import NotificationOutcome
+from tasks.publish import artifact_key, notify_slack, publish_markdown
+from tasks.remediation import RemediationParams, StaleSession, find_stale_sessions, terminate_sessions
+from tasks.scale import ScaleRequest, scale_up
+
+
+class RemediationReport(BaseModel):
+    cluster: str
+    started_at: datetime
+    status: Literal["ok", "dry-run", "acted", "skipped"] = "ok"
+    summary: str = ""
+    dry_run: bool = True
+    alert: AlertContext | None = None
+    stale: list[StaleSession] = Field(default_factory=list)
+    terminated: list[int] = Field(default_factory=list)
+    gone: list[int] = Field(default_factory=list, description="Listed but no longer stale or no longer there.")
+    scaler: str = ""
+    notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
+    artifact_key: str | None = None
+
+
+@flow(name="connection-remediation", log_prints=False)
+def connection_remediation(
+    cluster_block: str = "sandbox",
+    params: RemediationParams = RemediationParams(),
+    slack_block: str | None = None,
+    alert: AlertContext | None = None,
+    scaler_block: str | None = None,
+) -> RemediationReport:
+    """Terminate idle-in-transaction and listed idle sessions (dry run by default), then scale."""
+    logger = get_run_logger()
+    cluster = PostgresCluster.load(cluster_block)
+    report = RemediationReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC),
+                               dry_run=params.dry_run, alert=alert)
+    with exclusive(action_lock_name(cluster.cluster_name, "scale_connections")) as mine:
+        if not mine:
+            report.status = "skipped"
+            report.summary = (f"{report.cluster}: another connection remediation is running for this cluster; "
+                              "nothing done.")
+            logger.warning(report.summary)
+            return report
+        target = cluster.primary_target()
+        report.stale = find_stale_sessions(target, params)
+        if not params.dry_run:
+            done = terminate_sessions(target, report.stale, params)
+            report.terminated = [t.pid for t in done if t.terminated]
+            report.gone = sorted({s.pid for s in report.stale} - set(report.terminated))
+        report.scaler = request_scaling(scaler_block, report)
+    summarize(report, params)
+    report.artifact_key = publish_markdown(artifact_key("connection-remediation", report.cluster),
+                                           render_markdown(report), report.summary)
+    if slack_block and (report.stale or alert):
+        report.notification = notify_slack(slack_block, f"Connection remediation {report.cluster}",
+                                           report.summary, slack_lines(report), runtime.flow_run.ui_url)
+    logger.info(report.summary)
+    return report
+
+
+def summarize(report: RemediationReport, params: RemediationParams) -> RemediationReport:
+    n = len(report.stale)
+    if params.dry_run:
+        report.status = "dry-run"
+        report.summary = (f"{report.cluster}: dry run: {n} stale session(s) would be terminated; "
+                          f"nothing was terminated; {report.scaler}.")
+    elif n == 0:
+        report.summary = f"{report.cluster}: no stale session to terminate; {report.scaler}."
+    else:
+        report.status = "acted"
+        report.summary = (f"{report.cluster}: terminated {len(report.terminated)} of {n} stale session(s)"
+                          f"{f' ({len(report.gone)} had already ended or changed)' if report.gone else ''}; "
+                          f"{report.scaler}.")
+    return report
+
+
+def _line(s: StaleSession) -> str:
+    return (f"pid {s.pid} ({s.usename}, {s.application_name or 'no application'}, {s.datname}) "
+            f"{s.state} for {human_seconds(s.state_seconds)}")
+
+
+def slack_lines(report: RemediationReport) -> list[str]:
+    lines = [f"• {_line(s)}{' — terminated' if s.pid in report.terminated else ''}" for s in report.stale[:30]]
+    if report.alert:
+        lines.insert(0, f"Started by alert *{report.alert.rule}* on {report.alert.cluster}.")
+    return lines or ["No stale session found."]
+
+
+def render_markdown(report: RemediationReport) -> str:
+    lines = [f"# Connection remediation of {md_cell(report.cluster)}: {report.status}", "",
+             md_cell(report.summary), ""]
+    if report.alert:
+        lines += [f"Started by alert `{report.alert.rule}` (value {report.alert.value}, "
+                  f"threshold {report.alert.threshold}).", ""]
+    lines += ["| pid | user | application | database | state | for | terminated |", "|---|---|---|---|---|---|---|"]
+    for s in report.stale:
+        done = "yes" if s.pid in report.terminated else "no"
+        lines.append(f"| {s.pid} | {md_cell(s.usename)} | {md_cell(s.application_name)} | {md_cell(s.datname)} | "
+                     f"{s.state} | {human_seconds(s.state_seconds)} | {done} |")
+    return "\n".join(lines)
+
+
+def request_scaling(scaler_block: str | None, report: RemediationReport) -> str:
+    """After the terminations, ask the high-load runbook's scaler (if configured) for more capacity."""
+    if not scaler_block:
+        return "scaler: none configured (set scaler_block, e.g. 'pgbouncer-pool-scaler/main')"
+    request = ScaleRequest(cluster=report.cluster, reason="connection_limit alert: connection usage too high",
+                           dry_run=report.dry_run, active_sessions=len(report.stale), waiting_sessions=0,
+                           flow_run_id=str(runtime.flow_run.id or ""),
+                           requested_by="pg-runbooks/connection-remediation")
+    try:
+        return f"scaler: {scale_up(scaler_block, request).summary}"
+    except Exception as exc:  # noqa: BLE001 - the terminations stand; the failure is reported
+        return f"scaler failed: {type(exc).__name__}: {str(exc)[:200]}"

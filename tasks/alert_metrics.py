@@ -1,0 +1,158 @@
+"""What the monitor measures on one cluster, with one short-lived connection to its primary.
+
+connection_usage_percent: client backends against the slots ordinary roles can use
+  (max_connections - superuser_reserved_connections - reserved_connections on PG16+;
+  https://www.postgresql.org/docs/current/runtime-config-connection.html).
+replication_lag_seconds: per replica, the primary's pg_stat_replication.replay_lag, NULL counted
+  as 0 only when no byte is behind (tasks.health_report.effective_replay_lag_seconds).
+cpu_usage_percent / disk_usage_percent: from the metrics-source block (issue 4) when present;
+  otherwise "no data: metrics source not configured" (no alert).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from blocks.postgres_cluster import PostgresCluster
+from tasks.alert_eval import Sample
+from tasks.db import connect
+from tasks.health import REPLICATION_SQL, ReplicationRow
+from tasks.health_report import describe_error, effective_replay_lag_seconds
+
+DB_METRICS = ("connection_usage_percent", "replication_lag_seconds")
+HOST_METRICS = ("cpu_usage_percent", "disk_usage_percent")
+
+
+class ConnectionUsage(BaseModel):
+    in_recovery: bool
+    server_version_num: int
+    client_backends: int
+    max_connections: int
+    superuser_reserved: int
+    reserved: int
+
+    @property
+    def usable(self) -> int:
+        return max(self.max_connections - self.superuser_reserved - self.reserved, 1)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.client_backends / self.usable
+
+
+# How many client connections are open, and how many slots can ordinary roles use?
+CONNECTIONS_SQL = """
+SELECT pg_catalog.pg_is_in_recovery()                                   AS in_recovery,
+       current_setting('server_version_num')::int                       AS server_version_num,
+       (SELECT count(*)
+          FROM pg_catalog.pg_stat_activity
+         WHERE backend_type = 'client backend')::int                    AS client_backends,
+       current_setting('max_connections')::int                          AS max_connections,
+       current_setting('superuser_reserved_connections')::int           AS superuser_reserved,
+       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved
+"""
+
+
+class ClusterSamples(BaseModel):
+    """The samples of one cluster and how long reading them took."""
+
+    cluster: str
+    samples: list[Sample]
+    seconds: float
+    error: str | None = None
+
+
+def no_data(metrics: tuple[str, ...] | list[str], reason: str, labels: dict[str, str] | None = None,
+            unconfigured: bool = False) -> list[Sample]:
+    return [Sample(metric=m, labels=labels or {}, no_data=reason, unconfigured=unconfigured) for m in metrics]
+
+
+def database_samples(cluster: PostgresCluster, deadline_seconds: float) -> list[Sample]:
+    """Connection usage and per-replica lag from the primary (one connection, two queries)."""
+    target = cluster.primary_target().model_copy(update={
+        "connect_timeout": max(1, min(cluster.connect_timeout, int(deadline_seconds))),
+        "statement_timeout_ms": max(100, int(deadline_seconds * 1000))})
+    replicas = [n.name for n in cluster.nodes if n.name != cluster.primary_node and n.name not in cluster.fenced_nodes]
+    try:
+        with connect(target, purpose="alert-monitor") as db:
+            usage = db.fetch_one(CONNECTIONS_SQL, None, ConnectionUsage)
+            rows = db.fetch_all(REPLICATION_SQL, None, ReplicationRow) if not usage.in_recovery else []
+    except Exception as exc:  # noqa: BLE001 - an unreachable cluster is no data, not a crash
+        reason = f"{target.node} {describe_error(exc)}"
+        return no_data(["connection_usage_percent"], reason) + [
+            Sample(metric="replication_lag_seconds", labels={"replica": r}, no_data=reason) for r in replicas]
+    if usage.in_recovery:
+        reason = f"{target.node} is in recovery: the cluster block's primary_node is stale"
+        return no_data(["connection_usage_percent"], reason) + [
+            Sample(metric="replication_lag_seconds", labels={"replica": r}, no_data=reason) for r in replicas]
+    samples = [Sample(metric="connection_usage_percent", value=round(usage.percent, 2))]
+    return samples + replica_lag_samples(rows, replicas)
+
+
+def replica_lag_samples(rows: list[ReplicationRow], replicas: list[str]) -> list[Sample]:
+    """One lag sample per expected replica (matched by application_name), plus unexpected standbys."""
+    by_name = {r.application_name: r for r in rows}
+    samples = []
+    for name in replicas + sorted(set(by_name) - set(replicas)):
+        row = by_name.get(name)
+        if row is None:
+            samples.append(Sample(metric="replication_lag_seconds", labels={"replica": name},
+                                  no_data=f"{name} is not connected to the primary (not in pg_stat_replication)"))
+            continue
+        lag = effective_replay_lag_seconds(row)
+        samples.append(Sample(metric="replication_lag_seconds", labels={"replica": name}, value=lag,
+                              no_data=None if lag is not None else
+                              f"replay_lag is unknown while {row.replay_lag_bytes} bytes are behind"))
+    return samples
+
+
+def host_samples(metrics_block: str | None) -> list[Sample]:
+    """CPU and disk usage through the metrics-source block of the report issue, if configured."""
+    if not metrics_block:
+        return no_data(HOST_METRICS, "metrics source not configured", unconfigured=True)
+    try:
+        reading = _read_metrics_source(metrics_block)
+    except ImportError:
+        return no_data(HOST_METRICS, "metrics source not configured (blocks.metrics_source is not installed)",
+                       unconfigured=True)
+    except Exception as exc:  # noqa: BLE001 - a failing source is no data, and its own alert
+        return no_data(HOST_METRICS, f"metrics source {metrics_block!r} failed: {type(exc).__name__}: {exc}"[:300])
+    samples = []
+    for metric, names in (("cpu_usage_percent", ("cpu_percent", "cpu_usage_percent", "cpu")),
+                          ("disk_usage_percent", ("disk_used_percent", "disk_percent", "disk_usage_percent", "disk"))):
+        value = next((_get(reading, n) for n in names if _get(reading, n) is not None), None)
+        samples.append(Sample(metric=metric, value=value,
+                              no_data=None if value is not None else f"metrics source gave no {metric}"))
+    return samples
+
+
+def _read_metrics_source(block_name: str) -> Any:
+    """The one place that knows the metrics-source block (issue 4): wire its sampling call here."""
+    from blocks.metrics_source import MetricsSource
+
+    return MetricsSource.load(block_name).sample()
+
+
+def _get(reading: Any, name: str) -> float | None:
+    value = reading.get(name) if isinstance(reading, dict) else getattr(reading, name, None)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@task(name="sample-cluster", cache_policy=NO_CACHE, task_run_name="sample-{cluster_block}")
+def sample_cluster(cluster_block: str, metrics_block: str | None, deadline_seconds: float) -> ClusterSamples:
+    """Every sample of one cluster; never raises (a failure is no data with its reason)."""
+    import time
+
+    started = time.perf_counter()
+    try:
+        cluster = PostgresCluster.load(cluster_block)
+    except Exception as exc:  # noqa: BLE001
+        reason = f"cannot load PostgresCluster block {cluster_block!r}: {type(exc).__name__}"
+        return ClusterSamples(cluster=cluster_block, samples=no_data(DB_METRICS + HOST_METRICS, reason),
+                              seconds=time.perf_counter() - started, error=reason)
+    samples = database_samples(cluster, deadline_seconds) + host_samples(metrics_block)
+    return ClusterSamples(cluster=cluster.cluster_name, samples=samples, seconds=time.perf_counter() - started)
