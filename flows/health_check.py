@@ -13,6 +13,7 @@ from blocks.postgres_cluster import PostgresCluster
 from tasks import health_report as rules
 from tasks.health import find_long_queries, probe_node, read_receiver, read_replication, read_slots
 from tasks.health_report import HealthReport, HealthThresholds
+from tasks.outcomes import gather
 from tasks.publish import artifact_key, notify_slack, publish_markdown
 
 
@@ -36,7 +37,7 @@ def health_check(
     report = HealthReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC))
 
     targets = cluster.targets()
-    probes = dict(zip([t.node for t in targets], _outcomes([probe_node.submit(t) for t in targets]), strict=True))
+    probes = dict(zip([t.node for t in targets], gather([probe_node.submit(t) for t in targets]), strict=True))
     for t in targets:
         probe, error = probes[t.node]
         report.checks.append(
@@ -49,7 +50,7 @@ def health_check(
 
     if report.primary:
         target = up[report.primary]
-        (replication, rep_err), (slots, slot_err) = _outcomes(
+        (replication, rep_err), (slots, slot_err) = gather(
             [read_replication.submit(target), read_slots.submit(target)])
         expected = len(cluster.nodes) - 1 - len(cluster.fenced_nodes)
         report.checks += (rules.replication_checks(report.primary, replication, expected, thresholds)
@@ -59,13 +60,13 @@ def health_check(
     else:
         report.checks.append(rules.skipped_check("replication", "cluster", "no reachable primary"))
 
-    for node, (row, err) in zip(standbys, _outcomes([read_receiver.submit(up[n]) for n in standbys]), strict=True):
+    for node, (row, err) in zip(standbys, gather([read_receiver.submit(up[n]) for n in standbys]), strict=True):
         report.checks.append(rules.receiver_check(node, row, thresholds) if err is None
                              else rules.skipped_check("wal-receiver", node, err))
 
     nodes = list(up)
     long_futures = [find_long_queries.submit(up[n], thresholds.long_query_seconds) for n in nodes]
-    for node, (rows, err) in zip(nodes, _outcomes(long_futures), strict=True):
+    for node, (rows, err) in zip(nodes, gather(long_futures), strict=True):
         report.checks.append(rules.long_query_check(node, rows, thresholds) if err is None
                              else rules.skipped_check("long-queries", node, err))
 
@@ -82,16 +83,6 @@ def health_check(
         logger.warning(report.notification.summary)
     return report
 
-
-def _outcomes(futures: list) -> list[tuple[object, BaseException | None]]:
-    """(result, None) or (None, the exception) for each submitted task, in order."""
-    outcomes = []
-    for future in futures:
-        try:
-            outcomes.append((future.result(), None))
-        except Exception as exc:  # noqa: BLE001 - a failed check is a finding
-            outcomes.append((None, exc))
-    return outcomes
 
 
 if __name__ == "__main__":

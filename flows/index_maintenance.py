@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from flows.health_check import _outcomes
 from tasks import bloat_report
 from tasks import index_report as rules
 from tasks.bloat import measure_relations, read_catalog_info, read_index_stats
@@ -19,6 +18,7 @@ from tasks.bloat_report import BloatParams
 from tasks.index_report import IndexParams, IndexReport
 from tasks.indexes import read_index_inventory, read_index_scans, resolve_indexes, run_index_action
 from tasks.maintenance_log import persist_maintenance_log
+from tasks.outcomes import gather
 from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.relations import RelationRef
 
@@ -39,7 +39,7 @@ def index_maintenance(
     listed = resolve_indexes(primary, params.drop_indexes)  # UnknownObject before anything happens
     indexes = read_index_inventory(primary)
     targets = [cluster.target(n.name, database) for n in cluster.nodes if n.name not in cluster.fenced_nodes]
-    scans = list(zip(targets, _outcomes([read_index_scans.submit(t) for t in targets]), strict=True))
+    scans = list(zip(targets, gather([read_index_scans.submit(t) for t in targets]), strict=True))
     nodes = [res for _, (res, err) in scans if err is None]
     unreachable = [t.node for t, (_, err) in scans if err is not None]
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from flows.health_check import _outcomes
 from tasks import perf_report as rules
 from tasks.host_metrics import sample_host
+from tasks.outcomes import gather
 from tasks.perf_report import PerformanceReport, ReportParams
 from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.report_cache import read_cache
@@ -49,7 +49,7 @@ def performance_report(
         "host": sample_host.submit(params.metrics_block, target),
     }
     errors = {}
-    for name, (value, error) in zip(futures, _outcomes(list(futures.values())), strict=True):
+    for name, (value, error) in zip(futures, gather(list(futures.values())), strict=True):
         setattr(report, name, value)
         if error is not None:
             errors[name] = error

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from flows.health_check import _outcomes
 from tasks import recommendations as recs
 from tasks.connection_churn import sample_churn
 from tasks.connection_rules import ConnectionRules, connection_recommendations
 from tasks.health_report import describe_error
+from tasks.outcomes import gather
 from tasks.publish import artifact_key, notify_slack, publish_markdown
 from tasks.recommendations import TroubleshootReport
 from tasks.report_connections import read_connections
@@ -31,7 +31,7 @@ def troubleshoot_connections(
     target = cluster.primary_target()
     report = TroubleshootReport(kind="connections", cluster=cluster.cluster_name, node=target.node,
                                 started_at=datetime.now(UTC))
-    (snap, snap_err), (churn, churn_err) = _outcomes([
+    (snap, snap_err), (churn, churn_err) = gather([
         read_connections.submit(target), sample_churn.submit(target, rules.churn_sample_seconds)])
     if churn_err is not None:
         report.failed_sections["churn"] = describe_error(churn_err)

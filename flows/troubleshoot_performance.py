@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from flows.health_check import _outcomes
 from tasks import recommendations as recs
 from tasks.health_report import describe_error
+from tasks.outcomes import gather
 from tasks.performance_rules import PerformanceRules, headline, performance_recommendations
 from tasks.publish import artifact_key, notify_slack, publish_markdown
 from tasks.recommendations import TroubleshootReport
@@ -34,7 +34,7 @@ def troubleshoot_performance(
     report = TroubleshootReport(kind="performance", cluster=cluster.cluster_name, node=target.node,
                                 started_at=datetime.now(UTC))
     names = ("statements", "cache", "table and index usage")
-    outcomes = dict(zip(names, _outcomes([read_statements.submit(target), read_cache.submit(target),
+    outcomes = dict(zip(names, gather([read_statements.submit(target), read_cache.submit(target),
                                           read_usage.submit(target)]), strict=True))
     for name, (_, error) in outcomes.items():
         if error is not None:

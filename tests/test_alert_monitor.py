@@ -321,3 +321,19 @@ def test_state_moved_by_another_run_is_re_evaluated_not_overwritten(sandbox, pre
     assert [c for c in slack.calls("chat.postMessage", token="xoxb-ok-cas") if "FIRING" in str(c.body)] == []
     state = load_states([block])[block]
     assert state.revision == 3 and state.alerts['always{}'].thread_ts == "1.2"
+
+
+def test_cpu_and_disk_come_from_the_metrics_source(sandbox, prefect_api):
+    import os
+
+    from sandbox.blocks import save_sandbox_blocks
+    from tasks.alert_metrics import host_samples
+
+    save_sandbox_blocks(sandbox, "hm-sandbox")
+    samples = {s.metric: s for s in host_samples("hm-sandbox-host")}
+    assert set(samples) == {"cpu_usage_percent", "disk_usage_percent"}
+    assert all(s.value is not None and 0 <= s.value <= 100 for s in samples.values()), samples
+    st = os.statvfs(sandbox.primary_dir)  # ground truth, computed as df does
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    truth = 100 * used / (used + st.f_bavail * st.f_frsize)
+    assert abs(samples["disk_usage_percent"].value - truth) < 1.0
