@@ -161,8 +161,9 @@ def receiver_check(node: str, row: ReceiverRow, t: HealthThresholds) -> Check:
                              f"({human_bytes(row.replay_backlog_bytes)} received, not replayed); "
                              "run pg_wal_replay_resume() when intended.")
     status = _grade(row.replay_backlog_bytes, t.lag_warning_bytes, t.lag_critical_bytes)
-    last = ("no commit replayed since it started" if row.seconds_since_last_replay is None else
-            f"last replayed commit {human_seconds(row.seconds_since_last_replay)} ago (grows while the primary is idle)")
+    last = ("no commit replayed since it started" if row.seconds_since_last_replay is None
+            else f"last replayed commit {human_seconds(row.seconds_since_last_replay)} ago "
+                 "(grows while the primary is idle)")
     return Check(name="wal-receiver", node=node, status=status, details=details,
                  summary=f"{node} is streaming from {row.sender_host}:{row.sender_port}, "
                          f"{human_bytes(row.replay_backlog_bytes)} received but not replayed; {last}.")
