@@ -18,7 +18,7 @@ from blocks.postgres_cluster import PostgresCluster
 from tasks.failover_model import FailoverRequest, StepRecord
 from tasks.findings import md_cell
 from tasks.journal import Journal, JournalStore
-from tasks.notify import SlackThread, load_notifier, section_blocks
+from tasks.notify import SlackThread, open_thread, section_blocks
 
 FAULT_ENV = "PG_RUNBOOKS_FAILOVER_FAIL_AFTER"  # test hook: raise right after the named step
 HANG_ENV = "PG_RUNBOOKS_FAILOVER_HANG_AFTER"  # test hook: block right after the named step (to kill the worker)
@@ -61,11 +61,7 @@ _CONTEXTS: dict[str, RunContext] = {}
 
 def open_context(request: FailoverRequest, run_id: str, ui_url: str | None) -> RunContext:
     """Load the blocks of a run (a missing block is a clear error before anything changes)."""
-    notifier, load_error = load_notifier(request.slack_block)
-    thread = SlackThread(notifier)
-    if load_error:
-        thread.outcome.attempted = True
-        thread._record(load_error)
+    thread = open_thread(request.slack_block)
     ctx = RunContext(
         run_id=run_id, request=request, cluster=PostgresCluster.load(request.cluster_block),
         node_control=NodeControl.load(request.node_control_block),

@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import high_load_report as rules
 from tasks.high_load_report import HighLoadReport
-from tasks.notify import NotificationOutcome, SlackThread, load_notifier, section_blocks
+from tasks.notify import NotificationOutcome, open_thread, section_blocks
 
 VERDICT = {"ok": ":large_green_circle: OK", "failed": ":red_circle: STEPS FAILED"}
 
@@ -23,17 +23,12 @@ def notify_high_load(slack_block: str | None, report: HighLoadReport, link: str 
 
     Never raises: a failure is in the returned outcome.
     """
-    notifier, load_error = load_notifier(slack_block)
-    thread = SlackThread(notifier)
-    if load_error:
-        thread.outcome.attempted = True
-        thread._record(load_error)
-        return thread.outcome
-    if notifier is None:
+    thread = open_thread(slack_block)
+    if not thread.enabled:
         return thread.outcome
     title = _title(report)
-    mention = notifier.mention_groups.get("notify_team", "") if report.remaining and report.remaining.persistent \
-        else ""
+    persistent = report.remaining and report.remaining.persistent
+    mention = thread.notifier.mention_groups.get("notify_team", "") if persistent else ""
     thread.post(f"{title}: {report.summary}", section_blocks(title, [f"{mention} {report.summary}".strip()]))
     thread.reply("What was found", section_blocks("What was found", rules.slack_found(report)))
     thread.reply("What was done", section_blocks("What was done" if not report.dry_run else "The plan",

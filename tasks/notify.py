@@ -71,6 +71,10 @@ class SlackThread:
         if notifier is not None:
             self.outcome.channel = notifier.channel
 
+    @property
+    def enabled(self) -> bool:
+        return self.notifier is not None
+
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any] | None:
         if self.notifier is None:
             return None
@@ -130,3 +134,17 @@ def load_notifier(block_name: str | None) -> tuple[SlackNotifier | None, str | N
         return SlackNotifier.load(block_name), None
     except Exception as exc:  # noqa: BLE001
         return None, f"could not load SlackNotifier block {block_name!r}: {type(exc).__name__}: {_short(exc)}"
+
+
+def open_thread(block_name: str | None) -> SlackThread:
+    """The Slack thread of a run, from a SlackNotifier block name.
+
+    A block that cannot be loaded is recorded as a notification failure; `thread.enabled` says
+    whether anything will be sent.
+    """
+    notifier, load_error = load_notifier(block_name)
+    thread = SlackThread(notifier)
+    if load_error:
+        thread.outcome.attempted = True
+        thread._record(load_error)
+    return thread

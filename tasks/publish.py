@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.notify import NotificationOutcome, SlackThread, load_notifier, section_blocks
+from tasks.notify import NotificationOutcome, open_thread, section_blocks
 
 
 def artifact_key(kind: str, cluster: str) -> str:
@@ -42,13 +42,8 @@ def notify_slack(
 
     Never raises: failures are in the returned outcome.
     """
-    notifier, load_error = load_notifier(slack_block)
-    thread = SlackThread(notifier)
-    if load_error:
-        thread.outcome.attempted = True
-        thread._record(load_error)
-        return thread.outcome
-    if notifier is None:
+    thread = open_thread(slack_block)
+    if not thread.enabled:
         return thread.outcome
     thread.post(f"{title}: {summary}", section_blocks(title, [summary]))
     thread.reply(f"Details of {title}", section_blocks("Details", detail_lines))

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from tasks.report_cache import CacheSnapshot
 from tasks.report_checkpoints import CheckpointSnapshot
-from tasks.report_statements import StatementCounters, StatementsSnapshot
+from tasks.report_statements import StatementCounters, StatementFigures, StatementsSnapshot
 from tasks.report_storage import StorageSnapshot
 
 COUNTERS = ("calls", "total_ms", "rows", "shared_blks_hit", "shared_blks_read", "temp_blks_written", "blk_read_ms")
@@ -36,18 +36,9 @@ def counter_delta(current: float, previous: float | None, reset: bool) -> tuple[
     return current - previous, False
 
 
-class StatementDelta(BaseModel):
-    key: str
-    datname: str | None
-    usename: str | None
-    query: str
-    calls: int
-    total_ms: float
-    rows: int
-    shared_blks_hit: int
-    shared_blks_read: int
-    temp_blks_written: int
-    blk_read_ms: float
+class StatementDelta(StatementFigures):
+    """What one statement did since the previous report."""
+
     reset: bool = Field(default=False, description="This entry was reset or evicted in between.")
 
     @property

@@ -25,8 +25,8 @@ ENABLE_HINT = (
 )
 
 
-class StatementCounters(BaseModel):
-    """Cumulative counters of one statement (userid, dbid, toplevel, queryid)."""
+class StatementFigures(BaseModel):
+    """The figures of one statement (userid, dbid, toplevel, queryid): cumulative, or a delta."""
 
     key: str
     datname: str | None
@@ -39,6 +39,11 @@ class StatementCounters(BaseModel):
     shared_blks_read: int
     temp_blks_written: int
     blk_read_ms: float
+
+
+class StatementCounters(StatementFigures):
+    """Cumulative counters of one statement, as pg_stat_statements holds them."""
+
     hidden: bool = Field(default=False, exclude=True, description="queryid and text hidden from this role.")
 
 
