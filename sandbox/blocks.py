@@ -6,6 +6,7 @@ from pydantic import SecretStr
 
 from blocks.failover_adapters import EndpointControl, NodeControl
 from blocks.postgres_cluster import Endpoint, PostgresCluster, PostgresNode
+from blocks.scalers import PgBouncerPoolScaler
 from sandbox.cluster import HOST, MONITOR_ROLE, SUPERUSER, Sandbox
 
 
@@ -53,9 +54,17 @@ def sandbox_endpoint_block(box: Sandbox) -> EndpointControl:
     )
 
 
+def sandbox_pool_scaler_block(box: Sandbox) -> PgBouncerPoolScaler:
+    """The high-load scaler for the sandbox: raise pgbouncer's pool by 10, at most to 60."""
+    return PgBouncerPoolScaler(host=HOST, port=box.config.pgbouncer_port, user=SUPERUSER,
+                               password=SecretStr(box.config.password), step=10, max_pool_size=60)
+
+
 def save_failover_blocks(box: Sandbox, name: str = "sandbox") -> str:
-    """Save the PostgresCluster, NodeControl and EndpointControl blocks `name` for the sandbox."""
+    """Save every block the deployments use for the sandbox: cluster, metrics source, node control,
+    endpoint and the pgbouncer pool scaler, all named `name`."""
     save_sandbox_blocks(box, name)
     sandbox_node_control_block(box).save(name, overwrite=True)
     sandbox_endpoint_block(box).save(name, overwrite=True)
+    sandbox_pool_scaler_block(box).save(name, overwrite=True)
     return name

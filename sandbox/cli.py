@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             from sandbox.blocks import save_failover_blocks
 
             name = save_failover_blocks(box, args.block_name)
-            print(f"saved blocks postgres-cluster/{name}, node-control/{name}, endpoint-control/{name}")
+            print(f"saved blocks postgres-cluster/{name}, host-metrics-source/{name}-host, node-control/{name}, "
+                  f"endpoint-control/{name}, pgbouncer-pool-scaler/{name}")
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
