@@ -337,3 +337,39 @@ def test_cpu_and_disk_come_from_the_metrics_source(sandbox, prefect_api):
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
     truth = 100 * used / (used + st.f_bavail * st.f_frsize)
     assert abs(samples["disk_usage_percent"].value - truth) < 1.0
+
+
+HOST_RULES = """\
+rules:
+  - name: high_cpu
+    metric: cpu_usage_percent
+    threshold: 100
+    for: 1m
+    action: notify_team
+  - name: disk_usage
+    metric: disk_usage_percent
+    threshold: 0.01
+    for: 1m
+    action: notify_team
+"""
+
+
+def test_disk_usage_fires_on_real_host_metrics(sandbox, prefect_api, slack, tmp_path):
+    from sandbox.blocks import save_sandbox_blocks
+
+    save_sandbox_blocks(sandbox, "alert-host")  # cluster block + host-metrics-source/alert-host-host
+    save_slack_block(slack, "slack-host", "xoxb-ok-host", mention_groups={"notify_team": "<!here>"})
+    path = tmp_path / "host.yaml"
+    path.write_text(HOST_RULES)
+    params = MonitorParams(rules_file=str(path))
+    t0 = datetime.now(UTC)
+    first = alert_monitor(cluster_blocks=["alert-host"], slack_block="slack-host", params=params,
+                          metrics_block="alert-host-host", evaluated_at=t0)
+    assert not first.firing()
+    fired = alert_monitor(cluster_blocks=["alert-host"], slack_block="slack-host", params=params,
+                          metrics_block="alert-host-host", evaluated_at=t0 + timedelta(seconds=61))
+    series = {s.rule: s for c in fired.clusters for s in c.series}
+    assert series["disk_usage"].state == "firing" and 0 < series["disk_usage"].value <= 100
+    assert series["high_cpu"].state == "inactive" and series["high_cpu"].value is not None  # real data, below
+    posts = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-host") if "FIRING: disk_usage" in str(c.body)]
+    assert len(posts) == 1 and "<!here>" in str(posts[0].body)
