@@ -66,6 +66,29 @@ def test_health_check_via_rest_with_idempotency_key(stack):
     assert done["state"]["type"] == "COMPLETED", done["state"]
 
 
+def test_every_runbook_runs_from_its_deployment_on_the_worker(stack):
+    """Each deployment of prefect.yaml, with its own default parameters, completes on the real worker.
+
+    Failover and rejoin change the topology and have their own tests below.
+    """
+    declared = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    runs = {}
+    for d in declared:
+        flow_name = api(stack, f"/deployments/name/{_flow_of(stack, d['name'])}/{d['name']}")["id"]
+        if d["name"] in {"failover", "rejoin"}:
+            continue
+        runs[d["name"]] = post(stack, f"/deployments/{flow_name}/create_flow_run", {"parameters": {}})["id"]
+    ended = {name: wait_for(stack.api_url, run_id, timeout=300)["state"] for name, run_id in runs.items()}
+    failed = {name: (state["type"], state.get("message")) for name, state in ended.items()
+              if state["type"] != "COMPLETED"}
+    assert not failed, failed
+
+
+def _flow_of(stack, deployment_name: str) -> str:
+    (match,) = [d for d in post(stack, "/deployments/filter", {"limit": 200}) if d["name"] == deployment_name]
+    return api(stack, f"/flows/{match['flow_id']}")["name"]
+
+
 def test_bad_parameters_are_refused_by_the_server(stack):
     from tools.trigger_runbook import TriggerError
 
