@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, runtime
 
 from tasks import failover_hooks as hooks
 from tasks.failover_approval import await_approval
+from tasks.failover_dblock import database_lock
 from tasks.failover_model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
 from tasks.failover_plan import data_loss, decide
 from tasks.failover_report import render_backup, render_markdown
@@ -143,7 +144,7 @@ def failover(request: FailoverRequest = FailoverRequest()) -> FailoverReport:
     run_key = str(runtime.flow_run.id or "local")
     ctx = open_context(request, run_key, runtime.flow_run.ui_url)
     try:
-        with ctx.store.exclusive(ctx.cluster.cluster_name, run_key):
+        with ctx.store.exclusive(ctx.cluster.cluster_name, run_key), database_lock(ctx.cluster):
             post_progress(ctx, "phase 1/3 pre-failover", "phase 1: checking nodes, endpoint and lag")
             plan = pre_failover(run_key)
             if request.dry_run:

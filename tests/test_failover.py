@@ -133,6 +133,14 @@ def test_refusals_change_nothing(box, blocks, journal_dir, slack):
     with JournalStore(journal_dir).exclusive(BLOCK, "run-holding-the-lock"):
         with pytest.raises(FailoverRefused, match="already running .*run-holding-the-lock"):
             failover(request(journal_dir))
+    # a run from another worker (another journal directory) still meets the database-side lock
+    from tasks.failover_dblock import FAILOVER_LOCK_KEY
+
+    with box.connect("replica") as other:
+        other.execute("SET application_name = 'other-worker-failover'")
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", (FAILOVER_LOCK_KEY,)).fetchone()[0]
+        with pytest.raises(FailoverRefused, match="database-side lock on replica: .*other-worker-failover"):
+            failover(request(journal_dir))
     # nothing changed: same primary, clients flow, no journal left in progress
     assert current(box) == ("primary", "replica")
     assert pgbouncer_port_backend(box) == box.config.primary_port
