@@ -33,7 +33,29 @@ class TriggerError(RuntimeError):
     pass
 
 
-def _request(api_url: str, method: str, path: str, body: dict | None = None, timeout: float = 15) -> dict:
+RETRYABLE = {429, 502, 503, 504}  # a busy server (SQLite "database is locked" answers 503)
+
+
+def _request(api_url: str, method: str, path: str, body: dict | None = None, timeout: float = 15,
+             attempts: int = 5) -> dict:
+    """One API call; busy answers and connection errors are retried with backoff when it is safe:
+    reads always, a create only with an idempotency key (the server then returns the same run)."""
+    safe = method == "GET" or bool(body and body.get("idempotency_key"))
+    for attempt in range(1, attempts + 1):
+        try:
+            return _request_once(api_url, method, path, body, timeout)
+        except _Busy as busy:
+            if not safe or attempt == attempts:
+                raise TriggerError(str(busy)) from None
+            time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
+
+
+class _Busy(Exception):
+    pass
+
+
+def _request_once(api_url: str, method: str, path: str, body: dict | None, timeout: float) -> dict:
     headers = {"Content-Type": "application/json"}
     auth = os.environ.get("PREFECT_API_AUTH_STRING")
     if auth:
@@ -45,9 +67,12 @@ def _request(api_url: str, method: str, path: str, body: dict | None = None, tim
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:1000]
-        raise TriggerError(f"{method} {path} -> HTTP {exc.code}: {detail}") from None
+        message = f"{method} {path} -> HTTP {exc.code}: {detail}"
+        if exc.code in RETRYABLE:
+            raise _Busy(message) from None
+        raise TriggerError(message) from None
     except OSError as exc:
-        raise TriggerError(f"Prefect API at {api_url} unreachable: {exc}") from None
+        raise _Busy(f"Prefect API at {api_url} unreachable: {exc}") from None
 
 
 def deployment_id(api_url: str, name: str) -> str:
