@@ -6,7 +6,6 @@ import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,14 +14,13 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from sandbox.cluster import Sandbox, SandboxConfig, free_port  # noqa: E402
+from sandbox.cluster import Sandbox  # noqa: E402
 
 
 @contextlib.contextmanager
 def fresh_sandbox():
     """A new primary + replica + pgbouncer on free ports, destroyed afterwards."""
-    box = Sandbox(SandboxConfig(base_dir=Path(tempfile.mkdtemp(prefix="pgrb-bench-")),
-                                primary_port=free_port(), replica_port=free_port(), pgbouncer_port=free_port()))
+    box = Sandbox.ephemeral("pgrb-bench-")
     box.start()
     try:
         yield box

@@ -28,7 +28,7 @@ import psycopg  # noqa: E402
 
 from blocks.postgres_cluster import PostgresCluster  # noqa: E402
 from sandbox.blocks import save_failover_blocks  # noqa: E402
-from sandbox.cluster import Sandbox, SandboxConfig, free_port  # noqa: E402
+from sandbox.cluster import Sandbox  # noqa: E402
 from tasks.endpoint import rewrite_ini  # noqa: E402
 from tasks.failover_plan import lsn_int  # noqa: E402
 from tasks.node_control import parse_controldata  # noqa: E402
@@ -129,9 +129,7 @@ def main() -> None:
     from flows.rejoin import rejoin
     from tasks.failover_model import FailoverRequest, RejoinRequest
 
-    base = Path(tempfile.mkdtemp(prefix="pgrb-bench-failover-"))
-    box = Sandbox(SandboxConfig(base_dir=base, primary_port=free_port(), replica_port=free_port(),
-                                pgbouncer_port=free_port()))
+    box = Sandbox.ephemeral("pgrb-bench-failover-")
     journal = tempfile.mkdtemp(prefix="pgrb-bench-journal-")
     results: dict[str, list[dict]] = {"flow": [], "bare": []}
     step_ms: dict[str, list[float]] = {}
@@ -156,7 +154,7 @@ def main() -> None:
 
             for i in range(args.runs):
                 for kind, fn in (("flow", via_flow), ("bare", bare)):
-                    box.wait_streaming_to(roles(box)[0])
+                    box.wait_streaming(roles(box)[0])
                     result = measure(box, fn)
                     results[kind].append(result)
                     print(f"run {i + 1} {kind}: pause {result['pause_s'] * 1000:.0f} ms, errors {result['errors']}, "

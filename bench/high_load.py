@@ -15,7 +15,6 @@ import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from sandbox.cluster import HOST, Sandbox, SandboxConfig, free_port  # noqa: E402
+from sandbox.cluster import HOST, Sandbox  # noqa: E402
 
 ELIGIBLE, IDLE, EXCLUDED = 50, 75, 75
 PASSWORD = "bench-pw"
@@ -144,9 +143,7 @@ def main() -> None:
     from sandbox.blocks import save_sandbox_blocks
     from tasks.high_load_plan import HighLoadParams
 
-    base = Path(tempfile.mkdtemp(prefix="pgrb-bench-"))
-    box = Sandbox(SandboxConfig(base_dir=base, primary_port=free_port(), replica_port=free_port(),
-                                pgbouncer_port=free_port()))
+    box = Sandbox.ephemeral("pgrb-bench-")
     try:
         box.start()
         setup_roles(box)

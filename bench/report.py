@@ -13,7 +13,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from sandbox.blocks import sandbox_cluster_block  # noqa: E402
-from sandbox.cluster import Sandbox, SandboxConfig, free_port  # noqa: E402
+from sandbox.cluster import Sandbox  # noqa: E402
 from tasks import (  # noqa: E402
     report_cache,
     report_checkpoints,
@@ -108,9 +107,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each side")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="pgrb-bench-report-"))
-    box = Sandbox(SandboxConfig(base_dir=base, primary_port=free_port(), replica_port=free_port(),
-                                pgbouncer_port=free_port()))
+    box = Sandbox.ephemeral("pgrb-bench-report-")
+    base = box.base
     t = time.perf_counter()
     box.start()
     try:

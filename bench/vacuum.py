@@ -29,7 +29,7 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from sandbox.blocks import sandbox_cluster_block  # noqa: E402
-from sandbox.cluster import HOST, SUPERUSER, Sandbox, SandboxConfig, free_port  # noqa: E402
+from sandbox.cluster import HOST, SUPERUSER, Sandbox  # noqa: E402
 
 SCHEMA = "bench"
 ROWS = 200
@@ -116,9 +116,7 @@ def main() -> int:
     parser.add_argument("--max-tables", type=int, default=20000, help="largest size for the estimate timing")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="pgrb-bench-vacuum-"))
-    box = Sandbox(SandboxConfig(base_dir=base, primary_port=free_port(), replica_port=free_port(),
-                                pgbouncer_port=free_port()))
+    box = Sandbox.ephemeral("pgrb-bench-vacuum-")
     from prefect.testing.utilities import prefect_test_harness
 
     box.start()

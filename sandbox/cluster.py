@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,6 +126,13 @@ class Sandbox:
                     )
             return cls(config)
         return cls(SandboxConfig(base_dir=base, **{k: v for k, v in ports.items() if v}))
+
+    @classmethod
+    def ephemeral(cls, prefix: str = "pgrb-") -> Sandbox:
+        """A new configuration in a fresh temporary directory on free ports (tests, benchmarks)."""
+        base = Path(tempfile.mkdtemp(prefix=prefix))
+        return cls(SandboxConfig(base_dir=base, primary_port=free_port(), replica_port=free_port(),
+                                 pgbouncer_port=free_port()))
 
     @property
     def primary_dir(self) -> Path:
@@ -452,21 +460,7 @@ class Sandbox:
             time.sleep(0.05)
 
     # ---------------------------------------------------------------- inspection
-    def wait_streaming(self, timeout: float = 30) -> None:
-        """Wait until the primary reports a streaming replica."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(psycopg.OperationalError), self.connect("primary") as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
-                ).fetchone()
-                if row and row[0] > 0:
-                    return
-            if time.monotonic() > deadline:
-                raise SandboxError("the replica did not reach state 'streaming' in time")
-            time.sleep(0.1)
-
-    def wait_streaming_to(self, upstream: str, timeout: float = 30) -> None:
+    def wait_streaming(self, upstream: str = "primary", timeout: float = 30) -> None:
         """Wait until `upstream` (whichever node is primary now) reports a streaming standby."""
         deadline = time.monotonic() + timeout
         while True:
@@ -478,7 +472,7 @@ class Sandbox:
                     return
             if time.monotonic() > deadline:
                 raise SandboxError(f"no standby reached state 'streaming' from {upstream} in time")
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def status(self) -> dict:
         nodes = {}

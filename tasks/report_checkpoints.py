@@ -33,20 +33,8 @@ class _WalArchiver(BaseModel):
     max_wal_size: str
 
 
-class CheckpointSnapshot(BaseModel):
-    checkpoints_timed: int
-    checkpoints_requested: int
-    checkpoint_write_ms: float
-    buffers_written: int
-    stats_reset: datetime | None
-    wal_bytes: int | None
-    archived_count: int
-    failed_count: int
-    last_failed_wal: str | None
-    last_failed_time: datetime | None
-    archive_mode: str
-    checkpoint_timeout: str
-    max_wal_size: str
+class CheckpointSnapshot(_Checkpoints, _WalArchiver):
+    """Checkpoint counters and WAL/archiver figures of one moment."""
 
 
 # Checkpoint counters before PG17 (pg_stat_bgwriter).

@@ -4,8 +4,6 @@ test harness, one fake Slack Web API. Everything is started once per test sessio
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -14,15 +12,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 from sandbox.blocks import sandbox_cluster_block  # noqa: E402
-from sandbox.cluster import Sandbox, SandboxConfig, free_port  # noqa: E402
+from sandbox.cluster import Sandbox  # noqa: E402
 from tests.slack_server import start_fake_slack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def sandbox():
-    base = Path(tempfile.mkdtemp(prefix="pgrb-test-"))
-    box = Sandbox(SandboxConfig(
-        base_dir=base, primary_port=free_port(), replica_port=free_port(), pgbouncer_port=free_port()))
+    box = Sandbox.ephemeral("pgrb-test-")
     box.start()
     yield box
     box.destroy()

@@ -19,7 +19,7 @@ from blocks.postgres_cluster import PostgresCluster
 from flows.failover import failover
 from flows.rejoin import rejoin
 from sandbox.blocks import sandbox_endpoint_block, save_failover_blocks
-from sandbox.cluster import Sandbox, SandboxConfig, free_port
+from sandbox.cluster import Sandbox, free_port
 from tasks.failover_model import FailoverRefused, FailoverRequest, RejoinRequest
 from tasks.failover_plan import lsn_int
 from tasks.failover_run import FAULT_ENV, HANG_ENV
@@ -31,9 +31,7 @@ BLOCK = "fo-test"
 
 @pytest.fixture(scope="module")
 def box():
-    base = Path(tempfile.mkdtemp(prefix="pgrb-failover-"))
-    sb = Sandbox(SandboxConfig(
-        base_dir=base, primary_port=free_port(), replica_port=free_port(), pgbouncer_port=free_port()))
+    sb = Sandbox.ephemeral("pgrb-failover-")
     sb.start()
     yield sb
     sb.destroy()
@@ -240,7 +238,7 @@ def test_rejoin_after_switchover_needs_no_rewind(box, blocks):
     report = rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
     assert report.status == "completed", report.summary
     assert report.node == "primary" and report.rewind_needed is False
-    box.wait_streaming_to("replica")
+    box.wait_streaming("replica")
     assert PostgresCluster.load(BLOCK).fenced_nodes == []
 
 
@@ -251,7 +249,7 @@ def test_crash_failover_reports_the_lsn_gap_even_with_slack_down(box, blocks, jo
     old, cand = current(box)
     with box.connect(old) as conn:
         conn.execute("INSERT INTO public.fo_writes VALUES (99999)")  # replicated before the cut
-    box.wait_streaming_to(old)
+    box.wait_streaming(old)
     wait_for(lambda: psql_one(box, cand, "SELECT count(*) FROM public.fo_writes WHERE n = 99999"), what="replay")
     with box.connect(cand) as conn:  # cut replication: the candidate receives nothing more
         conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
@@ -284,7 +282,7 @@ def test_rejoin_after_crash_uses_pg_rewind(box, blocks):
     with box.connect(old) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
         assert conn.execute("SHOW port").fetchone()[0] == str(box.node_port(old))
-    box.wait_streaming_to(current(box)[0])
+    box.wait_streaming(current(box)[0])
 
 
 def test_resume_after_promotion_completes(box, blocks, journal_dir, slack, monkeypatch):
@@ -305,7 +303,7 @@ def test_resume_after_promotion_completes(box, blocks, journal_dir, slack, monke
     assert any(s.step == "promote" and s.status == "skipped" for s in report.steps)
     assert pgbouncer_port_backend(box) == box.node_port(cand)
     assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK)).status == "completed"
-    box.wait_streaming_to(cand)
+    box.wait_streaming(cand)
 
 
 def test_worker_killed_mid_phase_then_rerun_completes(box, blocks, journal_dir):
@@ -336,7 +334,7 @@ def test_worker_killed_mid_phase_then_rerun_completes(box, blocks, journal_dir):
     with box.connect("pgbouncer") as conn:
         conn.execute("INSERT INTO public.fo_writes VALUES (999999)")
     assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK)).status == "completed"
-    box.wait_streaming_to(cand)
+    box.wait_streaming(cand)
 
 
 def test_journal_is_atomic_json(journal_dir):
