@@ -14,7 +14,9 @@ import contextlib
 import re
 from collections.abc import Iterator
 
+import httpx
 from prefect.client.orchestration import get_client
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.types import MAX_VARIABLE_VALUE_LENGTH
 
@@ -157,14 +159,27 @@ def action_lock_name(cluster: str, action: str) -> str:
 
 
 @contextlib.contextmanager
-def exclusive(name: str, timeout_seconds: float = 2) -> Iterator[bool]:
-    """Hold the single slot of limit `name`; yields False (and holds nothing) if another run has it."""
+def exclusive(name: str, timeout_seconds: float = 30) -> Iterator[bool]:
+    """Hold the single slot of limit `name`; yields False (and holds nothing) if another run holds it.
+
+    One attempt, no waiting in line: only the server's 423 "slot taken" answer means "another run has it".
+    A slow API is waited for (up to `timeout_seconds`) and an unreachable one raises, so a busy server never
+    passes for a busy slot.
+    """
     ensure_limits([name])
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True,
-                                            lease_duration=300))
-        except TimeoutError:
+            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=timeout_seconds, max_retries=0,
+                                            strict=True, lease_duration=300))
+        except ConcurrencySlotAcquisitionError as exc:
+            if not _slot_taken(exc):
+                raise
             yield False
             return
         yield True
+
+
+def _slot_taken(exc: BaseException) -> bool:
+    """Did the server answer 423 LOCKED: the limit exists and its slot is held?"""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
