@@ -10,26 +10,42 @@ from typing import Literal
 from prefect import flow, get_run_logger, runtime
 from pydantic import BaseModel, Field
 
-from blocks.postgres_cluster import PostgresCluster
+from blocks.postgres_cluster import ConnectionTarget, PostgresCluster
 from tasks.alert_eval import AlertContext
 from tasks.alert_state import action_lock_name, exclusive
 from tasks.findings import human_seconds, md_cell
+from tasks.high_load_plan import ActionResult
 from tasks.notify import NotificationOutcome
 from tasks.publish import artifact_key, notify_slack, publish_markdown
-from tasks.remediation import RemediationParams, StaleSession, find_stale_sessions, terminate_sessions
+from tasks.remediation import RemediationParams, StaleSession, find_stale_sessions, plan_terminations
 from tasks.scale import ScaleRequest, scale_up
+from tasks.signal import SignalStepFailed, signal_sessions
+
+
+class RemediationFailed(Exception):
+    """Some stale sessions could not be terminated; `report` has the audit of every one."""
+
+    def __init__(self, report: "RemediationReport"):
+        self.report = report
+        super().__init__(report.summary)
+
+    def __reduce__(self):
+        return (RemediationFailed, (self.report,))
 
 
 class RemediationReport(BaseModel):
     cluster: str
     started_at: datetime
-    status: Literal["ok", "dry-run", "acted", "skipped"] = "ok"
+    status: Literal["ok", "dry-run", "acted", "failed", "skipped"] = "ok"
     summary: str = ""
     dry_run: bool = True
     alert: AlertContext | None = None
     stale: list[StaleSession] = Field(default_factory=list)
     terminated: list[int] = Field(default_factory=list)
     gone: list[int] = Field(default_factory=list, description="Listed but no longer stale or no longer there.")
+    failed: list[int] = Field(default_factory=list, description="Could not be terminated (see `audit`).")
+    error: str = Field(default="", description="Why some sessions could not be terminated, and what to do.")
+    audit: list[ActionResult] = Field(default_factory=list, description="What happened to each session.")
     scaler: str = ""
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
     artifact_key: str | None = None
@@ -58,9 +74,7 @@ def connection_remediation(
         target = cluster.primary_target()
         report.stale = find_stale_sessions(target, params)
         if not params.dry_run:
-            done = terminate_sessions(target, report.stale, params)
-            report.terminated = [t.pid for t in done if t.terminated]
-            report.gone = sorted({s.pid for s in report.stale} - set(report.terminated))
+            record_terminations(report, terminate_stale(target, report.stale, params))
         report.scaler = request_scaling(scaler_block, report)
     summarize(report, params)
     report.artifact_key = publish_markdown(artifact_key("connection-remediation", report.cluster),
@@ -69,7 +83,32 @@ def connection_remediation(
         report.notification = notify_slack(slack_block, f"Connection remediation {report.cluster}",
                                            report.summary, slack_lines(report), runtime.flow_run.ui_url)
     logger.info(report.summary)
+    if report.status == "failed":
+        raise RemediationFailed(report)
     return report
+
+
+def terminate_stale(target: ConnectionTarget, stale: list[StaleSession],
+                    params: RemediationParams) -> list[ActionResult] | SignalStepFailed:
+    """Terminate the stale sessions through the one guarded, audited signal task; a failure carries its audit."""
+    if not stale:
+        return []
+    try:
+        return signal_sessions(target, plan_terminations(stale), grace_seconds=0,
+                               terminate_timeout_seconds=max(params.wait_ms, 100) / 1000,
+                               runbook_role=target.user, can_signal=False, purpose="connection-remediation")
+    except SignalStepFailed as exc:
+        return exc
+
+
+def record_terminations(report: RemediationReport, outcome: list[ActionResult] | SignalStepFailed) -> None:
+    if isinstance(outcome, SignalStepFailed):
+        report.audit, report.error = outcome.results, f"{outcome.detail}; {outcome.action}"
+    else:
+        report.audit = outcome
+    report.terminated = [r.pid for r in report.audit if r.result == "terminated"]
+    report.failed = [r.pid for r in report.audit if r.result == "failed"]
+    report.gone = [r.pid for r in report.audit if r.result == "gone"]
 
 
 def summarize(report: RemediationReport, params: RemediationParams) -> RemediationReport:
@@ -81,10 +120,11 @@ def summarize(report: RemediationReport, params: RemediationParams) -> Remediati
     elif n == 0:
         report.summary = f"{report.cluster}: no stale session to terminate; {report.scaler}."
     else:
-        report.status = "acted"
+        report.status = "failed" if report.error else "acted"
+        gone = f" ({len(report.gone)} had already ended or changed)" if report.gone else ""
+        failed = f"; FAILED to terminate {len(report.failed) or n}: {report.error}" if report.error else ""
         report.summary = (f"{report.cluster}: terminated {len(report.terminated)} of {n} stale session(s)"
-                          f"{f' ({len(report.gone)} had already ended or changed)' if report.gone else ''}; "
-                          f"{report.scaler}.")
+                          f"{gone}{failed}; {report.scaler}.")
     return report
 
 
@@ -94,7 +134,10 @@ def _line(s: StaleSession) -> str:
 
 
 def slack_lines(report: RemediationReport) -> list[str]:
-    lines = [f"• {_line(s)}{' — terminated' if s.pid in report.terminated else ''}" for s in report.stale[:30]]
+    marks = {**{pid: " — terminated" for pid in report.terminated}, **{pid: " — FAILED" for pid in report.failed}}
+    lines = [f"• {_line(s)}{marks.get(s.pid, '')}" for s in report.stale[:30]]
+    if report.error:
+        lines.insert(0, f"*Could not terminate every session:* {report.error}")
     if report.alert:
         lines.insert(0, f"Started by alert *{report.alert.rule}* on {report.alert.cluster}.")
     return lines or ["No stale session found."]
@@ -108,7 +151,7 @@ def render_markdown(report: RemediationReport) -> str:
                   f"threshold {report.alert.threshold}).", ""]
     lines += ["| pid | user | application | database | state | for | terminated |", "|---|---|---|---|---|---|---|"]
     for s in report.stale:
-        done = "yes" if s.pid in report.terminated else "no"
+        done = "yes" if s.pid in report.terminated else "FAILED" if s.pid in report.failed else "no"
         lines.append(f"| {s.pid} | {md_cell(s.usename)} | {md_cell(s.application_name)} | {md_cell(s.datname)} | "
                      f"{s.state} | {human_seconds(s.state_seconds)} | {done} |")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from tasks.health_report import redact_sql
 from tasks.sessions import SessionRow, Survey
 
 Action = Literal["cancel", "terminate", "cancel_then_terminate"]
-Step = Literal["long-queries", "idle-in-transaction", "lock-chains"]
+Step = Literal["long-queries", "idle-in-transaction", "lock-chains", "stale-connections"]
 IDLE_IN_TX = ("idle in transaction", "idle in transaction (aborted)")
 # Lock requests of DDL / maintenance that queue every later reader and writer behind them.
 DDL_LOCK_MODES = ("AccessExclusiveLock", "ExclusiveLock", "ShareRowExclusiveLock", "ShareLock")

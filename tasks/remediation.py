@@ -1,9 +1,10 @@
 """Connection remediation (runbook 5.2, connection_limit): find and terminate stale client sessions.
 
 Never touched: this session, non-client backends (walsenders, autovacuum, background workers),
-superusers, pg-runbooks' own sessions, and protected users/applications. Termination re-checks
-pid + backend_start and the stale condition in the same statement, so a pid reused by a new
-session, or a session that became active, is left alone. Needs pg_signal_backend.
+superusers, pg-runbooks' own sessions, and protected users/applications. The terminations go
+through the one audited mechanism of the high-load runbook (`tasks.signal.signal_sessions`): each
+re-checks pid, backend_start, query_start and state in the same statement, so a pid reused by a new
+session, or a session that ran another statement since, is left alone. Needs pg_signal_backend.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
+from tasks.high_load_plan import PlannedAction
 
 
 class RemediationParams(BaseModel):
@@ -37,6 +39,7 @@ class RemediationParams(BaseModel):
 class StaleSession(BaseModel):
     pid: int
     backend_start: datetime
+    query_start: datetime | None = None
     usename: str | None
     application_name: str | None
     client_addr: str | None
@@ -44,11 +47,6 @@ class StaleSession(BaseModel):
     state: str
     state_seconds: float
     reason: str
-
-
-class Termination(BaseModel):
-    pid: int
-    terminated: bool
 
 
 _STALE_CONDITION = """
@@ -69,6 +67,7 @@ _STALE_CONDITION = """
 STALE_SESSIONS_SQL = sql.SQL("""
 SELECT a.pid,
        a.backend_start,
+       a.query_start,
        a.usename::text                                       AS usename,
        a.application_name,
        a.client_addr::text                                   AS client_addr,
@@ -82,18 +81,6 @@ SELECT a.pid,
  WHERE {stale}
  ORDER BY a.state_change
  LIMIT %(limit)s
-""").format(stale=sql.SQL(_STALE_CONDITION))
-
-# Terminate each listed session only if it is still the same backend and still stale (one statement).
-TERMINATE_SQL = sql.SQL("""
-SELECT a.pid,
-       pg_catalog.pg_terminate_backend(a.pid, %(wait_ms)s) AS terminated
-  FROM pg_catalog.pg_stat_activity AS a
-  LEFT JOIN pg_catalog.pg_roles AS r ON r.oid = a.usesysid
-  JOIN unnest(%(pids)s::int[], %(starts)s::timestamptz[]) AS t(pid, backend_start)
-    ON t.pid = a.pid
-   AND t.backend_start = a.backend_start
- WHERE {stale}
 """).format(stale=sql.SQL(_STALE_CONDITION))
 
 
@@ -110,14 +97,10 @@ def find_stale_sessions(target: ConnectionTarget, params: RemediationParams) -> 
                             StaleSession)
 
 
-@task(name="terminate-stale-sessions", retries=0)
-def terminate_sessions(target: ConnectionTarget, sessions: list[StaleSession],
-                       params: RemediationParams) -> list[Termination]:
-    """Terminate exactly these sessions, re-checked in the same statement; never retried."""
-    if not sessions:
-        return []
-    with connect(target, purpose="connection-remediation", statement_timeout_ms=60_000,
-                 lock_timeout_ms=2_000) as db:
-        return db.fetch_all(TERMINATE_SQL, {
-            **_params(params), "wait_ms": params.wait_ms,
-            "pids": [s.pid for s in sessions], "starts": [s.backend_start for s in sessions]}, Termination)
+def plan_terminations(sessions: list[StaleSession]) -> list[PlannedAction]:
+    """Each stale session as a guarded terminate action (cancel does nothing to an idle session)."""
+    return [PlannedAction(step="stale-connections", action="terminate", pid=s.pid, backend_start=s.backend_start,
+                          query_start=s.query_start, usename=s.usename, application_name=s.application_name,
+                          client_addr=s.client_addr, datname=s.datname, state=s.state,
+                          duration_seconds=s.state_seconds, query="", reason=s.reason)
+            for s in sessions]

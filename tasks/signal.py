@@ -129,7 +129,8 @@ def _wait_until_stopped(db: Session, pending: dict[int, PlannedAction], grace_se
 
 @task(name="signal-sessions", **DB_TASK)
 def signal_sessions(target: ConnectionTarget, actions: list[PlannedAction], grace_seconds: float,
-                    terminate_timeout_seconds: float, runbook_role: str, can_signal: bool) -> list[ActionResult]:
+                    terminate_timeout_seconds: float, runbook_role: str, can_signal: bool,
+                    purpose: str = "high-load-response/act") -> list[ActionResult]:
     """Cancel / terminate each planned session (cancel first, terminate only those still running
     after the grace period). Raises SignalStepFailed, carrying every result, if any could not be signalled."""
     timeout_ms = int(terminate_timeout_seconds * 1000)
@@ -137,7 +138,7 @@ def signal_sessions(target: ConnectionTarget, actions: list[PlannedAction], grac
     denied: list[PermissionDenied] = []
     pending: dict[int, PlannedAction] = {}
     statement_ms = timeout_ms + 10_000
-    with connect(target, purpose="high-load-response/act", statement_timeout_ms=statement_ms) as db:
+    with connect(target, purpose=purpose, statement_timeout_ms=statement_ms) as db:
         for a in actions:
             query = TERMINATE_SQL if a.action == "terminate" else CANCEL_SQL
             signalled, error = _signal(db, query, _guard(a, timeout_ms=timeout_ms))

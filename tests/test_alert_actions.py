@@ -9,14 +9,15 @@ import pytest
 from prefect.client.orchestration import get_client
 from psycopg import sql
 
-from flows.connection_remediation import connection_remediation
+from flows.connection_remediation import RemediationFailed, connection_remediation
 from flows.disk_pressure import disk_pressure
 from sandbox.cluster import HOST
 from tasks.alert_eval import AlertInstance
 from tasks.alert_rules import default_rules
 from tasks.alert_state import action_lock_name, exclusive
 from tasks.disk_pressure import DiskPressureParams, RetentionPolicy
-from tasks.remediation import RemediationParams, StaleSession, terminate_sessions
+from tasks.remediation import RemediationParams, StaleSession, plan_terminations
+from tasks.signal import signal_sessions
 from tests.helpers import psql
 
 APP_ROLE, APP_PASSWORD = "alert_app", "alert-app-pw"
@@ -98,8 +99,23 @@ def test_termination_rechecks_pid_and_backend_start(sandbox, cluster_block, app_
         impostor = StaleSession(pid=pids["iit"], backend_start=start - timedelta(seconds=5), usename=APP_ROLE,
                                 application_name="orders-api", client_addr=None, datname="postgres",
                                 state="idle in transaction", state_seconds=2, reason="idle in transaction")
-        assert terminate_sessions.fn(target, [impostor], params) == []  # a reused pid is left alone
+        [result] = signal_sessions.fn(target, plan_terminations([impostor]), 0, params.wait_ms / 1000,
+                                      target.user, True, purpose="connection-remediation")
+        assert result.result == "gone"  # a reused pid is left alone
         assert pids["iit"] in alive(sandbox, [pids["iit"]])
+
+
+def test_a_role_that_may_not_signal_fails_the_run_with_the_grant_to_add(sandbox, monitor_cluster_block, app_role):
+    params = RemediationParams(dry_run=False, idle_in_transaction_seconds=1)
+    with sessions(sandbox) as pids:
+        time.sleep(1.2)
+        with pytest.raises(RemediationFailed) as failed:
+            connection_remediation(cluster_block=monitor_cluster_block, params=params)
+        report = failed.value.report
+        assert report.status == "failed" and pids["iit"] in report.failed and report.terminated == []
+        assert "GRANT pg_signal_backend" in report.error and "FAILED to terminate" in report.summary
+        assert {r.result for r in report.audit} == {"failed"}
+        assert pids["iit"] in alive(sandbox, [pids["iit"]])  # nothing was done to it
 
 
 def test_one_remediation_per_cluster_at_a_time(cluster_block, prefect_api):
