@@ -9,10 +9,12 @@ https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-ADMIN-SIG
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 from pydantic import BaseModel
 
 from blocks.postgres_cluster import ConnectionTarget
@@ -90,7 +92,21 @@ def _guard(a: PlannedAction, **extra) -> dict:
 
 
 def _result(a: PlannedAction, result: str, detail: str = "") -> ActionResult:
-    return ActionResult(**a.model_dump(), result=result, detail=detail, acted_at=datetime.now(UTC))
+    """One audit row, also logged at once: the run's log keeps what was done even if the worker dies next."""
+    row = ActionResult(**a.model_dump(), result=result, detail=detail, acted_at=datetime.now(UTC))
+    _audit_logger().log(logging.WARNING if result == "failed" else logging.INFO,
+                        "%s: %s pid %s (user %s, application %s, database %s, backend_start %s): %s%s",
+                        a.step, result, a.pid, a.usename, a.application_name, a.datname,
+                        a.backend_start.isoformat() if a.backend_start else "?", a.reason,
+                        f"; {detail}" if detail else "")
+    return row
+
+
+def _audit_logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("pg_runbooks.signal")
 
 
 class _Signalled(BaseModel):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import LogSort
 from psycopg import sql
 
 from flows.connection_remediation import RemediationFailed, connection_remediation
@@ -85,6 +86,14 @@ def test_remediation_terminates_only_stale_sessions(sandbox, cluster_block, app_
         assert alive(sandbox, pids.values()) == {pids["other_idle"], pids["superuser_iit"], pids["protected_iit"]}
     assert report.status == "acted" and "terminated 2 of 2" in report.summary
     assert "scaler: none configured" in report.summary
+    logged = run_log_messages()
+    for pid in report.terminated:  # each termination is in the run's log as it happens, not only in the artifact
+        assert any(f"stale-connections: terminated pid {pid} " in m for m in logged)
+
+
+def run_log_messages() -> list[str]:
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC)]
 
 
 def test_termination_rechecks_pid_and_backend_start(sandbox, cluster_block, app_role):

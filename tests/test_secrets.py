@@ -21,10 +21,12 @@ async def _everything_the_api_stored():
         logs = await client.read_logs(limit=200)
         artifacts = await client.read_artifacts(limit=200)
         runs = await client.read_flow_runs(limit=200)
+        task_runs = await client.read_task_runs(limit=200)
         return (
             [log.message for log in logs]
             + [str(a.data) + str(a.description) for a in artifacts]
             + [str(r.parameters) + str(r.state.message if r.state else "") for r in runs]
+            + [str(t.state.message if t.state else "") + str(t.task_inputs) for t in task_runs]
         )
 
 
