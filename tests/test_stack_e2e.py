@@ -243,8 +243,16 @@ def _primary_in_block(stack):
 
 
 def test_unanswered_approval_fails_closed(stack):
-    run = create_run(stack.api_url, "failover/failover",
-                     _failover_params(require_approval=True, approval_timeout_seconds=10), "approval-timeout")
+    # incident tooling's way in: the CLI with --cluster/--mode; approval is required unless --no-approval
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "trigger_runbook.py"), "failover/failover", "--cluster", "sandbox",
+         "--mode", "switchover", "--param", 'request={"approval_timeout_seconds": 10}',
+         "--idempotency-key", "approval-timeout", "--api-url", stack.api_url], capture_output=True, text=True,
+        timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = {"id": json.loads(proc.stdout.splitlines()[0])["flow_run_id"]}
+    params = api(stack, f"/flow_runs/{run['id']}")["parameters"]["request"]
+    assert params["require_approval"] is True and params["cluster_block"] == "sandbox"
     _wait_state(stack, run["id"], "PAUSED")
     done = wait_for(stack.api_url, run["id"], timeout=120)
     assert done["state"]["type"] == "FAILED"

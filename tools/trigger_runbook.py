@@ -3,9 +3,15 @@
 
 Standard library only, so any host with Python 3 can call it:
 
-    python3 tools/trigger_runbook.py failover/failover \\
-        --param cluster_block=orders --param mode=switchover \\
-        --idempotency-key "$INCIDENT_ID" --api-url http://127.0.0.1:4200/api --wait 600
+    python3 tools/trigger_runbook.py failover/failover --cluster orders --mode failover \\
+        --idempotency-key "$INCIDENT_ID" --api-url http://127.0.0.1:4200/api --wait 900
+
+    python3 tools/trigger_runbook.py high-load-response/high-load-response --cluster orders \\
+        --param 'params={"dry_run": false}'
+
+--cluster names the PostgresCluster block; for the failover flow it (with --mode) goes into the
+flow's `request`, and an automatic trigger requires a human approval in the Prefect UI unless
+--no-approval is given (the flow waits approval_timeout_seconds, then refuses: nothing changes).
 
 The idempotency key makes a retried webhook start one run, not two: the server returns the
 same flow run for the same key. Parameters are validated by the server against the flow's
@@ -75,21 +81,54 @@ def _request_once(api_url: str, method: str, path: str, body: dict | None, timeo
         raise _Busy(f"Prefect API at {api_url} unreachable: {exc}") from None
 
 
-def deployment_id(api_url: str, name: str) -> str:
-    """The id of deployment 'flow-name/deployment-name'."""
+def read_deployment(api_url: str, name: str) -> dict:
+    """Deployment 'flow-name/deployment-name' as the API describes it (id, parameter schema, ...)."""
     flow_name, _, deployment_name = name.partition("/")
     if not deployment_name:
         raise TriggerError(f"deployment must be 'flow-name/deployment-name', got {name!r}")
     quoted = f"{urllib.parse.quote(flow_name, safe='')}/{urllib.parse.quote(deployment_name, safe='')}"
-    return _request(api_url, "GET", f"/deployments/name/{quoted}")["id"]
+    return _request(api_url, "GET", f"/deployments/name/{quoted}")
+
+
+def deployment_id(api_url: str, name: str) -> str:
+    return read_deployment(api_url, name)["id"]
+
+
+def runbook_parameters(schema: dict | None, params: dict, cluster: str | None, mode: str | None,
+                       approval: bool | None = None) -> dict:
+    """The flow's parameters from --param plus --cluster/--mode, shaped by the deployment's schema:
+    a flow taking one `request` model (failover) gets them inside it, and `approval` (when given)
+    becomes its require_approval unless --param set it explicitly."""
+    params = dict(params)
+    properties = (schema or {}).get("properties", {})
+    if "request" in properties:
+        request = dict(params.get("request") or {})
+        if cluster:
+            request["cluster_block"] = cluster
+        if mode:
+            request["mode"] = mode
+        if approval is not None:
+            request.setdefault("require_approval", approval)
+        params["request"] = request
+        return params
+    if mode:
+        raise TriggerError("--mode applies to the failover runbook only")
+    if cluster:
+        if "cluster_block" not in properties:
+            raise TriggerError("this deployment takes no cluster_block parameter; pass --param instead")
+        params["cluster_block"] = cluster
+    return params
 
 
 def create_run(api_url: str, deployment: str, parameters: dict, idempotency_key: str | None,
-               tags: list[str] | None = None) -> dict:
+               tags: list[str] | None = None, cluster: str | None = None, mode: str | None = None,
+               approval: bool | None = None) -> dict:
+    found = read_deployment(api_url, deployment)
+    parameters = runbook_parameters(found.get("parameter_openapi_schema"), parameters, cluster, mode, approval)
     body: dict = {"parameters": parameters, "tags": tags or ["incident-tooling"]}
     if idempotency_key:
         body["idempotency_key"] = idempotency_key
-    return _request(api_url, "POST", f"/deployments/{deployment_id(api_url, deployment)}/create_flow_run", body)
+    return _request(api_url, "POST", f"/deployments/{found['id']}/create_flow_run", body)
 
 
 def wait_for(api_url: str, run_id: str, timeout: float, poll: float = 1.0) -> dict:
@@ -116,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("deployment", help="flow-name/deployment-name, e.g. failover/failover")
     parser.add_argument("--param", action="append", type=_param, default=[], help="key=value (JSON values allowed)")
+    parser.add_argument("--cluster", help="PostgresCluster block name (failover: request.cluster_block)")
+    parser.add_argument("--mode", choices=["switchover", "failover"], help="failover runbook: which mode")
+    parser.add_argument("--no-approval", action="store_true",
+                        help="failover runbook: do not wait for a human approval in the Prefect UI")
     parser.add_argument("--idempotency-key", help="same key -> same flow run (use the incident id)")
     parser.add_argument("--api-url", default=os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"))
     parser.add_argument("--wait", type=float, default=0, help="seconds to wait for a terminal state")
     args = parser.parse_args(argv)
     try:
-        run = create_run(args.api_url, args.deployment, dict(args.param), args.idempotency_key)
+        run = create_run(args.api_url, args.deployment, dict(args.param), args.idempotency_key,
+                         cluster=args.cluster, mode=args.mode, approval=not args.no_approval)
         print(json.dumps({"flow_run_id": run["id"], "name": run.get("name"),
                           "state": (run.get("state") or {}).get("type")}))
         if args.wait:
