@@ -24,7 +24,14 @@ def bloat_analysis(
     database: str | None = None,
     slack_block: str | None = None,
 ) -> BloatReport:
-    """Estimate every table's and btree index's bloat, measure the worst, recommend what to do."""
+    """Estimate every table's and btree index's bloat, measure the worst, recommend what to do.
+
+    Args:
+        cluster_block: Name of the PostgresCluster block to analyse (its primary).
+        params: Which relations to consider, when to measure with pgstattuple, and the report limits.
+        database: Database to analyse; empty means the block's database.
+        slack_block: Name of a SlackNotifier block; none means no Slack message.
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     target = cluster.target(cluster.primary_node, database)

@@ -37,7 +37,14 @@ def disk_pressure(
     slack_block: str | None = None,
     alert: AlertContext | None = None,
 ) -> DiskPressureReport:
-    """Survey slots, archiver, WAL and temp files, database and relation sizes; recommend."""
+    """Survey slots, archiver, WAL and temp files, database and relation sizes; recommend.
+
+    Args:
+        cluster_block: Name of the PostgresCluster block whose disk is filling.
+        params: Dry run (default) and the retention policy: which inactive slots may be dropped.
+        slack_block: Name of a SlackNotifier block; none means no Slack message.
+        alert: The firing alert that started this run (filled in by the alert monitor).
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     report = DiskPressureReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC), alert=alert)

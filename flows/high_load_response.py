@@ -46,7 +46,15 @@ def high_load_response(
     slack_block: str | None = None,
 ) -> HighLoadReport:
     """Relieve an overloaded primary: end long queries and idle transactions, unblock lock chains,
-    add resources, notify: within exclusions and a blast-radius limit, with an audit of every action."""
+    add resources, notify: within exclusions and a blast-radius limit, with an audit of every action.
+
+    Args:
+        cluster_block: Name of the PostgresCluster block whose primary is overloaded.
+        params: What the response may do: dry run (default), thresholds, exclusions, blast-radius limit.
+        scaler_block: Scaler block to ask for more resources ('type-slug/name', e.g. 'webhook-scaler/prod');
+            none records that no scaler is configured.
+        slack_block: Name of a SlackNotifier block; none means no Slack message.
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     target = cluster.primary_target()

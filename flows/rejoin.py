@@ -18,7 +18,11 @@ from tasks.publish import artifact_key, notify_slack, publish_markdown
 
 @flow(name="rejoin")
 def rejoin(request: RejoinRequest = RejoinRequest()) -> RejoinReport:
-    """Make a fenced node a standby of the current primary (pg_rewind only when it diverged)."""
+    """Make a fenced node a standby of the current primary (pg_rewind only when it diverged).
+
+    Args:
+        request: The cluster, the node to rejoin (default: the fenced one) and the timeouts.
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(request.cluster_block)
     ctl = NodeControl.load(request.node_control_block)

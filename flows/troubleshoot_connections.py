@@ -25,7 +25,13 @@ def troubleshoot_connections(
     rules: ConnectionRules = ConnectionRules(),
     slack_block: str | None = None,
 ) -> TroubleshootReport:
-    """Diagnose connection problems on the primary and recommend what to do."""
+    """Diagnose connection problems on the primary and recommend what to do.
+
+    Args:
+        cluster_block: Name of the PostgresCluster block to diagnose.
+        rules: Thresholds that turn a connection figure into a finding (usage, idle in transaction, churn).
+        slack_block: Name of a SlackNotifier block; none means no Slack message.
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     target = cluster.primary_target()

@@ -27,7 +27,13 @@ def troubleshoot_performance(
     rules: PerformanceRules = PerformanceRules(),
     slack_block: str | None = None,
 ) -> TroubleshootReport:
-    """Diagnose performance problems on the primary and rank what to fix first."""
+    """Diagnose performance problems on the primary and rank what to fix first.
+
+    Args:
+        cluster_block: Name of the PostgresCluster block to diagnose.
+        rules: Thresholds that turn a statement, cache or table figure into a finding.
+        slack_block: Name of a SlackNotifier block; none means no Slack message.
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     target = cluster.primary_target()
