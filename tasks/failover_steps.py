@@ -169,7 +169,12 @@ def write_then_read(target: ConnectionTarget, purpose: str, timeout_ms: int = 5_
     """
     token = secrets.token_hex(16)
     with connect(target, purpose=purpose, statement_timeout_ms=timeout_ms, autocommit=False) as db:
-        db.execute(PROBE_READ_WRITE_SQL)
+        try:
+            db.execute(PROBE_READ_WRITE_SQL)
+        except RunbookDBError as exc:  # a standby: 0A000 "cannot set transaction read-write mode during recovery"
+            if exc.sqlstate in ("0A000", "25006"):
+                raise ReadOnlyServer(target.label, exc.detail, exc.sqlstate) from None
+            raise
         db.execute(PROBE_TIMEOUTS_SQL, {"ms": str(timeout_ms)})
         db.execute(PROBE_TABLE_SQL)
         written = db.fetch_one(PROBE_INSERT_SQL, {"token": token}, _Written)
