@@ -4,7 +4,8 @@ Phase 1 checks the candidate and backs up the critical state (dry_run stops ther
 Phase 2 holds the clients, fences the old primary, waits for the LSN gate, promotes, verifies and
 repoints. Phase 3 probes the application path, records the new primary in the cluster block and
 notifies. Every step is journaled outside the worker; a rerun inspects the real state of each
-node and continues. At most one run per cluster holds the lock.
+node and continues. At most one run per cluster: the journal's file lock, the cluster's Prefect
+concurrency slot and an advisory lock on every reachable node.
 """
 
 import time
@@ -20,6 +21,7 @@ from tasks.failover_plan import data_loss, decide
 from tasks.failover_report import render_backup, render_markdown
 from tasks.failover_run import RunContext, close_context, context, open_context, post_progress, reply_phase, run_step
 from tasks.failover_run import skip_step as skip
+from tasks.failover_slot import cluster_slot
 from tasks.failover_steps import (
     application_target,
     checkpoint,
@@ -52,7 +54,8 @@ def pre_failover(run_key: str) -> FailoverPlan:
         endpoint, endpoint_error = read_endpoint(ctx.endpoint), None
     except Exception as exc:  # noqa: BLE001 - an unusable endpoint is a refusal reason
         endpoint, endpoint_error = {}, str(exc)
-    plan = resume_plan(ctx, states, endpoint_error) or decide(ctx.request, ctx.cluster, states, endpoint_error)
+    plan = resume_plan(ctx, states, endpoint_error) or decide(ctx.request, ctx.cluster, states, endpoint_error,
+                                                              ctx.endpoint.kind)
     start_journal(ctx, plan)
     backup = {"states": {k: v.model_dump() for k, v in states.items()}, "endpoint": endpoint,
               "nodes": [read_backup(t).model_dump() for t in ctx.cluster.targets() if states[t.node].reachable],
@@ -87,7 +90,7 @@ def failover_phase(run_key: str) -> None:
     ctx.paused_at = time.perf_counter()
     stop_mode = "fast" if plan.mode == "switchover" else "immediate"
     run_step(ctx, 2, "fence", old.node, fence_node, ctl, old.node, old_host, stop_mode, req.stop_timeout_seconds,
-             req.force)
+             req.accept_unconfirmed_fence, endpoint.kind)
     shutdown = run_step(ctx, 2, "read-shutdown-checkpoint", old.node, read_shutdown_checkpoint, ctl, old.node,
                         old_host, required=plan.mode == "switchover")
     if plan.mode == "switchover":
@@ -144,7 +147,8 @@ def failover(request: FailoverRequest = FailoverRequest()) -> FailoverReport:
     run_key = str(runtime.flow_run.id or "local")
     ctx = open_context(request, run_key, runtime.flow_run.ui_url)
     try:
-        with ctx.store.exclusive(ctx.cluster.cluster_name, run_key), database_lock(ctx.cluster):
+        name = ctx.cluster.cluster_name
+        with ctx.store.exclusive(name, run_key), cluster_slot(name, ctx.store), database_lock(ctx.cluster):
             post_progress(ctx, "phase 1/3 pre-failover", "phase 1: checking nodes, endpoint and lag")
             plan = pre_failover(run_key)
             if request.dry_run:
@@ -164,7 +168,7 @@ def failover(request: FailoverRequest = FailoverRequest()) -> FailoverReport:
             logger.info(report.summary)
             return report
     except FailoverRefused as exc:
-        if ctx.journal is not None and not any(s.phase >= 2 for s in ctx.journal.steps):
+        if ctx.journal is not None and not request.dry_run and not any(s.phase >= 2 for s in ctx.journal.steps):
             ctx.store.archive(ctx.cluster.cluster_name)  # refused before phase 2: the next run starts fresh
         hooks.post_refusal(ctx, exc)
         raise
@@ -177,7 +181,13 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
     journal, plan = ctx.journal, ctx.journal.plan
     facts = journal.facts
     loss = data_loss(plan.mode, facts.get("old_wal_end"), facts.get("promoted_at") or facts.get("switch_lsn"))
-    if status == "dry_run":
+    if status == "dry_run" and plan.resumed:
+        summary = (f"{plan.cluster}: dry run — would resume run {plan.resumed_from_run} ({plan.mode} "
+                   f"{plan.old_primary} → {plan.candidate}) after its step {plan.resume_after}, from step "
+                   f"{plan.resume_from or 'none left'}, re-inspecting every node; nothing was changed and its "
+                   "journal is kept for the real rerun")
+        journal.status = "dry_run"
+    elif status == "dry_run":
         summary = (f"{plan.cluster}: dry run — would {plan.mode} {plan.old_primary} → {plan.candidate} in "
                    f"{len(plan.steps)} steps; nothing was changed")
         journal.status = "dry_run"
@@ -193,8 +203,8 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
         backup_path=facts.get("backup_path"), journal_path=str(ctx.store.path(plan.cluster)),
         started_at=ctx.started_at, finished_at=datetime.now(UTC))
     post_progress(ctx, "DONE" if status == "completed" else "DRY RUN", summary)
-    ctx.save()
-    if status in ("completed", "dry_run"):
+    ctx.save()  # a dry run writes no journal (ctx.save), so it never archives one either
+    if status == "completed":
         ctx.store.archive(plan.cluster)
     report.notification = ctx.thread.outcome
     report.artifact_key = publish_markdown(artifact_key("failover", plan.cluster), render_markdown(report), summary)

@@ -29,9 +29,13 @@ HOST = "127.0.0.1"
 
 
 def global_limits(cluster: str) -> dict[str, int]:
-    """Global concurrency limits the runbooks rely on; `concurrency()` on a missing limit excludes nothing."""
+    """Global concurrency limits the runbooks rely on; `concurrency()` on a missing limit excludes nothing.
+
+    `cluster` is the cluster_name (the sandbox's blocks use the block name as cluster_name)."""
+    from tasks.alert_state import failover_lock_name
+
     return {
-        f"failover-{cluster}": 1,
+        failover_lock_name(cluster): 1,
         f"high-load-{cluster}": 1,
         f"maintenance-{cluster}": 1,
     }

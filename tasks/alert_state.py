@@ -158,6 +158,11 @@ def action_lock_name(cluster: str, action: str) -> str:
     return f"alert-action-{slug(cluster)}-{action.replace('_', '-')}"
 
 
+def failover_lock_name(cluster: str) -> str:
+    """The global concurrency limit that allows one failover per cluster (the stack creates it, the flow holds it)."""
+    return f"failover-{slug(cluster)}"
+
+
 @contextlib.contextmanager
 def exclusive(name: str, timeout_seconds: float = 30) -> Iterator[bool]:
     """Hold the single slot of limit `name`; yields False (and holds nothing) if another run holds it.

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 
+from blocks.postgres_cluster import PostgresCluster
 from tasks import endpoint as ep
 from tasks import node_control as nc
-from tasks.failover_model import FailoverRefused, FailoverStepFailed, NodeState
+from tasks.failover_model import FailoverRefused, FailoverRequest, FailoverStepFailed, NodeState
 from tasks.failover_plan import next_action
 from tasks.failover_report import cluster_state_sentence
 from tasks.failover_run import PHASES, RunContext, context, post_progress
 from tasks.failover_steps import read_node_state
+from tasks.journal import Journal, JournalStore
 from tasks.notify import SlackThread, load_notifier, section_blocks
 
 log = logging.getLogger("pg_runbooks.failover")
@@ -122,20 +124,42 @@ def post_refusal(ctx: RunContext, exc: FailoverRefused) -> None:
 
 
 def run_crashed(flow, flow_run, state) -> None:
-    """on_crashed / on_cancellation of the parent flow: alert with the last journaled step."""
+    """on_crashed / on_cancellation of the parent flow: alert with the last journaled step, in the run's thread.
+
+    The run's context is usually gone by now (the flow body has exited), so the thread comes from the
+    journal's saved `slack_parent_ts`; a run that never posted (or wrote no journal) gets a new message.
+    """
     try:
         ctx = context(str(flow_run.id))
         what = "CANCELLED" if state.is_cancelling() or state.is_cancelled() else "CRASHED"
         if ctx is not None:
-            last = ctx.journal.steps[-1] if ctx.journal and ctx.journal.steps else None
-            line = (f"run {what} after step `{last.step}` ({last.status}); the journal is kept: rerun the "
-                    "failover to inspect every node and continue" if last else f"run {what} before any step")
-            ctx.thread.reply(f"Failover {what}", section_blocks(f"Failover {what}", [line]))
-            post_progress(ctx, what, line)
+            ctx.thread.reply(f"Failover {what}", section_blocks(f"Failover {what}", [crash_line(ctx.journal, what)]))
+            post_progress(ctx, what, crash_line(ctx.journal, what))
             return
         request = (flow_run.parameters or {}).get("request") or {}
+        journal = saved_journal(request, str(flow_run.id))
         notifier, _ = load_notifier(request.get("slack_block"))
-        SlackThread(notifier).post(
-            f"Failover of {request.get('cluster_block')} {what}: rerun it to resume from the step journal")
+        thread = SlackThread(notifier)
+        line = crash_line(journal, what)
+        if journal is not None and journal.slack_parent_ts:
+            thread.outcome.parent_ts = journal.slack_parent_ts
+            thread.reply(f"Failover {what}", section_blocks(f"Failover {what}", [line]))
+            return
+        thread.post(f"Failover of {request.get('cluster_block')} {what}: {line}")
     except Exception:  # noqa: BLE001
         log.exception("failover crash hook failed")
+
+
+def crash_line(journal: Journal | None, what: str) -> str:
+    last = journal.steps[-1] if journal and journal.steps else None
+    if last is None:
+        return f"run {what} before any step of phase 2; rerun the failover"
+    return (f"run {what} after step `{last.step}` ({last.status}); the journal is kept: rerun the failover to "
+            "inspect every node and continue")
+
+
+def saved_journal(request: dict, run_id: str) -> Journal | None:
+    """This run's journal as last saved (None when it wrote none or another run owns it now)."""
+    req = FailoverRequest.model_validate(request)
+    journal = JournalStore(req.journal_dir).load(PostgresCluster.load(req.cluster_block).cluster_name)
+    return journal if journal is not None and journal.run_id == run_id else None

@@ -42,7 +42,16 @@ class FailoverRequest(BaseModel):
         description="Refuse a candidate further behind than this many bytes of WAL (like Patroni's "
         "maximum_lag_on_failover), unless force.",
     )
-    force: bool = Field(default=False, description="Proceed despite a lag-guard failure or an unconfirmed fence.")
+    force: bool = Field(
+        default=False, description="Proceed despite a lag-guard failure (only that: it never skips the fence check)."
+    )
+    accept_unconfirmed_fence: bool = Field(
+        default=False,
+        description="Proceed when node control cannot confirm the old primary is stopped (e.g. its host is "
+        "unreachable) AND you have made sure it cannot accept writes (powered off, network cut). pgbouncer is "
+        "then repointed, but direct clients could still write to it. Always refused with endpoint kind 'none' "
+        "(libpq multi-host): nothing else keeps clients off an old primary.",
+    )
     dry_run: bool = Field(default=False, description="Run only phase 1: checks, backup and the plan of every step.")
     require_approval: bool = Field(
         default=False,
@@ -101,6 +110,9 @@ class FailoverPlan(BaseModel):
     lag_bytes: int | None
     original_timeline: int | None
     resumed: bool = False
+    resumed_from_run: str | None = Field(default=None, description="The unfinished run this one continues.")
+    resume_after: str | None = Field(default=None, description="Its last journaled step, e.g. 'promote (done)'.")
+    resume_from: str | None = Field(default=None, description="The first planned step after that one.")
     warnings: list[str] = Field(default_factory=list)
     steps: list[PlannedStep] = Field(default_factory=list)
 

@@ -10,6 +10,7 @@ from tasks.failover_model import (
     FailoverRequest,
     NodeState,
     PlannedStep,
+    StepRecord,
 )
 from tasks.findings import human_bytes
 
@@ -43,11 +44,23 @@ def healthiest(mode: str, primary: NodeState | None, standbys: list[NodeState]) 
     return ok[0] if ok else None
 
 
+def unconfirmed_fence_refusal(request: FailoverRequest, endpoint_kind: str) -> str | None:
+    """accept_unconfirmed_fence is never allowed without a pooler that can be repointed away from the old primary."""
+    if request.accept_unconfirmed_fence and endpoint_kind == "none":
+        return ("accept_unconfirmed_fence is refused with endpoint kind 'none' (libpq multi-host): nothing but the "
+                "fence keeps clients off the old primary; stop it, power it off or cut its network until node "
+                "control reports it stopped, then rerun without accept_unconfirmed_fence")
+    return None
+
+
 def decide(
-    request: FailoverRequest, cluster: PostgresCluster, states: dict[str, NodeState], endpoint_error: str | None
+    request: FailoverRequest, cluster: PostgresCluster, states: dict[str, NodeState], endpoint_error: str | None,
+    endpoint_kind: str = "pgbouncer",
 ) -> FailoverPlan:
     """The plan of a fresh failover, or FailoverRefused with every reason (nothing changed yet)."""
     reasons: list[str] = []
+    if fence_reason := unconfirmed_fence_refusal(request, endpoint_kind):
+        reasons.append(fence_reason)
     warnings: list[str] = []
     old = cluster.primary_node
     primary = states.get(old)
@@ -88,6 +101,9 @@ def decide(
     assert cand is not None
     if request.mode == "failover" and primary and primary.reachable and primary.in_recovery is False:
         warnings.append(f"{old} is still up and writable: failover mode stops it immediately (fence)")
+    if request.accept_unconfirmed_fence:
+        warnings.append(f"accept_unconfirmed_fence is set: if node control cannot confirm {old} is stopped, the "
+                        "run proceeds on your word that it cannot accept writes")
     return FailoverPlan(
         cluster=cluster.cluster_name, mode=request.mode, old_primary=old, candidate=cand.node, lag_bytes=lag,
         original_timeline=(primary.timeline if primary and primary.reachable else cand.timeline),
@@ -116,6 +132,18 @@ def _candidate_reasons(request, primary, cand, standbys, reasons, warnings, clus
         else:
             reasons.append(text + ": wait for it to catch up or set force")
     return lag
+
+
+def resume_point(plan: FailoverPlan, journaled: list[StepRecord]) -> tuple[str | None, str | None]:
+    """Where an unfinished run stopped: its last journaled step ('promote (done)') and the planned step a resume
+    starts from (that step again if it failed or never finished, else the next one)."""
+    names = [p.step for p in plan.steps]
+    known = [s for s in journaled if s.step in names]
+    if not known:
+        return None, names[0] if names else None
+    last = known[-1]
+    at = names.index(last.step) + (1 if last.status in ("done", "skipped") else 0)
+    return f"{last.step} ({last.status})", names[at] if at < len(names) else None
 
 
 def plan_steps(mode: str, old: str, cand: str) -> list[PlannedStep]:

@@ -31,6 +31,9 @@ def render_markdown(report: FailoverReport) -> str:
         lines += [f"**Data loss evidence:** {report.data_loss.sentence}", ""]
     if report.write_pause_ms is not None:
         lines += [f"**Clients held at pgbouncer:** {report.write_pause_ms:.0f} ms", ""]
+    if report.plan and report.plan.resumed:
+        lines += [f"**Resumes run** {report.plan.resumed_from_run} after its step {report.plan.resume_after}, from "
+                  f"step {report.plan.resume_from or 'none left'} (every node is inspected again first)", ""]
     if report.plan:
         lines += ["## Plan", "", "| phase | step | node | why |", "|---|---|---|---|"]
         lines += [f"| {s.phase} | {s.step} | {md_cell(s.node)} | {md_cell(s.why)} |" for s in report.plan.steps]

@@ -51,7 +51,8 @@ class RunContext:
         return self.paused_at is not None
 
     def save(self) -> None:
-        if self.journal is not None:
+        """Persist the journal; a dry run never writes it (an unfinished run's journal must survive it)."""
+        if self.journal is not None and not self.request.dry_run:
             self.journal.slack_parent_ts = self.thread.outcome.parent_ts or self.journal.slack_parent_ts
             self.store.save(self.journal)
 

@@ -6,6 +6,7 @@ Mutating steps never retry on their own: a resumed run re-inspects state before 
 from __future__ import annotations
 
 import re
+import secrets
 import time
 
 from prefect import task
@@ -17,7 +18,7 @@ from blocks.postgres_cluster import ConnectionTarget
 from tasks import endpoint as ep
 from tasks import node_control as nc
 from tasks.db import connect
-from tasks.errors import RunbookDBError
+from tasks.errors import ReadOnlyServer, RunbookDBError
 from tasks.failover_model import FailoverStepFailed, NodeState
 from tasks.failover_plan import lsn_int
 
@@ -92,14 +93,34 @@ PROMOTE_SQL = "SELECT pg_catalog.pg_promote(wait => false) AS requested"
 # Is this server still replaying WAL (a standby)?
 IN_RECOVERY_SQL = "SELECT pg_catalog.pg_is_in_recovery() AS in_recovery"
 
-# Does a write commit here? Assigning a transaction id fails on a standby or a read-only server.
-WRITE_PROBE_SQL = "SELECT pg_catalog.pg_current_xact_id()::text AS xid"
+# The probe's transaction is READ WRITE explicitly: refused (25006) on a standby, whatever the defaults say.
+PROBE_READ_WRITE_SQL = "SET TRANSACTION READ WRITE"
 
-# Did that transaction commit and can we read it back (write-then-read through the endpoint)?
-XACT_STATUS_SQL = """
-SELECT pg_catalog.pg_xact_status(%(xid)s::xid8) AS status,
-       pg_catalog.inet_server_port()          AS port,
-       pg_catalog.pg_is_in_recovery()         AS in_recovery
+# The probe's timeouts, local to its transaction (through pgbouncer session settings would leak to others).
+PROBE_TIMEOUTS_SQL = """
+SELECT pg_catalog.set_config('statement_timeout', %(ms)s, true) AS statement_timeout,
+       pg_catalog.set_config('lock_timeout', %(ms)s, true)      AS lock_timeout
+"""
+
+# A scratch table of this transaction only: touches no user table, dropped at COMMIT.
+PROBE_TABLE_SQL = "CREATE TEMP TABLE pg_runbooks_write_probe (token text NOT NULL) ON COMMIT DROP"
+
+# Write one row carrying the probe's random token; which transaction wrote it?
+PROBE_INSERT_SQL = """
+INSERT INTO pg_temp.pg_runbooks_write_probe (token)
+VALUES (%(token)s)
+RETURNING token,
+          pg_catalog.pg_current_xact_id()::text AS xid
+"""
+
+# Read the row back: the token, which server answered, and whether applications' transactions default to read-only.
+PROBE_READ_SQL = """
+SELECT p.token,
+       pg_catalog.inet_server_port()                              AS port,
+       pg_catalog.pg_is_in_recovery()                             AS in_recovery,
+       pg_catalog.current_setting('default_transaction_read_only') AS default_read_only
+  FROM pg_temp.pg_runbooks_write_probe AS p
+ WHERE p.token = %(token)s
 """
 
 
@@ -127,10 +148,47 @@ class _Positions(BaseModel):
     replayed: str | None
 
 
-class _XactStatus(BaseModel):
-    status: str | None
+class _Written(BaseModel):
+    token: str
+    xid: str
+
+
+class _ReadBack(BaseModel):
+    token: str
     port: int
     in_recovery: bool
+    default_read_only: str
+
+
+def write_then_read(target: ConnectionTarget, purpose: str, timeout_ms: int = 5_000) -> dict:
+    """In one explicit READ WRITE transaction: create a temp table, insert a random token, read it back, COMMIT.
+
+    Works through pgbouncer in transaction mode (one transaction, no prepared statements). A standby, or a
+    server whose transactions default to read-only, raises ReadOnlyServer; a token that does not read back
+    raises FailoverStepFailed.
+    """
+    token = secrets.token_hex(16)
+    with connect(target, purpose=purpose, statement_timeout_ms=timeout_ms, autocommit=False) as db:
+        try:
+            db.execute(PROBE_READ_WRITE_SQL)
+        except RunbookDBError as exc:  # a standby: 0A000 "cannot set transaction read-write mode during recovery"
+            if exc.sqlstate in ("0A000", "25006"):
+                raise ReadOnlyServer(target.label, exc.detail, exc.sqlstate) from None
+            raise
+        db.execute(PROBE_TIMEOUTS_SQL, {"ms": str(timeout_ms)})
+        db.execute(PROBE_TABLE_SQL)
+        written = db.fetch_one(PROBE_INSERT_SQL, {"token": token}, _Written)
+        row = db.fetch_one(PROBE_READ_SQL, {"token": token}, _ReadBack)
+        db.conn.commit()
+    if row is None or written is None or row.token != token:
+        raise FailoverStepFailed(f"{target.label}: the write probe's row did not read back: check the server by hand")
+    if row.in_recovery:
+        raise ReadOnlyServer(target.label, "the write probe ran on a server in recovery")
+    if row.default_read_only == "on":
+        raise ReadOnlyServer(target.label, "default_transaction_read_only is on, so applications' transactions are "
+                             "read-only: ALTER SYSTEM RESET default_transaction_read_only (and the role's or "
+                             "database's setting), reload, then rerun")
+    return {"token": token, "xid": written.xid, "port": row.port}
 
 
 def _dicts(db, query: str) -> list[dict]:
@@ -207,8 +265,13 @@ def repoint_endpoint(control: EndpointControl, host: str, port: int) -> str:
 
 
 @task(name="fence-node", **STEP)
-def fence_node(control: NodeControl, node: str, host: str, mode: str, timeout: int, force: bool) -> str:
-    """Stop the old primary (fast or immediate) and confirm it is stopped."""
+def fence_node(control: NodeControl, node: str, host: str, mode: str, timeout: int, accept_unconfirmed: bool,
+               endpoint_kind: str) -> str:
+    """Stop the old primary (fast or immediate) and confirm it is stopped.
+
+    `force` never reaches here: only the explicit accept_unconfirmed_fence passes an unconfirmed stop, and
+    never with endpoint kind 'none', where nothing but the fence keeps clients off the old primary.
+    """
     status, error = nc.node_status(control, node, host), ""
     if status == "stopped":
         return f"{node} is already stopped"
@@ -218,11 +281,15 @@ def fence_node(control: NodeControl, node: str, host: str, mode: str, timeout: i
             return f"{node} stopped ({mode})"
         except nc.NodeControlError as exc:
             status, error = "unknown", f" ({exc})"
-    if force:
-        return f"fence of {node} UNCONFIRMED (node control says {status}); proceeding because force is set"
-    raise FailoverStepFailed(
-        f"cannot confirm that {node} is stopped (node control: {status}{error}): power it off or block it, then "
-        "rerun; or rerun with force if you are sure it cannot accept writes")
+    if accept_unconfirmed and endpoint_kind != "none":
+        return (f"fence of {node} UNCONFIRMED (node control says {status}); proceeding because "
+                "accept_unconfirmed_fence is set: pgbouncer is repointed away from it, direct clients are not")
+    what = f"cannot confirm that {node} is stopped (node control: {status}{error}): stop it, power it off or cut "
+    if endpoint_kind == "none":
+        raise FailoverStepFailed(what + "its network, then rerun; with endpoint kind 'none' (libpq multi-host) "
+                                 "nothing else keeps clients off it, so accept_unconfirmed_fence is refused")
+    raise FailoverStepFailed(what + "its network, then rerun; or rerun with accept_unconfirmed_fence once you are "
+                             "sure it cannot accept writes (force does not skip the fence)")
 
 
 @task(name="read-shutdown-checkpoint", **STEP)
@@ -304,7 +371,7 @@ def promote(target: ConnectionTarget, timeout_s: float) -> str:
 
 @task(name="verify-promotion", **STEP)
 def verify_promotion(target: ConnectionTarget, original_timeline: int | None) -> dict:
-    """Not in recovery, timeline above the original, and a write commits."""
+    """Not in recovery, timeline above the original, and a write-then-read commits (write_then_read)."""
     with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
         state = db.fetch_one(NODE_STATE_SQL, None, _StateRow).model_dump()
         if state["in_recovery"]:
@@ -312,13 +379,13 @@ def verify_promotion(target: ConnectionTarget, original_timeline: int | None) ->
         if original_timeline and state["timeline"] <= original_timeline:
             raise FailoverStepFailed(
                 f"{target.label} is on timeline {state['timeline']}, not above {original_timeline}")
-        xid = db.scalar(WRITE_PROBE_SQL)
         history = None
         try:
             history = db.fetch_one(HISTORY_SQL, {"tli": state["timeline"]}, _Text).value
         except RunbookDBError:
             pass  # needs superuser or pg_read_server_files; the switch point is then unknown
-    return {"timeline": state["timeline"], "xid": xid, "switch_lsn": switch_point(history)}
+    probe = write_then_read(target, "failover")
+    return {"timeline": state["timeline"], "xid": probe["xid"], "switch_lsn": switch_point(history)}
 
 
 def switch_point(history: str | None, timeline: int | None = None) -> str | None:
@@ -347,9 +414,4 @@ def application_target(candidate: ConnectionTarget, endpoint: EndpointControl) -
 @task(name="probe-application", **STEP)
 def probe_application(target: ConnectionTarget) -> dict:
     """Write then read through the application endpoint: it must reach a writable server."""
-    with connect(target, purpose="failover-probe", statement_timeout_ms=5_000) as db:
-        xid = db.scalar(WRITE_PROBE_SQL)
-        row = db.fetch_one(XACT_STATUS_SQL, {"xid": xid}, _XactStatus)
-    if row.status != "committed" or row.in_recovery:
-        raise FailoverStepFailed(f"the endpoint's write probe did not commit on a primary: {row}")
-    return {"xid": xid, "port": row.port}
+    return write_then_read(target, "failover-probe")

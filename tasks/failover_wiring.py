@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.failover_model import FailoverPlan, FailoverRefused, NodeState
+from tasks.failover_plan import resume_point, unconfirmed_fence_refusal
 from tasks.failover_run import RunContext
 from tasks.journal import Journal
 
@@ -17,16 +18,21 @@ def resume_plan(ctx: RunContext, states: dict[str, NodeState], endpoint_error: s
     """The plan of an unfinished run whose phase 2 started (to be continued), else None (decide afresh).
 
     Only the plan (which node was leaving, which was promoted) comes from the journal; every
-    step of phase 2 inspects the node again before acting.
+    step of phase 2 inspects the node again before acting. A dry run reads the journal and never
+    changes it: it returns what the resume would do and leaves the journal for the real rerun.
     """
+    dry_run = ctx.request.dry_run
     journal = ctx.store.load(ctx.cluster.cluster_name)
     if journal is None:
         return None
     if journal.status != "in_progress" or not any(s.phase >= 2 for s in journal.steps):
-        ctx.store.archive(ctx.cluster.cluster_name)
+        if not dry_run:
+            ctx.store.archive(ctx.cluster.cluster_name)
         return None
     plan = journal.plan
     reasons = []
+    if fence_reason := unconfirmed_fence_refusal(ctx.request, ctx.endpoint.kind):
+        reasons.append(fence_reason)
     if ctx.request.candidate and ctx.request.candidate != plan.candidate:
         reasons.append(f"an unfinished failover of {plan.cluster} to {plan.candidate} (run {journal.run_id}) must "
                        f"be completed first: rerun with candidate {plan.candidate} or empty")
@@ -39,7 +45,10 @@ def resume_plan(ctx: RunContext, states: dict[str, NodeState], endpoint_error: s
         reasons.append(f"candidate {plan.candidate} is unreachable ({states[plan.candidate].error})")
     if reasons:
         raise FailoverRefused(reasons)
-    journal.plan = plan.model_copy(update={"resumed": True})
+    after, start = resume_point(plan, journal.steps)
+    journal = journal.model_copy(deep=True) if dry_run else journal  # a dry run's copy is never saved
+    journal.plan = plan.model_copy(update={"resumed": True, "resumed_from_run": journal.run_id,
+                                           "resume_after": after, "resume_from": start})
     journal.facts["resumed_from_run"] = journal.run_id
     journal.run_id = ctx.run_id
     ctx.journal = journal

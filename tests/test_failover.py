@@ -13,16 +13,22 @@ import time
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 import pytest
 
+from blocks.failover_adapters import EndpointControl, NodeControl
 from blocks.postgres_cluster import PostgresCluster
 from flows.failover import failover
 from flows.rejoin import rejoin
 from sandbox.blocks import sandbox_endpoint_block, save_failover_blocks
 from sandbox.cluster import Sandbox, free_port
-from tasks.failover_model import FailoverRefused, FailoverRequest, RejoinRequest
+from tasks.alert_state import exclusive, failover_lock_name
+from tasks.errors import ReadOnlyServer
+from tasks.failover_model import FailoverRefused, FailoverRequest, FailoverStepFailed, RejoinRequest
 from tasks.failover_plan import lsn_int
 from tasks.failover_run import FAULT_ENV, HANG_ENV
+from tasks.failover_slot import lease_file
+from tasks.failover_steps import application_target, fence_node, write_then_read
 from tasks.journal import JournalStore
 from tests.helpers import save_slack_block, wait_for
 
@@ -131,6 +137,15 @@ def test_refusals_change_nothing(box, blocks, journal_dir, slack):
     with JournalStore(journal_dir).exclusive(BLOCK, "run-holding-the-lock"):
         with pytest.raises(FailoverRefused, match="already running .*run-holding-the-lock"):
             failover(request(journal_dir))
+    # accept_unconfirmed_fence without a pooler to repoint away from the old primary
+    EndpointControl(kind="none").save("fo-none-endpoint", overwrite=True)
+    with pytest.raises(FailoverRefused, match="accept_unconfirmed_fence is refused with endpoint kind 'none'"):
+        failover(request(journal_dir, endpoint_block="fo-none-endpoint", accept_unconfirmed_fence=True))
+    # another run of the cluster holds its Prefect concurrency slot (e.g. from another journal directory)
+    with exclusive(failover_lock_name(BLOCK)) as mine:
+        assert mine
+        with pytest.raises(FailoverRefused, match=f"holds the Prefect concurrency limit failover-{BLOCK}"):
+            failover(request(journal_dir))
     # a run from another worker (another journal directory) still meets the database-side lock
     from tasks.failover_dblock import FAILOVER_LOCK_KEY
 
@@ -154,6 +169,66 @@ def test_dry_run_returns_the_plan(box, blocks, journal_dir):
     assert report.plan.candidate == "replica" and report.plan.lag_bytes is not None
     assert Path(report.backup_path).exists()
     assert current(box) == ("primary", "replica")
+
+
+def test_one_failover_per_cluster_not_per_fleet(box, blocks, journal_dir):
+    """Another cluster's failover slot does not block this cluster; a slot left by a dead run of this
+    journal directory (its lease file, its flock released) is reclaimed instead of waited for."""
+    with exclusive(failover_lock_name("another-cluster")) as mine:
+        assert mine
+        assert failover(request(journal_dir, dry_run=True)).status == "dry_run"
+    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+
+    dead = acquire_concurrency_slots_with_lease([failover_lock_name(BLOCK)], 1, max_retries=0, strict=True,
+                                                lease_duration=300)  # never released: its run "died"
+    lease_file(JournalStore(journal_dir), BLOCK).write_text(str(dead.lease_id))
+    assert failover(request(journal_dir, dry_run=True)).status == "dry_run"
+    assert not lease_file(JournalStore(journal_dir), BLOCK).exists()
+    with exclusive(failover_lock_name(BLOCK)) as mine:
+        assert mine  # the slot is free again after the run
+
+
+def test_write_probe_really_writes_and_refuses_a_read_only_server(box, blocks):
+    cluster = PostgresCluster.load(BLOCK)
+    primary, standby = current(box)
+    endpoint = EndpointControl.load(BLOCK)
+    probe = write_then_read(application_target(cluster.target(primary), endpoint), "test")  # through pgbouncer
+    assert probe["port"] == box.node_port(primary) and int(probe["xid"]) > 0
+    with box.connect(primary) as conn:  # the temp table went with its transaction
+        left = conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'pg_runbooks_write_probe'").fetchone()
+    assert left[0] == 0
+    with pytest.raises(ReadOnlyServer, match="read-only|recovery"):
+        write_then_read(cluster.target(standby), "test")
+    dbname = psycopg.sql.Identifier(cluster.database)
+    with box.connect(primary) as conn:
+        conn.execute(psycopg.sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(dbname))
+    try:
+        with pytest.raises(ReadOnlyServer, match="default_transaction_read_only is on"):
+            write_then_read(cluster.target(primary), "test")
+    finally:
+        with box.connect(primary) as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(psycopg.sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(dbname))
+
+
+def test_force_never_skips_the_fence(box, blocks, journal_dir):
+    """Node control that cannot tell whether the old primary stopped: `force` does not pass the fence,
+    accept_unconfirmed_fence does (pgbouncer only), and the refused switchover is undone."""
+    blind = NodeControl(kind="shell", data_dirs={"primary": "/nonexistent", "replica": "/nonexistent"},
+                        status_command="false", stop_command="false", start_command="false",
+                        controldata_command="false")
+    blind.save("fo-blind", overwrite=True)
+    with pytest.raises(FailoverStepFailed, match="rerun with accept_unconfirmed_fence"):
+        fence_node.fn(blind, "primary", "127.0.0.1", "fast", 5, False, "pgbouncer")
+    with pytest.raises(FailoverStepFailed, match="accept_unconfirmed_fence is refused"):
+        fence_node.fn(blind, "primary", "127.0.0.1", "fast", 5, True, "none")
+    assert "UNCONFIRMED" in fence_node.fn(blind, "primary", "127.0.0.1", "fast", 5, True, "pgbouncer")
+    with pytest.raises(Exception, match="cannot confirm that primary is stopped"):
+        failover(request(journal_dir, node_control_block="fo-blind", force=True))
+    assert current(box) == ("primary", "replica")
+    assert pgbouncer_port_backend(box) == box.config.primary_port  # clients resumed on the old primary
+    journal = JournalStore(journal_dir).load(BLOCK)
+    assert journal.status == "rolled_back" and not journal.attempted("promote")
 
 
 def test_pause_blocked_by_a_long_transaction_is_undone(box, blocks, journal_dir, slack):
@@ -298,8 +373,28 @@ def test_resume_after_promotion_completes(box, blocks, journal_dir, slack, monke
     hook = [c for c in posted if "Phase 2 failed after step promote" in c.raw]
     assert hook, [c.raw[:300] for c in slack.calls()]
     assert "clients+PAUSED" in hook[0].raw or "clients PAUSED" in hook[0].raw
+    # a crash/cancel alert of that run goes to its thread (the journal's saved parent message)
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    from tasks.failover_hooks import run_crashed
+
+    store = JournalStore(journal_dir)
+    journal = store.load(BLOCK)
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(journal.run_id)
+    run_crashed(failover, flow_run, Crashed())
+    alert = [c for c in slack.calls("chat.postMessage", "xoxb-ok-resume") if "CRASHED after step" in c.raw]
+    assert alert and alert[0].body.get("thread_ts") == journal.slack_parent_ts
+    # a dry run now says what the resume would do and leaves the journal to the real rerun
+    before = store.path(BLOCK).read_bytes()
+    dry = failover(request(journal_dir, dry_run=True))
+    assert dry.status == "dry_run" and dry.plan.resumed and dry.plan.resumed_from_run == journal.run_id
+    assert dry.plan.resume_after == "promote (done)" and dry.plan.resume_from == "verify-promotion"
+    assert f"would resume run {journal.run_id}" in dry.summary and "from step verify-promotion" in dry.summary
+    assert store.path(BLOCK).read_bytes() == before
     report = failover(request(journal_dir, slack_block="fo-slack"))
-    assert report.status == "completed" and report.resumed
+    assert report.status == "completed" and report.resumed and report.plan.resumed_from_run == journal.run_id
     assert any(s.step == "promote" and s.status == "skipped" for s in report.steps)
     assert pgbouncer_port_backend(box) == box.node_port(cand)
     assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK)).status == "completed"

@@ -206,3 +206,32 @@ def test_a_crashed_or_cancelled_run_alerts_its_thread(slack, tmp_path):
     raw = "\n".join(c.raw for c in slack.calls(token="xoxb-ok-crash"))
     assert "CRASHED after step `promote`" in raw and "CANCELLED after step `promote`" in raw
     assert "rerun the failover" in raw
+
+
+def test_accept_unconfirmed_fence_is_refused_without_a_pooler():
+    states = {"a": primary(), "b": standby("b"), "c": standby("c")}
+    req = FailoverRequest(accept_unconfirmed_fence=True, force=True)
+    with pytest.raises(FailoverRefused, match="refused with endpoint kind 'none'"):
+        decide(req, CLUSTER, states, None, "none")
+    plan = decide(req, CLUSTER, states, None, "pgbouncer")
+    assert any("accept_unconfirmed_fence" in w for w in plan.warnings)
+    assert "it never skips the fence" in FailoverRequest.model_fields["force"].description
+
+
+def test_resume_point_names_the_last_step_and_where_a_resume_starts():
+    from datetime import UTC, datetime
+
+    from tasks.failover_model import StepRecord
+    from tasks.failover_plan import resume_point
+
+    plan = decide(FailoverRequest(), CLUSTER, {"a": primary(), "b": standby("b"), "c": standby("c")}, None)
+
+    def rec(step, status):
+        return StepRecord(phase=2, step=step, node="x", status=status, at=datetime.now(UTC))
+
+    done = [rec("checkpoint", "started"), rec("checkpoint", "done"), rec("promote", "started"), rec("promote", "done"),
+            rec("read-shutdown-checkpoint", "done")]
+    assert resume_point(plan, done) == ("promote (done)", "verify-promotion")
+    assert resume_point(plan, [*done, rec("verify-promotion", "started")]) == (
+        "verify-promotion (started)", "verify-promotion")
+    assert resume_point(plan, []) == (None, "checkpoint")
