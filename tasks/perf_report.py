@@ -28,6 +28,7 @@ from tasks.report_deltas import (
 )
 from tasks.report_statements import StatementsSnapshot
 from tasks.report_storage import StorageSnapshot
+from tasks.report_store import UNREADABLE
 from tasks.report_wraparound import HARD_LIMIT, WraparoundSnapshot
 
 SECTIONS = ("connections", "statements", "storage", "cache", "wraparound", "checkpoints", "host")
@@ -246,11 +247,18 @@ def section_checks(report: PerformanceReport, errors: dict[str, BaseException], 
     return checks
 
 
+def baseline_unreadable(report: PerformanceReport) -> bool:
+    """A previous report may exist but could not be read (store unavailable, corrupt file)."""
+    return not report.previous_at and (report.baseline_note or "").startswith(UNREADABLE)
+
+
 def finish_report(report: PerformanceReport) -> PerformanceReport:
     report.checks.sort(key=lambda c: SECTIONS.index(c.name) if c.name in SECTIONS else 99)
     report.status = worst([c.status for c in report.checks])
     bad = [c for c in report.checks if c.status != "ok"]
-    since = f"since {report.previous_at:%Y-%m-%d %H:%M} UTC" if report.previous_at else "first report"
+    since = (f"since {report.previous_at:%Y-%m-%d %H:%M} UTC" if report.previous_at
+             else "no deltas: the previous report could not be read" if baseline_unreadable(report)
+             else "first report")
     if not bad:
         report.summary = f"{report.cluster}: all {len(report.checks)} sections ok ({since})."
     else:
@@ -359,4 +367,6 @@ def slack_lines(report: PerformanceReport, p: ReportParams) -> list[str]:
         top = report.statements_delta.top("total_ms", 1)[0]
         lines.append(f"Top statement: {human_seconds(top.total_ms / 1000)} in {top.calls} calls: "
                      f"`{redact_sql(top.query, 150)}`")
+    if baseline_unreadable(report):
+        lines.append(f":warning: {report.baseline_note}")
     return lines or ["All sections ok."]

@@ -309,3 +309,27 @@ def test_unreachable_primary_is_a_report_of_failed_sections_not_a_crash(sandbox,
     assert all("unreachable" in report.check(n).summary for n in failed)
     assert report.check("host").status == "ok" and report.status == "unknown"
     assert report.stored_at and (Path(state_dir) / report.stored_at).exists()
+
+
+def test_report_store_that_cannot_be_opened_still_gives_a_report_without_deltas(cluster_block, slack, state_dir):
+    from tasks.perf_report import PerformanceReport
+    from tasks.report_store import load_previous
+
+    previous, note = load_previous.fn("", "no-such-store", "c1", PerformanceReport)
+    assert previous is None and "could not be read" in note and "no-such-store" in note
+
+    blocker = Path(state_dir) / "a-file"
+    blocker.write_text("not a directory")
+    save_slack_block(slack, "slack-perf-nostore", "xoxb-ok-perf-nostore")
+    report = performance_report(cluster_block=cluster_block, slack_block="slack-perf-nostore",
+                                params=params(str(blocker / "reports")))
+    assert report.previous_at is None and report.statements_delta.since == "statistics reset"
+    assert report.baseline_note.startswith("the previous report could not be read")
+    assert "Not a directory" in report.baseline_note and "no deltas" in report.baseline_note
+    assert "the previous report could not be read" in report.summary
+    assert report.store_error and report.stored_at is None
+    assert all(c.status != "unknown" for c in report.checks), [c.summary for c in report.checks]
+    markdown = asyncio.run(_artifacts(report.artifact_key))[0].data
+    assert "the previous report could not be read" in markdown
+    posted = slack.calls("chat.postMessage", token="xoxb-ok-perf-nostore")
+    assert posted and "could not be read" in json.dumps(posted[0].body)
