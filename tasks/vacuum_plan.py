@@ -82,6 +82,7 @@ class VacuumReport(BaseModel):
     planned: list[str] = Field(default_factory=list, description="Tables in the order they were to be vacuumed.")
     results: list[VacuumResult] = Field(default_factory=list)
     log_path: str | None = None
+    log_error: str | None = Field(default=None, description="Why the maintenance log was not written.")
     artifact_key: str | None = None
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
 
@@ -147,6 +148,9 @@ def finish_report(report: VacuumReport) -> VacuumReport:
         parts.append(f"{window} not started before the maintenance window ended")
     if not report.planned:
         parts = [f"No table on {report.cluster} needs vacuum by the thresholds"]
+    if report.log_error:
+        report.status = "critical"
+        parts.append(report.log_error)
     report.summary = "; ".join(parts) + "."
     return report
 
@@ -175,7 +179,9 @@ def render_markdown(report: VacuumReport, candidates: list[Candidate]) -> str:
 
 
 def slack_lines(report: VacuumReport) -> list[str]:
-    return [r.summary for r in report.results if r.status in ("failed", "skipped-locked", "skipped-window")][:40]
+    lines = [f":warning: {report.log_error}"] if report.log_error else []
+    return lines + [r.summary for r in report.results
+                    if r.status in ("failed", "skipped-locked", "skipped-window")][:40]
 
 
 def ref_of(c: Candidate) -> RelationRef:

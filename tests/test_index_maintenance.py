@@ -180,3 +180,32 @@ def test_duplicate_and_redundant_rules():
     assert set(dup) == {"s.nonuniq"} and "s.uniq" in dup["s.nonuniq"].reason
     red = {f.index for f in redundant(ixs)}
     assert red == {"s.nonuniq"}, "unique, other opclass, partial and DESC indexes are not redundant"
+
+
+def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbox, cluster_block, tmp_path, slack):
+    from tasks.maintenance_log import MaintenanceLogFailed
+    from tests.helpers import save_slack_block
+
+    db = "idx_logfail_db"
+    _q(sandbox, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+    _q(sandbox, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    try:
+        with psycopg.connect(sandbox.conninfo("primary", dbname=db), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id int, c int)")
+            conn.execute("CREATE INDEX t_c_unused ON t (c)")
+        (tmp_path / "a-file").write_text("not a directory")
+        state = index_maintenance(
+            cluster_block=cluster_block, database=db, return_state=True,
+            slack_block=save_slack_block(slack, "idx-logfail", "xoxb-ok-ilog"),
+            params=IndexParams(**BASE, dry_run=False, drop_indexes=["public.t_c_unused"],
+                               log_dir=str(tmp_path / "a-file" / "logs")))
+        assert state.is_failed()
+        with pytest.raises(MaintenanceLogFailed) as raised:
+            state.result()
+        report = raised.value.report
+        assert [(a.index, a.status) for a in report.actions] == [("public.t_c_unused", "done")]
+        assert "maintenance log was NOT written" in report.log_error and report.status == "critical"
+        assert report.log_error in report.summary and report.artifact_key and report.notification.ok
+        assert any("maintenance log was NOT written" in c.raw for c in slack.calls("chat.postMessage"))
+    finally:
+        _q(sandbox, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))

@@ -244,3 +244,24 @@ def test_one_connection_per_batch_carries_on_after_a_locked_table(sandbox, clust
     assert [r.status for r in results] == ["skipped-locked", "vacuumed", "vacuumed"]
     after = _all_vacuum_counts(sandbox)
     assert {t for t in after if after[t] != before.get(t)} == {f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"}
+
+
+def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbox, cluster_block, vac_tables,
+                                                                          tmp_path, slack):
+    from tasks.maintenance_log import MaintenanceLogFailed
+    from tests.helpers import save_slack_block
+
+    (tmp_path / "a-file").write_text("not a directory")
+    state = vacuum(cluster_block=cluster_block, slack_block=save_slack_block(slack, "vac-logfail", "xoxb-ok-vlog"),
+                   params=VacuumParams(tables=[f"{SCHEMA}.dirty"], log_dir=str(tmp_path / "a-file" / "logs")),
+                   return_state=True)
+    assert state.is_failed()
+    with pytest.raises(MaintenanceLogFailed) as raised:
+        state.result()
+    report = raised.value.report
+    assert [r.status for r in report.results] == ["vacuumed"]  # the work itself was done
+    assert report.log_path is None and "maintenance log was NOT written" in report.log_error
+    assert "Not a directory" in report.log_error and report.status == "critical"
+    assert report.log_error in report.summary and report.artifact_key
+    assert report.notification.ok
+    assert any("maintenance log was NOT written" in c.raw for c in slack.calls("chat.postMessage"))
