@@ -118,15 +118,24 @@ _ORDER = {"wraparound": 0, "dead-tuples": 1, "analyze": 2, "requested": 3}
 
 
 def select_candidates(states: list[TableVacuumState], p: VacuumParams, limits: FreezeLimits) -> list[Candidate]:
-    """Tables that need vacuum: wraparound first (oldest first), then most dead tuples; at most max_tables."""
+    """Tables that need vacuum: wraparound first (closest to its own freeze limit first), then most dead
+    tuples; at most max_tables."""
     chosen = []
     for t in states:
         reasons, priority = reasons_for(t, p, limits)
         if priority:
             chosen.append(Candidate(state=t, reasons=reasons, priority=priority))
-    chosen.sort(key=lambda c: (_ORDER[c.priority], -max(c.state.xid_age, c.state.mxid_age)
+    chosen.sort(key=lambda c: (_ORDER[c.priority], -wraparound_urgency(c.state, limits)
                                if c.priority == "wraparound" else -c.state.n_dead_tup, -c.state.n_mod_since_analyze))
     return chosen[: p.max_tables]
+
+
+def wraparound_urgency(t: TableVacuumState, limits: FreezeLimits) -> float:
+    """How close a table is to a forced anti-wraparound vacuum: the larger of its relfrozenxid age as a
+    share of autovacuum_freeze_max_age and its relminmxid age as a share of
+    autovacuum_multixact_freeze_max_age (xids and multixacts are consumed at unrelated rates)."""
+    return max(t.xid_age / max(limits.autovacuum_freeze_max_age, 1),
+               t.mxid_age / max(limits.autovacuum_multixact_freeze_max_age, 1))
 
 
 def finish_report(report: VacuumReport) -> VacuumReport:
