@@ -333,3 +333,32 @@ def test_report_store_that_cannot_be_opened_still_gives_a_report_without_deltas(
     assert "the previous report could not be read" in markdown
     posted = slack.calls("chat.postMessage", token="xoxb-ok-perf-nostore")
     assert posted and "could not be read" in json.dumps(posted[0].body)
+
+
+def test_wraparound_multixact_figures_match_postgres(sandbox):
+    from tasks.perf_report import wraparound_check
+    from tasks.report_wraparound import MXID_HARD_LIMIT, read_wraparound
+
+    psql(sandbox, "primary", "CREATE TABLE IF NOT EXISTS perf_mxid (id int PRIMARY KEY)")
+    psql(sandbox, "primary", "INSERT INTO perf_mxid VALUES (1) ON CONFLICT DO NOTHING")
+    lockers = [psycopg.connect(sandbox.conninfo("primary")) for _ in range(2)]  # transactions, not autocommit
+    try:
+        for _ in range(3):  # two sessions share-locking one row make a multixact each time
+            for conn in lockers:
+                conn.execute("SELECT id FROM perf_mxid WHERE id = 1 FOR SHARE")
+            for conn in lockers:
+                conn.commit()
+        snap = read_wraparound.fn(sandbox_cluster_block(sandbox).primary_target())
+        truth = dict(psql(sandbox, "primary", "SELECT datname, mxid_age(datminmxid) FROM pg_database"))
+        limit = int(psql(sandbox, "primary", "SELECT current_setting('autovacuum_multixact_freeze_max_age')")[0][0])
+    finally:
+        for conn in lockers:
+            conn.close()
+        psql(sandbox, "primary", "DROP TABLE IF EXISTS perf_mxid")
+    assert {d.datname: d.mxid_age for d in snap.databases} == truth
+    assert max(truth.values()) >= 3 and snap.multixact_freeze_max_age == limit
+    check = wraparound_check("primary", snap, params("unused"))
+    assert check.details["mxid_age"] == max(truth.values())
+    assert check.details["mxid_share_of_freeze_max_age"] == round(max(truth.values()) / limit, 4)
+    assert check.details["mxid_share_of_hard_limit"] == round(max(truth.values()) / MXID_HARD_LIMIT, 4)
+    assert f"oldest multixact age {max(truth.values()):,}" in check.summary
