@@ -147,7 +147,7 @@ class MetricsSource(Block):
     def _sample_prometheus(self, now: datetime) -> HostMetrics:
         if not self.prometheus_url or not self.instance:
             raise MetricsUnavailable("the prometheus source needs prometheus_url and instance")
-        labels = {"instance": self.instance, "mountpoint": self.mountpoint}
+        labels = {"instance": promql_string(self.instance), "mountpoint": promql_string(self.mountpoint)}
         return HostMetrics(
             source="prometheus", sampled_at=now,
             cpu_percent=_round(self.query(PROMETHEUS_CPU_QUERY.format(**labels))),
@@ -181,6 +181,16 @@ class MetricsSource(Block):
         if not result:
             return None
         return float(result[0]["value"][1])
+
+
+_PROMQL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def promql_string(value: str) -> str:
+    """`value` escaped for the inside of a double-quoted PromQL string (Go escapes: backslash, double
+    quote, newline, carriage return, tab), so a label value can never end the string or the selector.
+    https://prometheus.io/docs/prometheus/latest/querying/basics/#string-literals"""
+    return "".join(_PROMQL_ESCAPES.get(ch, ch) for ch in value)
 
 
 def _round(value: float | None) -> float | None:

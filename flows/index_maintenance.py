@@ -3,7 +3,8 @@
 Finds unused (no scan on the primary and every replica over the stats window), duplicate,
 redundant, invalid (including _ccnew leftovers) and bloated indexes, each with its DO and UNDO
 statement. Acts only when dry_run is off: REINDEX INDEX CONCURRENTLY for bloated and invalid
-indexes, DROP INDEX CONCURRENTLY only for indexes the operator lists.
+indexes, DROP INDEX CONCURRENTLY only for indexes the operator lists. A maintenance log that cannot be
+written is in the report and the alert, and the run then ends Failed.
 """
 
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from tasks.bloat import measure_relations, read_catalog_info, read_index_stats
 from tasks.bloat_report import BloatParams
 from tasks.index_report import IndexParams, IndexReport
 from tasks.indexes import read_index_inventory, read_index_scans, resolve_indexes, run_index_action
-from tasks.maintenance_log import persist_maintenance_log
+from tasks.maintenance_log import MaintenanceLogFailed, write_maintenance_log
 from tasks.outcomes import gather
 from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.relations import RelationRef
@@ -71,20 +72,21 @@ def index_maintenance(
             for a in report.actions
         ]
 
+    rows = rules.log_rows(report)
+    if rows and not params.dry_run:
+        report.log_path, report.log_error = write_maintenance_log("index-maintenance", report.cluster,
+                                                                  str(runtime.flow_run.id), rows, params.log_dir)
     rules.finish_report(report)
     report.finished_at = datetime.now(UTC)
     key = artifact_key("indexes", report.cluster)
-    rows = rules.log_rows(report)
     if rows:
         publish_table(f"{key}-log", rows, report.summary)
-        if not params.dry_run:
-            report.log_path = persist_maintenance_log("index-maintenance", report.cluster,
-                                                      str(runtime.flow_run.id), rows, params.log_dir)
     report.artifact_key = publish_markdown(key, rules.render_markdown(report), report.summary)
     if slack_block and report.status == "critical":
         report.notification = notify_slack(
             slack_block, f"Index maintenance {report.cluster}: {report.status.upper()}", report.summary,
-            [a.summary for a in report.actions if a.status in ("failed", "skipped-locked")],
-            runtime.flow_run.ui_url)
+            rules.slack_lines(report), runtime.flow_run.ui_url)
     logger.info(report.summary)
+    if report.log_error:
+        raise MaintenanceLogFailed(report)  # published and notified first; the run ends Failed
     return report

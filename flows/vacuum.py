@@ -2,7 +2,8 @@
 
 Wraparound risk first, then dead tuples, then stale statistics; N tables at a time, each on its
 own connection with lock_timeout; no table starts after the maintenance window; every table's
-outcome is logged, and failures alert in Slack.
+outcome is logged, and failures alert in Slack. A maintenance log that cannot be written is in the
+report and the alert, and the run then ends Failed.
 """
 
 import time
@@ -13,7 +14,7 @@ from prefect import flow, get_run_logger, runtime
 from blocks.postgres_cluster import PostgresCluster
 from tasks import vacuum_plan as plan
 from tasks.bounded import run_bounded
-from tasks.maintenance_log import persist_maintenance_log
+from tasks.maintenance_log import MaintenanceLogFailed, write_maintenance_log
 from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.vacuum import VacuumResult, read_vacuum_candidates, resolve_tables, vacuum_tables
 from tasks.vacuum_plan import VacuumParams, VacuumReport
@@ -53,20 +54,22 @@ def vacuum(
         report.results = [result for _, future in started for result in future.result()]
         report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]
 
+    rows = plan.log_rows(report)
+    if rows and not params.dry_run:
+        report.log_path, report.log_error = write_maintenance_log("vacuum", report.cluster,
+                                                                  str(runtime.flow_run.id), rows, params.log_dir)
     plan.finish_report(report)
     report.finished_at = datetime.now(UTC)
-    rows = plan.log_rows(report)
     key = artifact_key("vacuum", report.cluster)
     if rows:
         publish_table(f"{key}-log", rows, report.summary)
-        if not params.dry_run:
-            report.log_path = persist_maintenance_log("vacuum", report.cluster, str(runtime.flow_run.id),
-                                                      rows, params.log_dir)
     report.artifact_key = publish_markdown(key, plan.render_markdown(report, candidates), report.summary)
     if slack_block and report.status != "ok":
         report.notification = notify_slack(slack_block, f"Vacuum {report.cluster}: {report.status.upper()}",
                                            report.summary, plan.slack_lines(report), runtime.flow_run.ui_url)
     logger.info(report.summary)
+    if report.log_error:
+        raise MaintenanceLogFailed(report)  # published and notified first; the run ends Failed
     return report
 
 

@@ -2,7 +2,10 @@
 
 Driver errors are classified by SQLSTATE (https://www.postgresql.org/docs/current/errcodes-appendix.html).
 `transient` decides whether a task may retry: connection losses and timeouts yes;
-authentication, permissions, missing objects never.
+authentication, permissions, missing objects and an operator's cancel never.
+Where one SQLSTATE covers several causes the server's message decides: 57014 (query_canceled) is a
+statement timeout or a cancel request; 42883 / 42P01 name an extension's function or view when the
+extension is not installed; 55000 says a module must be preloaded.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ class RunbookDBError(Exception):
 
     problem = "failed"
 
-    def __init__(self, target: str, detail: str, sqlstate: str | None = None):
+    def __init__(self, target: str, detail: str, sqlstate: str | None = None, action: str | None = None):
         self.target = target
         self.detail = detail
         self.sqlstate = sqlstate
+        if action:
+            self.action = action
         super().__init__(f"{target}: {detail} — {self.action}")
 
     @property
@@ -76,6 +81,14 @@ class QueryTimeout(RunbookDBError):
     action = "the statement hit statement_timeout; retry later or raise the timeout"
 
 
+class QueryCancelled(RunbookDBError):
+    """57014 'canceling statement due to user request': pg_cancel_backend or a client cancel. Never retried."""
+
+    problem = "had the statement cancelled"
+    action = ("an operator or another session cancelled it (pg_cancel_backend); not retried: "
+              "find out who and why before running it again")
+
+
 class LockTimeout(RunbookDBError):
     problem = "timed out waiting for a lock"
     transient = True
@@ -87,10 +100,76 @@ class ReadOnlyServer(RunbookDBError):
     action = "the node is a standby or read-only; run this against the primary"
 
 
+# Functions and views of the extensions the runbooks use, by extension. pg_stat_statements also needs
+# shared_preload_libraries (https://www.postgresql.org/docs/current/pgstatstatements.html).
+EXTENSION_OBJECTS: dict[str, frozenset[str]] = {
+    "pgstattuple": frozenset({"pgstattuple", "pgstattuple_approx", "pgstatindex", "pgstatginindex",
+                              "pgstathashindex", "pg_relpages"}),
+    "pg_stat_statements": frozenset({"pg_stat_statements", "pg_stat_statements_info",
+                                     "pg_stat_statements_reset"}),
+    "pg_buffercache": frozenset({"pg_buffercache", "pg_buffercache_pages", "pg_buffercache_summary",
+                                 "pg_buffercache_usage_counts"}),
+    "pg_visibility": frozenset({"pg_visibility", "pg_visibility_map", "pg_visibility_map_summary",
+                                "pg_check_frozen", "pg_check_visible"}),
+    "pg_freespacemap": frozenset({"pg_freespace"}),
+    "amcheck": frozenset({"bt_index_check", "bt_index_parent_check", "verify_heapam"}),
+}
+PRELOADED_EXTENSIONS = frozenset({"pg_stat_statements"})
+
+_MISSING_FUNCTION = re.compile(r'function (?:"?[^"(\s]+"?\.)?"?([^".(\s]+)"?\(')
+_MISSING_RELATION = re.compile(r'relation "(?:[^"]*\.)?([^".]+)" does not exist')
+_NOT_PRELOADED = re.compile(r'^"?([\w.-]+)"? must be loaded via "?shared_preload_libraries"?')
+
+
+def extension_of(name: str) -> str | None:
+    """The extension that provides the function or view `name`, if it is one we know."""
+    return next((ext for ext, names in EXTENSION_OBJECTS.items() if name in names), None)
+
+
+def enable_extension_action(extension: str) -> str:
+    """What an operator runs to make `extension` available in this database."""
+    create = f"run CREATE EXTENSION {extension}; in this database (as its owner or a superuser)"
+    if extension in PRELOADED_EXTENSIONS:
+        return (f"add {extension} to shared_preload_libraries in postgresql.conf, restart the server, then "
+                + create)
+    return create + " (the postgresql-contrib package provides it)"
+
+
+def _missing_extension(exc: psycopg.Error, detail: str) -> str | None:
+    """The extension an undefined-function / undefined-table / not-preloaded error is about, if any."""
+    if isinstance(exc, pgerr.UndefinedFunction):
+        match = _MISSING_FUNCTION.search(detail)
+    elif isinstance(exc, pgerr.UndefinedTable):
+        match = _MISSING_RELATION.search(detail)
+    elif isinstance(exc, pgerr.ObjectNotInPrerequisiteState):
+        match = _NOT_PRELOADED.search(detail)
+        return match.group(1) if match else None
+    else:
+        return None
+    return extension_of(match.group(1)) if match else None
+
+
+def _cancelled(target: str, detail: str, sqlstate: str | None) -> RunbookDBError:
+    """57014 by its message: only a statement timeout is a timeout (and retried); a cancel request or any
+    other reason (lc_messages in another language included) is not retried."""
+    if "statement timeout" in detail:
+        return QueryTimeout(target, detail, sqlstate)
+    if "lock timeout" in detail:  # lock_timeout reports 55P03; kept for servers that say otherwise
+        return LockTimeout(target, detail, sqlstate)
+    return QueryCancelled(target, detail, sqlstate)
+
+
 def classify(exc: psycopg.Error, target: str, connecting: bool = False) -> RunbookDBError:
     """Turn a psycopg error into the matching RunbookDBError."""
     sqlstate = getattr(exc, "sqlstate", None)
     detail = _first_line(exc)
+    extension = _missing_extension(exc, detail)
+    if extension and isinstance(exc, pgerr.ObjectNotInPrerequisiteState):
+        return MissingExtension(target, detail, sqlstate, action=(
+            f"add {extension} to shared_preload_libraries in postgresql.conf and restart the server "
+            "(the extension is created but its library is not loaded)"))
+    if extension:
+        return MissingExtension(target, detail, sqlstate, action=enable_extension_action(extension))
     if isinstance(exc, pgerr.InvalidPassword | pgerr.InvalidAuthorizationSpecification):
         return AuthenticationFailed(target, detail, sqlstate)
     if isinstance(exc, pgerr.InvalidCatalogName):
@@ -100,7 +179,7 @@ def classify(exc: psycopg.Error, target: str, connecting: bool = False) -> Runbo
     if isinstance(exc, pgerr.LockNotAvailable):
         return LockTimeout(target, detail, sqlstate)
     if isinstance(exc, pgerr.QueryCanceled):
-        return QueryTimeout(target, detail, sqlstate)
+        return _cancelled(target, detail, sqlstate)
     if isinstance(exc, pgerr.ReadOnlySqlTransaction):
         return ReadOnlyServer(target, detail, sqlstate)
     if isinstance(exc, pgerr.UndefinedTable | pgerr.UndefinedObject | pgerr.InvalidSchemaName):

@@ -75,6 +75,7 @@ class IndexReport(BaseModel):
     findings: list[IndexFinding] = Field(default_factory=list)
     actions: list[IndexActionResult] = Field(default_factory=list)
     log_path: str | None = None
+    log_error: str | None = Field(default=None, description="Why the maintenance log was not written.")
     artifact_key: str | None = None
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
 
@@ -287,7 +288,16 @@ def finish_report(report: IndexReport) -> IndexReport:
     report.status = "critical" if any(a.status == "failed" for a in report.actions) else (
         "warning" if report.findings or failed or refused else "ok")
     report.summary = f"Indexes of {report.cluster}: {found}; {acts}."
+    if report.log_error:
+        report.status = "critical"
+        report.summary = report.summary[:-1] + f"; {report.log_error}."
     return report
+
+
+def slack_lines(report: IndexReport) -> list[str]:
+    """What the alert says: the log failure first, then every action that failed or was skipped."""
+    lines = [f":warning: {report.log_error}"] if report.log_error else []
+    return lines + [a.summary for a in report.actions if a.status in ("failed", "skipped-locked")]
 
 
 def render_markdown(report: IndexReport) -> str:

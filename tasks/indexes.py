@@ -12,10 +12,10 @@ from typing import Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
-from tasks.db import DB_TASK, connect
+from tasks.db import DB_TASK, Session, connect
 from tasks.errors import LockTimeout, RunbookDBError
 from tasks.relations import RelationRef, resolve, resolve_ref
 
@@ -152,6 +152,8 @@ class IndexActionResult(BaseModel):
     duration_s: float = 0.0
     started_at: datetime | None = None
     error: str | None = None
+    cleanup: list[str] = Field(default_factory=list,
+                               description="What was done with the _ccnew leftovers of an interrupted REINDEX.")
     summary: str = ""
 
 
@@ -159,6 +161,57 @@ class IndexActionResult(BaseModel):
 INDEX_SIZE_SQL = """
 SELECT pg_catalog.pg_relation_size(%(oid)s::oid::regclass) AS size_bytes
 """
+
+
+# Invalid indexes on the table of index %(oid)s named like that index (%(name)s, which PostgreSQL may
+# truncate to fit NAMEDATALEN) + '_ccnew' + an optional number: what an interrupted
+# REINDEX INDEX CONCURRENTLY of it leaves behind.
+CCNEW_LEFTOVERS_SQL = """
+SELECT c.oid::bigint AS oid,
+       n.nspname AS schema_name,
+       c.relname AS name
+  FROM pg_catalog.pg_index AS i
+  JOIN pg_catalog.pg_class AS c ON c.oid = i.indexrelid
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE i.indrelid = (SELECT x.indrelid FROM pg_catalog.pg_index AS x WHERE x.indexrelid = %(oid)s)
+   AND NOT i.indisvalid
+   AND c.relname ~ '._ccnew[0-9]*$'
+   AND pg_catalog.starts_with(%(name)s, pg_catalog.substring(c.relname, '^(.+)_ccnew[0-9]*$'))
+"""
+
+
+class _Leftover(BaseModel):
+    oid: int
+    schema_name: str
+    name: str
+
+
+def ccnew_leftovers(s: Session, ref: RelationRef) -> list[_Leftover]:
+    return s.fetch_all(CCNEW_LEFTOVERS_SQL, {"oid": ref.oid, "name": ref.name}, _Leftover)
+
+
+def drop_reindex_leftovers(target: ConnectionTarget, ref: RelationRef, existed_before: set[int],
+                           lock_timeout_ms: int, statement_timeout_ms: int) -> list[str]:
+    """After an interrupted REINDEX INDEX CONCURRENTLY of `ref`: DROP INDEX CONCURRENTLY every invalid
+    `<index>_ccnew*` on its table that did not exist before it started. One sentence per leftover."""
+    out: list[str] = []
+    try:
+        with connect(target, purpose="index-maintenance", autocommit=True, lock_timeout_ms=lock_timeout_ms,
+                     statement_timeout_ms=statement_timeout_ms) as s:
+            for left in ccnew_leftovers(s, ref):
+                if left.oid in existed_before:
+                    continue
+                name = f"{left.schema_name}.{left.name}"
+                try:
+                    s.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                        sql.Identifier(left.schema_name, left.name)))
+                    out.append(f"dropped the invalid leftover {name} of the interrupted rebuild")
+                except RunbookDBError as exc:
+                    out.append(f"the invalid leftover {name} was NOT dropped ({exc.sentence}): "
+                               "the next run reports it; drop it by listing it")
+    except RunbookDBError as exc:
+        out.append(f"could not look for _ccnew leftovers of {ref.qualified}: {exc.sentence}")
+    return out
 
 
 def action_statement(action: str, ref: RelationRef) -> sql.Composed:
@@ -173,6 +226,7 @@ def run_index_action(target: ConnectionTarget, planned: IndexActionResult, ref: 
     """REINDEX INDEX CONCURRENTLY or DROP INDEX CONCURRENTLY on a dedicated autocommit connection."""
     result = planned.model_copy(update={"status": "failed", "started_at": datetime.now(UTC)})
     t0 = time.monotonic()
+    before: set[int] | None = None  # the _ccnew-named invalid indexes there before a REINDEX started
     try:
         with connect(target, purpose="index-maintenance", autocommit=True, lock_timeout_ms=lock_timeout_ms,
                      statement_timeout_ms=statement_timeout_ms) as s:
@@ -182,6 +236,8 @@ def run_index_action(target: ConnectionTarget, planned: IndexActionResult, ref: 
                 result.summary = f"{ref.qualified}: not touched, {result.error}."
                 return result
             result.size_before = s.scalar(INDEX_SIZE_SQL, {"oid": ref.oid})
+            if planned.action == "reindex":
+                before = {left.oid for left in ccnew_leftovers(s, ref)}
             s.execute(action_statement(planned.action, ref))
             after = resolve_ref(s, ref)  # REINDEX CONCURRENTLY gives the index a new oid
             result.size_after = s.scalar(INDEX_SIZE_SQL, {"oid": after.oid}) if after else 0
@@ -195,12 +251,15 @@ def run_index_action(target: ConnectionTarget, planned: IndexActionResult, ref: 
         result.summary = f"{ref.qualified}: skipped, lock not granted within {lock_timeout_ms} ms."
     except RunbookDBError as exc:
         result.error = exc.sentence
-        if planned.action == "reindex":
-            result.error += (f"; a cancelled REINDEX CONCURRENTLY can leave an invalid {ref.name}_ccnew index: "
-                             "the next run reports it, drop it by listing it")
         result.summary = f"{ref.qualified}: {planned.action} failed: {exc.sentence}"
     except Exception as exc:  # noqa: BLE001 - one index failing never stops the others
         result.error = f"{type(exc).__name__}: {str(exc)[:300]}"
         result.summary = f"{ref.qualified}: {planned.action} failed unexpectedly: {result.error}"
+    if before is not None and result.status != "done":
+        # An interrupted REINDEX CONCURRENTLY may leave an invalid <index>_ccnew: remove what it left.
+        result.cleanup = drop_reindex_leftovers(target, ref, before, lock_timeout_ms, statement_timeout_ms)
+        if result.cleanup:
+            result.error = f"{result.error}; " + "; ".join(result.cleanup)
+            result.summary = result.summary.rstrip(".") + "; " + "; ".join(result.cleanup) + "."
     result.duration_s = round(time.monotonic() - t0, 3)
     return result

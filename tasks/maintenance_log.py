@@ -2,6 +2,8 @@
 
 Written to `<log_dir>/maintenance-log.jsonl` (log_dir: the flow parameter, else
 $PG_RUNBOOKS_LOG_DIR, else ./maintenance-log). Appending never loses earlier runs.
+A log that cannot be written is recorded in the run's report (`log_error`); the flow still publishes
+and notifies, then ends Failed with `MaintenanceLogFailed` carrying that report.
 """
 
 from __future__ import annotations
@@ -15,6 +17,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 LOG_FILE = "maintenance-log.jsonl"
+
+
+class MaintenanceLogFailed(Exception):
+    """The maintenance ran, was published and notified, but its log was not written; `report` has it all."""
+
+    def __init__(self, report):
+        self.report = report
+        super().__init__(report.summary)
+
+    def __reduce__(self):
+        return (MaintenanceLogFailed, (self.report,))
 
 
 def log_directory(log_dir: str | None) -> Path:
@@ -34,6 +47,19 @@ def persist_maintenance_log(runbook: str, cluster: str, run_id: str | None, rows
             record = {"logged_at": at, "runbook": runbook, "cluster": cluster, "flow_run_id": run_id, **row}
             f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     return str(path)
+
+
+def write_maintenance_log(runbook: str, cluster: str, run_id: str | None, rows: list[dict],
+                          log_dir: str | None = None) -> tuple[str | None, str | None]:
+    """(the log's path, None), or (None, why it was not written): never raises, so the run still
+    publishes its report and sends its alert."""
+    state = persist_maintenance_log(runbook, cluster, run_id, rows, log_dir, return_state=True)
+    try:
+        return state.result(raise_on_failure=True), None
+    except Exception as exc:  # noqa: BLE001 - recorded in the report; the flow fails after notifying
+        why = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return None, (f"the maintenance log was NOT written to {log_directory(log_dir) / LOG_FILE} "
+                      f"({type(exc).__name__}: {why}); {len(rows)} record(s) are only in this report")
 
 
 def read_maintenance_log(log_dir: str | None = None) -> list[dict]:

@@ -28,7 +28,8 @@ from tasks.report_deltas import (
 )
 from tasks.report_statements import StatementsSnapshot
 from tasks.report_storage import StorageSnapshot
-from tasks.report_wraparound import HARD_LIMIT, WraparoundSnapshot
+from tasks.report_store import UNREADABLE
+from tasks.report_wraparound import HARD_LIMIT, MXID_HARD_LIMIT, WraparoundSnapshot
 
 SECTIONS = ("connections", "statements", "storage", "cache", "wraparound", "checkpoints", "host")
 
@@ -46,9 +47,9 @@ class ReportParams(BaseModel):
                                      description="Database cache hit ratio (since last report) below this warns.")
     cache_min_blocks: int = Field(default=1000, ge=0, description="Ignore databases that touched fewer blocks.")
     wraparound_warning_share: float = Field(default=0.4, ge=0.01, le=1,
-                                            description="XID age as a share of the hard limit for a warning.")
+                                            description="XID or multixact age as a share of its hard limit: warning.")
     wraparound_critical_share: float = Field(default=0.75, ge=0.01, le=1,
-                                             description="XID age as a share of the hard limit: critical.")
+                                             description="XID or multixact age as a share of its hard limit: critical.")
     disk_warning_percent: float = Field(default=80, ge=1, le=100, description="Data filesystem used: warning.")
     disk_critical_percent: float = Field(default=90, ge=1, le=100, description="Data filesystem used: critical.")
     state_dir: str = Field(default="~/.pg-runbooks/reports",
@@ -165,22 +166,33 @@ def cache_check(node: str, rows: list[RatioRow], p: ReportParams) -> Check:
 
 
 def wraparound_check(node: str, snap: WraparoundSnapshot, p: ReportParams) -> Check:
+    """Graded by the larger of the oldest XID age and the oldest multixact age, each as a share of its
+    own hard limit; a database past either autovacuum freeze limit is at least a warning."""
     oldest = max(snap.databases, key=lambda d: d.xid_age)
+    oldest_mx = max(snap.databases, key=lambda d: d.mxid_age)
     share = oldest.xid_age / HARD_LIMIT
-    status = _grade(share, p.wraparound_warning_share, p.wraparound_critical_share)
+    mx_share = oldest_mx.mxid_age / MXID_HARD_LIMIT
+    status = _grade(max(share, mx_share), p.wraparound_warning_share, p.wraparound_critical_share)
     overdue = [d.datname for d in snap.databases if d.xid_age > snap.freeze_max_age]
-    if overdue:
+    mx_overdue = [d.datname for d in snap.databases if d.mxid_age > snap.multixact_freeze_max_age]
+    if overdue or mx_overdue:
         status = worst([status, "warning"])
     holder = snap.holders[0] if snap.holders else None
     held = (f"; the xmin horizon is held {holder.xmin_age} XIDs back by {holder.kind} {holder.name.strip()}"
             if holder and holder.xmin_age > 0 else "")
+    mx_freeze_share = oldest_mx.mxid_age / snap.multixact_freeze_max_age
     return Check(name="wraparound", node=node, status=status,
                  details={"oldest_database": oldest.datname, "xid_age": oldest.xid_age,
                           "share_of_freeze_max_age": round(oldest.xid_age / snap.freeze_max_age, 4),
-                          "share_of_hard_limit": round(share, 4), "overdue": overdue},
+                          "share_of_hard_limit": round(share, 4), "overdue": overdue,
+                          "oldest_mxid_database": oldest_mx.datname, "mxid_age": oldest_mx.mxid_age,
+                          "mxid_share_of_freeze_max_age": round(mx_freeze_share, 4),
+                          "mxid_share_of_hard_limit": round(mx_share, 4), "mxid_overdue": mx_overdue},
                  summary=f"Oldest XID age {oldest.xid_age:,} in {oldest.datname}: "
                          f"{100 * oldest.xid_age / snap.freeze_max_age:.1f} % of autovacuum_freeze_max_age, "
-                         f"{100 * share:.2f} % of the wraparound limit{held}.")
+                         f"{100 * share:.2f} % of the wraparound limit; oldest multixact age "
+                         f"{oldest_mx.mxid_age:,} in {oldest_mx.datname}: {100 * mx_freeze_share:.1f} % of "
+                         f"autovacuum_multixact_freeze_max_age, {100 * mx_share:.2f} % of its wraparound limit{held}.")
 
 
 def checkpoints_check(node: str, snap: CheckpointSnapshot, delta: CheckpointDelta) -> Check:
@@ -246,11 +258,18 @@ def section_checks(report: PerformanceReport, errors: dict[str, BaseException], 
     return checks
 
 
+def baseline_unreadable(report: PerformanceReport) -> bool:
+    """A previous report may exist but could not be read (store unavailable, corrupt file)."""
+    return not report.previous_at and (report.baseline_note or "").startswith(UNREADABLE)
+
+
 def finish_report(report: PerformanceReport) -> PerformanceReport:
     report.checks.sort(key=lambda c: SECTIONS.index(c.name) if c.name in SECTIONS else 99)
     report.status = worst([c.status for c in report.checks])
     bad = [c for c in report.checks if c.status != "ok"]
-    since = f"since {report.previous_at:%Y-%m-%d %H:%M} UTC" if report.previous_at else "first report"
+    since = (f"since {report.previous_at:%Y-%m-%d %H:%M} UTC" if report.previous_at
+             else "no deltas: the previous report could not be read" if baseline_unreadable(report)
+             else "first report")
     if not bad:
         report.summary = f"{report.cluster}: all {len(report.checks)} sections ok ({since})."
     else:
@@ -336,14 +355,18 @@ def render_markdown(report: PerformanceReport, p: ReportParams) -> str:
     w = report.wraparound
     if w:
         out += ["", "## Wraparound", ""]
-        out += _table(["database", "xid age", "% freeze_max_age", "% hard limit", "mxid age"],
+        out += _table(["database", "xid age", "% freeze_max_age", "% hard limit",
+                       "mxid age", "% multixact_freeze_max_age", "% mxid hard limit"],
                       [[d.datname, f"{d.xid_age:,}", f"{100 * d.xid_age / w.freeze_max_age:.1f}",
-                        f"{100 * d.xid_age / HARD_LIMIT:.2f}", f"{d.mxid_age:,}"] for d in w.databases])
+                        f"{100 * d.xid_age / HARD_LIMIT:.2f}", f"{d.mxid_age:,}",
+                        f"{100 * d.mxid_age / w.multixact_freeze_max_age:.1f}",
+                        f"{100 * d.mxid_age / MXID_HARD_LIMIT:.2f}"] for d in w.databases])
         if w.tables:
             out += ["", "Oldest tables:", ""]
-            out += _table(["table", "xid age", "% freeze_max_age", "mxid age", "size"],
+            out += _table(["table", "xid age", "% freeze_max_age", "mxid age", "% multixact_freeze_max_age", "size"],
                           [[t.name, f"{t.xid_age:,}", f"{100 * t.xid_age / w.freeze_max_age:.1f}", f"{t.mxid_age:,}",
-                            human_bytes(t.size_bytes)] for t in w.tables])
+                            f"{100 * t.mxid_age / w.multixact_freeze_max_age:.1f}", human_bytes(t.size_bytes)]
+                           for t in w.tables])
         if w.holders:
             out += ["", "Holding the xmin horizon:", ""]
             out += _table(["kind", "name", "xmin age", "for"],
@@ -359,4 +382,6 @@ def slack_lines(report: PerformanceReport, p: ReportParams) -> list[str]:
         top = report.statements_delta.top("total_ms", 1)[0]
         lines.append(f"Top statement: {human_seconds(top.total_ms / 1000)} in {top.calls} calls: "
                      f"`{redact_sql(top.query, 150)}`")
+    if baseline_unreadable(report):
+        lines.append(f":warning: {report.baseline_note}")
     return lines or ["All sections ok."]

@@ -17,6 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from pydantic import BaseModel, ValidationError
 
+# How a baseline note starts when a previous report exists (or may) but could not be read.
+UNREADABLE = "the previous report could not be read"
+
 
 class ReportStoreError(RuntimeError):
     """The report store cannot be used; the message says what to fix."""
@@ -48,16 +51,31 @@ def open_store(state_dir: str, storage_block: str | None) -> WritableFileSystem:
 @task(name="load-previous-report", cache_policy=NO_CACHE)
 def load_previous(state_dir: str, storage_block: str | None, cluster: str, model: type[BaseModel]) -> tuple[
         BaseModel | None, str | None]:
-    """(the previous report, None) or (None, why there is none): a missing or unreadable one is not fatal."""
-    store = open_store(state_dir, storage_block)
+    """(the previous report, None) or (None, why there is none): a missing or unreadable one is not fatal,
+    nor is a store that cannot be opened (the report runs without deltas and says why)."""
     try:
+        store = open_store(state_dir, storage_block)
         raw = store.read_path(f"{_slug(cluster)}/latest.json")
-    except (FileNotFoundError, ValueError, OSError):
+    except FileNotFoundError:
         return None, "no previous report: figures are totals since the statistics were last reset"
+    except ValueError as exc:  # LocalFileSystem: the path does not exist (or escapes the base path)
+        if "does not exist" in str(exc):
+            return None, "no previous report: figures are totals since the statistics were last reset"
+        return None, _unreadable(exc)
+    except (ReportStoreError, OSError) as exc:
+        return None, _unreadable(exc)
+    except Exception as exc:  # noqa: BLE001 - any storage backend failure; the report still runs
+        return None, _unreadable(exc)
     try:
         return model.model_validate_json(raw), None
     except ValidationError as exc:
-        return None, f"the previous report could not be read ({exc.error_count()} errors); starting afresh"
+        return None, f"{UNREADABLE} ({exc.error_count()} errors); starting afresh"
+
+
+def _unreadable(exc: BaseException) -> str:
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return (f"{UNREADABLE} ({type(exc).__name__}: {why}): no deltas in this report, "
+            "figures are totals since the statistics were last reset")
 
 
 @task(name="store-report", cache_policy=NO_CACHE)

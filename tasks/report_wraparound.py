@@ -14,6 +14,8 @@ from tasks.db import DB_TASK, connect
 
 # The server refuses new XIDs 3 million before 2^31; that is the hard limit we compare with.
 HARD_LIMIT = 2**31 - 3_000_000
+# Multixacts wrap at 2^31 as well, and the server stops assigning them 3 million before (multixact.c).
+MXID_HARD_LIMIT = 2**31 - 3_000_000
 
 
 class DatabaseAge(BaseModel):
@@ -61,7 +63,8 @@ SELECT datname::text                      AS datname,
  ORDER BY xid_age DESC
 """
 
-# The tables of this database with the oldest unfrozen XIDs.
+# The tables of this database closest to an anti-wraparound vacuum: the larger of the XID age as a share
+# of autovacuum_freeze_max_age and the multixact age as a share of autovacuum_multixact_freeze_max_age.
 TABLE_AGES_SQL = """
 SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS name,
        age(c.relfrozenxid)::bigint                    AS xid_age,
@@ -70,7 +73,10 @@ SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.reln
   FROM pg_catalog.pg_class AS c
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'm', 't')
- ORDER BY age(c.relfrozenxid) DESC
+ ORDER BY greatest(age(c.relfrozenxid)::float8
+                  / current_setting('autovacuum_freeze_max_age')::float8,
+                  mxid_age(c.relminmxid)::float8
+                  / current_setting('autovacuum_multixact_freeze_max_age')::float8) DESC
  LIMIT %(limit)s
 """
 

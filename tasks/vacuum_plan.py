@@ -82,6 +82,7 @@ class VacuumReport(BaseModel):
     planned: list[str] = Field(default_factory=list, description="Tables in the order they were to be vacuumed.")
     results: list[VacuumResult] = Field(default_factory=list)
     log_path: str | None = None
+    log_error: str | None = Field(default=None, description="Why the maintenance log was not written.")
     artifact_key: str | None = None
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
 
@@ -117,15 +118,24 @@ _ORDER = {"wraparound": 0, "dead-tuples": 1, "analyze": 2, "requested": 3}
 
 
 def select_candidates(states: list[TableVacuumState], p: VacuumParams, limits: FreezeLimits) -> list[Candidate]:
-    """Tables that need vacuum: wraparound first (oldest first), then most dead tuples; at most max_tables."""
+    """Tables that need vacuum: wraparound first (closest to its own freeze limit first), then most dead
+    tuples; at most max_tables."""
     chosen = []
     for t in states:
         reasons, priority = reasons_for(t, p, limits)
         if priority:
             chosen.append(Candidate(state=t, reasons=reasons, priority=priority))
-    chosen.sort(key=lambda c: (_ORDER[c.priority], -max(c.state.xid_age, c.state.mxid_age)
+    chosen.sort(key=lambda c: (_ORDER[c.priority], -wraparound_urgency(c.state, limits)
                                if c.priority == "wraparound" else -c.state.n_dead_tup, -c.state.n_mod_since_analyze))
     return chosen[: p.max_tables]
+
+
+def wraparound_urgency(t: TableVacuumState, limits: FreezeLimits) -> float:
+    """How close a table is to a forced anti-wraparound vacuum: the larger of its relfrozenxid age as a
+    share of autovacuum_freeze_max_age and its relminmxid age as a share of
+    autovacuum_multixact_freeze_max_age (xids and multixacts are consumed at unrelated rates)."""
+    return max(t.xid_age / max(limits.autovacuum_freeze_max_age, 1),
+               t.mxid_age / max(limits.autovacuum_multixact_freeze_max_age, 1))
 
 
 def finish_report(report: VacuumReport) -> VacuumReport:
@@ -147,6 +157,9 @@ def finish_report(report: VacuumReport) -> VacuumReport:
         parts.append(f"{window} not started before the maintenance window ended")
     if not report.planned:
         parts = [f"No table on {report.cluster} needs vacuum by the thresholds"]
+    if report.log_error:
+        report.status = "critical"
+        parts.append(report.log_error)
     report.summary = "; ".join(parts) + "."
     return report
 
@@ -175,7 +188,9 @@ def render_markdown(report: VacuumReport, candidates: list[Candidate]) -> str:
 
 
 def slack_lines(report: VacuumReport) -> list[str]:
-    return [r.summary for r in report.results if r.status in ("failed", "skipped-locked", "skipped-window")][:40]
+    lines = [f":warning: {report.log_error}"] if report.log_error else []
+    return lines + [r.summary for r in report.results
+                    if r.status in ("failed", "skipped-locked", "skipped-window")][:40]
 
 
 def ref_of(c: Candidate) -> RelationRef:

@@ -3,12 +3,15 @@
 import threading
 
 import pytest
+from psycopg import errors as pgerr
+from psycopg import sql
 from pydantic import BaseModel, SecretStr
 
 from sandbox.blocks import sandbox_cluster_block
 from sandbox.cluster import free_port
 from tasks import errors
 from tasks.db import connect
+from tests.helpers import psql, wait_for
 
 
 class Setting(BaseModel):
@@ -115,6 +118,103 @@ def test_read_only_standby(sandbox):
             db.execute("CREATE TABLE gw_on_replica (id int)")
 
 
+NOEXT_DB = "gw_noext_db"
+
+
+@pytest.fixture(scope="module")
+def noext_db(sandbox):
+    """A database where neither pgstattuple nor pg_stat_statements is created."""
+    with sandbox.connect("primary") as conn:
+        conn.autocommit = True
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(NOEXT_DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(NOEXT_DB)))
+    yield NOEXT_DB
+    with sandbox.connect("primary") as conn:
+        conn.autocommit = True
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(NOEXT_DB)))
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT * FROM pgstattuple('pg_catalog.pg_class')",
+    "SELECT * FROM public.pgstatindex('pg_catalog.pg_class_oid_index')",
+    "SELECT * FROM pgstattuple_approx('pg_catalog.pg_class'::regclass)",
+])
+def test_missing_pgstattuple_function_is_a_missing_extension(sandbox, noext_db, query):
+    with pytest.raises(errors.MissingExtension) as info:
+        with connect(target(sandbox, database=noext_db)) as db:
+            db.execute(query)
+    err = info.value
+    assert err.sqlstate == "42883" and not err.transient
+    assert "CREATE EXTENSION pgstattuple" in err.action and "CREATE EXTENSION pgstattuple" in str(err)
+
+
+def test_missing_pg_stat_statements_view_says_how_to_enable_it(sandbox, noext_db):
+    with pytest.raises(errors.MissingExtension) as info:
+        with connect(target(sandbox, database=noext_db)) as db:
+            db.execute("SELECT calls FROM pg_stat_statements")
+    err = info.value
+    assert err.sqlstate == "42P01" and not err.transient
+    assert "shared_preload_libraries" in err.action and "CREATE EXTENSION pg_stat_statements" in err.action
+
+
+def test_other_undefined_functions_and_tables_keep_their_types(sandbox, noext_db):
+    with pytest.raises(errors.RunbookDBError) as info:
+        with connect(target(sandbox, database=noext_db)) as db:
+            db.execute("SELECT no_such_function_here(1)")
+    assert type(info.value) is errors.RunbookDBError and info.value.sqlstate == "42883"
+    with pytest.raises(errors.UnknownObject):
+        with connect(target(sandbox, database=noext_db)) as db:
+            db.execute("SELECT * FROM pg_stat_statements_not_a_view")
+
+
+def test_extension_not_preloaded_is_a_missing_extension():
+    # A server without pg_stat_statements in shared_preload_libraries answers 55000 with this text
+    # (PG16+ quotes the setting); the sandbox preloads it, so the driver error is built here.
+    for text in ('pg_stat_statements must be loaded via shared_preload_libraries',
+                 'pg_stat_statements must be loaded via "shared_preload_libraries"'):
+        err = errors.classify(pgerr.ObjectNotInPrerequisiteState(text), "primary (h:1)")
+        assert isinstance(err, errors.MissingExtension) and err.sqlstate == "55000"
+        assert "shared_preload_libraries" in err.action and "restart" in err.action
+    other = errors.classify(pgerr.ObjectNotInPrerequisiteState("cannot do that now"), "primary (h:1)")
+    assert type(other) is errors.RunbookDBError
+
+
+def test_operator_cancel_is_its_own_error_and_never_retried(sandbox):
+    outcome = {}
+
+    def run():
+        try:
+            with connect(target(sandbox), purpose="gw-cancel-probe", statement_timeout_ms=30_000) as db:
+                db.scalar("SELECT pg_sleep(20)")
+        except errors.RunbookDBError as exc:
+            outcome["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        pid = wait_for(lambda: psql(sandbox, "primary",
+                                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+                                    "AND state = 'active'", ("pg-runbooks/gw-cancel-probe",)), what="the probe")
+        assert psql(sandbox, "primary", "SELECT pg_cancel_backend(%s)", (pid[0][0],))[0][0]
+    finally:
+        t.join(25)
+    err = outcome["error"]
+    assert isinstance(err, errors.QueryCancelled) and err.sqlstate == "57014"
+    assert "user request" in err.detail and "pg_cancel_backend" in err.action
+    assert not err.transient and errors.retry_if_transient(None, None, _State(err)) is False
+
+
+def test_statement_timeout_and_user_cancel_are_told_apart_by_message():
+    timeout = errors.classify(pgerr.QueryCanceled("canceling statement due to statement timeout"), "n")
+    cancel = errors.classify(pgerr.QueryCanceled("canceling statement due to user request"), "n")
+    other = errors.classify(pgerr.QueryCanceled("annulation de la requête à la demande de l'utilisateur"), "n")
+    lock = errors.classify(pgerr.LockNotAvailable("canceling statement due to lock timeout"), "n")
+    assert type(timeout) is errors.QueryTimeout and timeout.transient
+    assert type(cancel) is errors.QueryCancelled and not cancel.transient
+    assert type(other) is errors.QueryCancelled  # unknown wording: never retried
+    assert type(lock) is errors.LockTimeout and lock.transient
+
+
 class _State:
     def __init__(self, exc):
         self.data = exc
@@ -125,6 +225,8 @@ class _State:
     (errors.ConnectionLost("n", "terminated"), True),
     (errors.QueryTimeout("n", "canceled"), True),
     (errors.LockTimeout("n", "lock"), True),
+    (errors.QueryCancelled("n", "canceling statement due to user request"), False),
+    (errors.MissingExtension("n", "function pgstattuple(unknown) does not exist"), False),
     (errors.AuthenticationFailed("n", "bad password"), False),
     (errors.PermissionDenied("n", "denied"), False),
     (errors.UnknownObject("n", "no table"), False),

@@ -180,3 +180,97 @@ def test_duplicate_and_redundant_rules():
     assert set(dup) == {"s.nonuniq"} and "s.uniq" in dup["s.nonuniq"].reason
     red = {f.index for f in redundant(ixs)}
     assert red == {"s.nonuniq"}, "unique, other opclass, partial and DESC indexes are not redundant"
+
+
+def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbox, cluster_block, tmp_path, slack):
+    from tasks.maintenance_log import MaintenanceLogFailed
+    from tests.helpers import save_slack_block
+
+    db = "idx_logfail_db"
+    _q(sandbox, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+    _q(sandbox, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    try:
+        with psycopg.connect(sandbox.conninfo("primary", dbname=db), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id int, c int)")
+            conn.execute("CREATE INDEX t_c_unused ON t (c)")
+        (tmp_path / "a-file").write_text("not a directory")
+        state = index_maintenance(
+            cluster_block=cluster_block, database=db, return_state=True,
+            slack_block=save_slack_block(slack, "idx-logfail", "xoxb-ok-ilog"),
+            params=IndexParams(**BASE, dry_run=False, drop_indexes=["public.t_c_unused"],
+                               log_dir=str(tmp_path / "a-file" / "logs")))
+        assert state.is_failed()
+        with pytest.raises(MaintenanceLogFailed) as raised:
+            state.result()
+        report = raised.value.report
+        assert [(a.index, a.status) for a in report.actions] == [("public.t_c_unused", "done")]
+        assert "maintenance log was NOT written" in report.log_error and report.status == "critical"
+        assert report.log_error in report.summary and report.artifact_key and report.notification.ok
+        assert any("maintenance log was NOT written" in c.raw for c in slack.calls("chat.postMessage"))
+    finally:
+        _q(sandbox, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+
+
+def test_interrupted_reindex_drops_only_the_leftover_it_made(sandbox, tmp_path):
+    """A writer's open transaction makes REINDEX CONCURRENTLY wait after it created <index>_ccnew:
+    lock_timeout interrupts it there. The leftover is dropped when the drop can get through (here the
+    writer ends as soon as the drop waits for it), reported when it cannot; an older leftover is left."""
+    import threading
+
+    from sandbox.blocks import sandbox_cluster_block
+    from tasks.indexes import IndexActionResult, run_index_action
+    from tasks.relations import RelationRef
+
+    schema, name = "idx_cc", 'Cc "ix"; x'
+    _q(sandbox, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    _q(sandbox, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    _q(sandbox, sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(schema, "t")))
+    _q(sandbox, sql.SQL("CREATE INDEX {} ON {} (id)").format(sql.Identifier(name), sql.Identifier(schema, "t")))
+    oid = _q(sandbox, "SELECT %s::regclass::oid::bigint", (sql.Identifier(schema, name).as_string(),))[0][0]
+    ref = RelationRef(oid=oid, schema_name=schema, name=name, kind="i")
+    target = sandbox_cluster_block(sandbox).primary_target()
+    planned = IndexActionResult(index=ref.qualified, action="reindex", status="planned", statement="REINDEX")
+
+    def leftovers():
+        return dict(_q(sandbox, "SELECT c.relname, i.indisvalid FROM pg_index i "
+                                "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relnamespace = %s::regnamespace "
+                                "AND c.relname LIKE '%%ccnew%%'", (schema,)))
+
+    def writer():
+        conn = psycopg.connect(sandbox.conninfo("primary"))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (1)").format(sql.Identifier(schema, "t")))
+        return conn
+
+    try:
+        # 1. The writer stays: the rebuild is interrupted and its leftover cannot be dropped either.
+        held = writer()
+        try:
+            first = run_index_action.fn(target, planned, ref, lock_timeout_ms=300, statement_timeout_ms=10_000)
+        finally:
+            held.rollback()
+            held.close()
+        assert first.status == "skipped-locked"
+        assert leftovers() == {f"{name}_ccnew": False}
+        assert len(first.cleanup) == 1 and "NOT dropped" in first.cleanup[0] and f"{name}_ccnew" in first.summary
+
+        # 2. The writer ends once the cleanup's DROP waits for it: the new leftover is dropped, the older one kept.
+        held = writer()
+
+        def release_when_drop_waits():
+            wait_for(lambda: _q(sandbox, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                         "AND query LIKE 'DROP INDEX CONCURRENTLY%%'"), timeout=15, interval=0.02)
+            held.rollback()
+
+        releaser = threading.Thread(target=release_when_drop_waits)
+        releaser.start()
+        try:
+            second = run_index_action.fn(target, planned, ref, lock_timeout_ms=1_500, statement_timeout_ms=10_000)
+        finally:
+            releaser.join(20)
+            held.close()
+        assert second.status == "skipped-locked"
+        assert second.cleanup == [f"dropped the invalid leftover {schema}.{name}_ccnew1 of the interrupted rebuild"]
+        assert leftovers() == {f"{name}_ccnew": False}  # older than this run: reported, never dropped here
+        assert _q(sandbox, "SELECT indisvalid FROM pg_index WHERE indexrelid = %s", (oid,))[0][0]
+    finally:
+        _q(sandbox, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

@@ -91,3 +91,16 @@ def test_prometheus_empty_result_error_and_unreachable(prometheus):
         dead.sample()
     with pytest.raises(MetricsUnavailable, match="prometheus_url and instance"):
         MetricsSource(kind="prometheus").sample()
+
+
+def test_promql_label_values_are_escaped(prometheus):
+    from blocks.metrics_source import promql_string
+
+    assert promql_string('db"1\\x\n') == 'db\\"1\\\\x\\n'
+    assert promql_string("db1:9100") == "db1:9100"
+    prometheus.values = {}
+    MetricsSource(kind="prometheus", prometheus_url=prometheus.url, instance='a"} or vector(1) #\\',
+                  mountpoint='/data "pg"').sample()
+    cpu, disk = prometheus.queries[-4], prometheus.queries[-3]
+    assert 'instance="a\\"} or vector(1) #\\\\"' in cpu
+    assert 'mountpoint="/data \\"pg\\""' in disk and 'instance="a\\"} or vector(1) #\\\\"' in disk

@@ -309,3 +309,56 @@ def test_unreachable_primary_is_a_report_of_failed_sections_not_a_crash(sandbox,
     assert all("unreachable" in report.check(n).summary for n in failed)
     assert report.check("host").status == "ok" and report.status == "unknown"
     assert report.stored_at and (Path(state_dir) / report.stored_at).exists()
+
+
+def test_report_store_that_cannot_be_opened_still_gives_a_report_without_deltas(cluster_block, slack, state_dir):
+    from tasks.perf_report import PerformanceReport
+    from tasks.report_store import load_previous
+
+    previous, note = load_previous.fn("", "no-such-store", "c1", PerformanceReport)
+    assert previous is None and "could not be read" in note and "no-such-store" in note
+
+    blocker = Path(state_dir) / "a-file"
+    blocker.write_text("not a directory")
+    save_slack_block(slack, "slack-perf-nostore", "xoxb-ok-perf-nostore")
+    report = performance_report(cluster_block=cluster_block, slack_block="slack-perf-nostore",
+                                params=params(str(blocker / "reports")))
+    assert report.previous_at is None and report.statements_delta.since == "statistics reset"
+    assert report.baseline_note.startswith("the previous report could not be read")
+    assert "Not a directory" in report.baseline_note and "no deltas" in report.baseline_note
+    assert "the previous report could not be read" in report.summary
+    assert report.store_error and report.stored_at is None
+    assert all(c.status != "unknown" for c in report.checks), [c.summary for c in report.checks]
+    markdown = max(asyncio.run(_artifacts(report.artifact_key)), key=lambda a: a.created).data  # this run's
+    assert "the previous report could not be read" in markdown
+    posted = slack.calls("chat.postMessage", token="xoxb-ok-perf-nostore")
+    assert posted and "could not be read" in json.dumps(posted[0].body)
+
+
+def test_wraparound_multixact_figures_match_postgres(sandbox):
+    from tasks.perf_report import wraparound_check
+    from tasks.report_wraparound import MXID_HARD_LIMIT, read_wraparound
+
+    psql(sandbox, "primary", "CREATE TABLE IF NOT EXISTS perf_mxid (id int PRIMARY KEY)")
+    psql(sandbox, "primary", "INSERT INTO perf_mxid VALUES (1) ON CONFLICT DO NOTHING")
+    lockers = [psycopg.connect(sandbox.conninfo("primary")) for _ in range(2)]  # transactions, not autocommit
+    try:
+        for _ in range(3):  # two sessions share-locking one row make a multixact each time
+            for conn in lockers:
+                conn.execute("SELECT id FROM perf_mxid WHERE id = 1 FOR SHARE")
+            for conn in lockers:
+                conn.commit()
+        snap = read_wraparound.fn(sandbox_cluster_block(sandbox).primary_target())
+        truth = dict(psql(sandbox, "primary", "SELECT datname, mxid_age(datminmxid) FROM pg_database"))
+        limit = int(psql(sandbox, "primary", "SELECT current_setting('autovacuum_multixact_freeze_max_age')")[0][0])
+    finally:
+        for conn in lockers:
+            conn.close()
+        psql(sandbox, "primary", "DROP TABLE IF EXISTS perf_mxid")
+    assert {d.datname: d.mxid_age for d in snap.databases} == truth
+    assert max(truth.values()) >= 3 and snap.multixact_freeze_max_age == limit
+    check = wraparound_check("primary", snap, params("unused"))
+    assert check.details["mxid_age"] == max(truth.values())
+    assert check.details["mxid_share_of_freeze_max_age"] == round(max(truth.values()) / limit, 4)
+    assert check.details["mxid_share_of_hard_limit"] == round(max(truth.values()) / MXID_HARD_LIMIT, 4)
+    assert f"oldest multixact age {max(truth.values()):,}" in check.summary

@@ -84,3 +84,11 @@ def test_real_prometheus_unknown_instance_is_empty_not_an_error(real_prometheus)
     url, _ = real_prometheus
     sample = MetricsSource(kind="prometheus", prometheus_url=url, instance="nowhere:9100").sample()
     assert sample.cpu_percent is None and sample.disk_used_percent is None
+
+
+def test_real_prometheus_hostile_label_values_are_escaped_not_injected(real_prometheus):
+    url, instance = real_prometheus
+    # Unescaped, this instance would close the selector and make every query answer 100 (or fail to parse).
+    hostile = MetricsSource(kind="prometheus", prometheus_url=url, instance=instance + '"} or vector(100) or x{a="',
+                            mountpoint='C:\\data "pg"').sample()
+    assert hostile.cpu_percent is None and hostile.disk_used_percent is None and hostile.disk_total_bytes is None

@@ -114,3 +114,40 @@ def test_a_section_missing_from_the_previous_report_has_no_baseline():
     assert report.no_baseline == ["statements"]
     assert report.statements_delta.since == "statistics reset" and report.statements_delta.statements[0].calls == 10
     assert "no statements figures" in render_markdown(report, ReportParams())
+
+
+def _wrap_snapshot(xid_age: int, mxid_age: int):
+    from tasks.report_wraparound import DatabaseAge, WraparoundSnapshot
+
+    return WraparoundSnapshot(freeze_max_age=200_000_000, multixact_freeze_max_age=400_000_000, tables=[],
+                              holders=[], databases=[DatabaseAge(datname="app", xid_age=xid_age, mxid_age=10),
+                                                     DatabaseAge(datname="queue", xid_age=100, mxid_age=mxid_age)])
+
+
+def test_wraparound_grades_multixact_age_too():
+    from tasks.perf_report import ReportParams, wraparound_check
+    from tasks.report_wraparound import MXID_HARD_LIMIT
+
+    p = ReportParams()
+    calm = wraparound_check("primary", _wrap_snapshot(1_000, 1_000), p)
+    assert calm.status == "ok"
+    # past autovacuum_multixact_freeze_max_age (400M) but a small share of the hard limit: warning
+    overdue = wraparound_check("primary", _wrap_snapshot(1_000, 450_000_000), p)
+    assert overdue.status == "warning" and overdue.details["mxid_overdue"] == ["queue"]
+    assert overdue.details["oldest_mxid_database"] == "queue" and overdue.details["mxid_age"] == 450_000_000
+    assert overdue.details["mxid_share_of_freeze_max_age"] == 1.125
+    assert ("oldest multixact age 450,000,000 in queue: 112.5 % of autovacuum_multixact_freeze_max_age"
+            in overdue.summary)
+    # 80 % of the multixact hard limit is critical even though the XIDs are young
+    near = wraparound_check("primary", _wrap_snapshot(1_000, int(0.8 * MXID_HARD_LIMIT)), p)
+    assert near.status == "critical" and near.details["mxid_share_of_hard_limit"] == 0.8
+    assert near.details["share_of_hard_limit"] < 0.001
+
+
+def test_wraparound_markdown_shows_multixact_shares():
+    from tasks.perf_report import PerformanceReport, ReportParams, render_markdown
+
+    report = PerformanceReport(cluster="c", node="primary", started_at=T0, wraparound=_wrap_snapshot(10, 200_000_000))
+    text = render_markdown(report, ReportParams())
+    assert "% multixact_freeze_max_age" in text and "% mxid hard limit" in text
+    assert "| queue | 100 | 0.0 | 0.00 | 200,000,000 | 50.0 | 9.33 |" in text

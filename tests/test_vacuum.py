@@ -78,6 +78,22 @@ def test_selection_orders_wraparound_first_and_skips_clean_tables():
     assert select_candidates(states, VacuumParams(max_tables=1), LIMITS)[0].table == "s.older-mxid"
 
 
+def test_wraparound_order_compares_each_age_with_its_own_limit():
+    # Raw ages would put the multixact table first (300M > 180M); as shares of their own limits the
+    # xid table is closer: 180M / 200M = 90 % against 300M / 400M = 75 %.
+    def state(name, **kw):
+        return TableVacuumState(oid=hash(name) % 10_000, schema_name="s", table_name=name, **kw)
+
+    states = [state("mxid-75", mxid_age=300_000_000), state("xid-90", xid_age=180_000_000),
+              state("both-80-85", xid_age=160_000_000, mxid_age=340_000_000),
+              state("xid-70", xid_age=140_000_000, mxid_age=100)]
+    chosen = select_candidates(states, VacuumParams(freeze_age_fraction=0.5), LIMITS)
+    assert [c.table for c in chosen] == ["s.xid-90", "s.both-80-85", "s.mxid-75", "s.xid-70"]
+    assert all(c.priority == "wraparound" for c in chosen)
+    wide = FreezeLimits(autovacuum_freeze_max_age=200_000_000, autovacuum_multixact_freeze_max_age=2_000_000_000)
+    assert select_candidates(states, VacuumParams(freeze_age_fraction=0.01), wide)[0].table == "s.xid-90"
+
+
 def test_vacuums_what_needs_it_and_nothing_else(sandbox, cluster_block, vac_tables, tmp_path):
     before = _all_vacuum_counts(sandbox)
     report = vacuum(cluster_block=cluster_block, params=VacuumParams(
@@ -244,3 +260,24 @@ def test_one_connection_per_batch_carries_on_after_a_locked_table(sandbox, clust
     assert [r.status for r in results] == ["skipped-locked", "vacuumed", "vacuumed"]
     after = _all_vacuum_counts(sandbox)
     assert {t for t in after if after[t] != before.get(t)} == {f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"}
+
+
+def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbox, cluster_block, vac_tables,
+                                                                          tmp_path, slack):
+    from tasks.maintenance_log import MaintenanceLogFailed
+    from tests.helpers import save_slack_block
+
+    (tmp_path / "a-file").write_text("not a directory")
+    state = vacuum(cluster_block=cluster_block, slack_block=save_slack_block(slack, "vac-logfail", "xoxb-ok-vlog"),
+                   params=VacuumParams(tables=[f"{SCHEMA}.dirty"], log_dir=str(tmp_path / "a-file" / "logs")),
+                   return_state=True)
+    assert state.is_failed()
+    with pytest.raises(MaintenanceLogFailed) as raised:
+        state.result()
+    report = raised.value.report
+    assert [r.status for r in report.results] == ["vacuumed"]  # the work itself was done
+    assert report.log_path is None and "maintenance log was NOT written" in report.log_error
+    assert "Not a directory" in report.log_error and report.status == "critical"
+    assert report.log_error in report.summary and report.artifact_key
+    assert report.notification.ok
+    assert any("maintenance log was NOT written" in c.raw for c in slack.calls("chat.postMessage"))
