@@ -142,7 +142,11 @@ def post_failover(run_key: str) -> None:
 
 @flow(name="failover", on_crashed=[hooks.run_crashed], on_cancellation=[hooks.run_crashed])
 def failover(request: FailoverRequest = FailoverRequest()) -> FailoverReport:
-    """Switch the primary of a cluster to a standby: planned (switchover) or after a loss (failover)."""
+    """Switch the primary of a cluster to a standby: planned (switchover) or after a loss (failover).
+
+    Args:
+        request: The cluster, the mode, the candidate, the guards (lag, approval, fence), the blocks and timeouts.
+    """
     logger = get_run_logger()
     run_key = str(runtime.flow_run.id or "local")
     ctx = open_context(request, run_key, runtime.flow_run.ui_url)

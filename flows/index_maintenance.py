@@ -31,7 +31,14 @@ def index_maintenance(
     database: str | None = None,
     slack_block: str | None = None,
 ) -> IndexReport:
-    """Report index findings with DO/UNDO statements; rebuild or drop (listed only) when not a dry run."""
+    """Report index findings with DO/UNDO statements; rebuild or drop (listed only) when not a dry run.
+
+    Args:
+        cluster_block: Name of the PostgresCluster block to maintain (its primary).
+        params: Dry run (default), what counts as unused/bloated/duplicate, what may be rebuilt or dropped.
+        database: Database to maintain; empty means the block's database.
+        slack_block: Name of a SlackNotifier block; none means no Slack message.
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     primary = cluster.target(cluster.primary_node, database)

@@ -30,7 +30,13 @@ def performance_report(
     params: ReportParams = ReportParams(),
     slack_block: str | None = None,
 ) -> PerformanceReport:
-    """Connections, query performance, storage, cache, wraparound, checkpoints and host of the primary."""
+    """Connections, query performance, storage, cache, wraparound, checkpoints and host of the primary.
+
+    Args:
+        cluster_block: Name of the PostgresCluster block to report on (its primary).
+        params: Report limits and thresholds, where snapshots are stored, and the host-metrics source.
+        slack_block: Name of a SlackNotifier block for the daily digest; none means no Slack message.
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     target = cluster.primary_target()

@@ -27,7 +27,14 @@ def vacuum(
     database: str | None = None,
     slack_block: str | None = None,
 ) -> VacuumReport:
-    """Vacuum the named tables, or every table that needs it, within the maintenance window."""
+    """Vacuum the named tables, or every table that needs it, within the maintenance window.
+
+    Args:
+        cluster_block: Name of the PostgresCluster block to maintain (its primary).
+        params: Tables (none: what needs it), thresholds, VACUUM options, concurrency, timeouts, window.
+        database: Database to vacuum; empty means the block's database.
+        slack_block: Name of a SlackNotifier block for failures; none means no Slack message.
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     target = cluster.target(cluster.primary_node, database)
