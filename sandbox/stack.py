@@ -29,15 +29,17 @@ HOST = "127.0.0.1"
 
 
 def global_limits(cluster: str) -> dict[str, int]:
-    """Global concurrency limits the runbooks rely on; `concurrency()` on a missing limit excludes nothing.
+    """The global concurrency limits the runbooks hold for a cluster, created before any run needs them
+    (`concurrency()` on a missing limit excludes nothing; the runbooks also create them on first use).
 
     `cluster` is the cluster_name (the sandbox's blocks use the block name as cluster_name)."""
-    from tasks.alert_state import failover_lock_name
+    from tasks.alert_state import action_lock_name, failover_lock_name, lock_name
 
     return {
-        failover_lock_name(cluster): 1,
-        f"high-load-{cluster}": 1,
-        f"maintenance-{cluster}": 1,
+        failover_lock_name(cluster): 1,  # one failover per cluster
+        lock_name(cluster): 1,  # the alert monitor's state of the cluster
+        action_lock_name(cluster, "scale_connections"): 1,  # one connection remediation per cluster
+        action_lock_name(cluster, "cleanup_data"): 1,  # one disk-pressure run per cluster
     }
 
 

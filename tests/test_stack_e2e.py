@@ -104,6 +104,13 @@ def _flow_of(stack, deployment_name: str) -> str:
     return api(stack, f"/flows/{match['flow_id']}")["name"]
 
 
+def test_stack_created_the_concurrency_limits_the_runbooks_hold(stack):
+    from sandbox.stack import global_limits
+
+    names = {lim["name"] for lim in post(stack, "/v2/concurrency_limits/filter", {"limit": 200})}
+    assert set(global_limits("sandbox")) <= names, names
+
+
 def test_bad_parameters_are_refused_by_the_server(stack):
     from tools.trigger_runbook import TriggerError
 
