@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, runtime, unmapped
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.alert_metrics import DB_METRICS, HOST_METRICS, ClusterSamples, no_data, sample_cluster
+from tasks.alert_metrics import DB_METRICS, ClusterSamples, host_sources, no_data, sample_cluster, unsampled_host
 from tasks.alert_monitor import (
     MonitorParams,
     MonitorReport,
@@ -30,6 +30,7 @@ from tasks.alert_monitor import (
     rules_in_force,
     save_alert_states,
 )
+from tasks.alert_sources import BlockChoice, block_for, one_block_for_many
 from tasks.alert_state import locked
 from tasks.notify import load_notifier
 from tasks.publish import artifact_key, notify_slack, publish_markdown
@@ -43,12 +44,20 @@ def alert_monitor(
     cluster_group: str | None = None,
     slack_block: str | None = None,
     metrics_block: str | None = None,
+    metrics_blocks: dict[str, str] | None = None,
+    scaler_block: str | None = None,
+    scaler_blocks: dict[str, str] | None = None,
     params: MonitorParams = MonitorParams(),
     evaluated_at: datetime | None = None,
 ) -> MonitorReport:
     """Evaluate every alert rule on every cluster; notify and act on what fires.
 
     cluster_group: also every PostgresCluster block whose name starts with it.
+    metrics_block: each cluster's host-metrics-source block; `{cluster}` is replaced by the cluster
+      block name (e.g. '{cluster}-host'); a plain name is used only when the fleet is one cluster.
+    metrics_blocks: explicit cluster block -> host-metrics-source block (wins over metrics_block).
+    scaler_block / scaler_blocks: the same for the pool scaler that connection remediation asks
+      (e.g. 'pgbouncer-pool-scaler/{cluster}'); a cluster without one is never scaled.
     evaluated_at: the evaluation time (replays and tests); default now.
     """
     logger = get_run_logger()
@@ -56,8 +65,13 @@ def alert_monitor(
     rules, report.rules_error = rules_in_force(params.rules_file)
     report.rules_source = params.rules_file or "built-in defaults"
     blocks = resolve_clusters(cluster_blocks, cluster_group)
+    for spec, mapping, name in ((metrics_block, metrics_blocks, "metrics_block"),
+                                (scaler_block, scaler_blocks, "scaler_block")):
+        if warning := one_block_for_many(spec, mapping, blocks, name):
+            logger.warning(warning)
+    scalers = {b: block_for(b, scaler_block, scaler_blocks, len(blocks), "scaler_block") for b in blocks}
 
-    sampled = sample_fleet(blocks, metrics_block, params.deadline_seconds)
+    sampled = sample_fleet(blocks, host_sources(blocks, metrics_block, metrics_blocks), params.deadline_seconds)
     report.sample_seconds = report.phase_seconds["sample"] = (datetime.now(UTC) - report.started_at).total_seconds()
     report.evaluated_at = evaluated_at or datetime.now(UTC)
 
@@ -79,7 +93,8 @@ def alert_monitor(
             if stored[block].revision != states[block].revision:  # another run moved it on: redo on its state
                 evaluations[block] = evaluate_fleet([block], sampled, stored, rules, report.evaluated_at)[0][block]
             result, new = cluster_turn(block, sampled[block], evaluations[block], rules, report.evaluated_at,
-                                       notifier, slack_block, params.dispatch_actions, runtime.flow_run.id)
+                                       notifier, slack_block, params.dispatch_actions, runtime.flow_run.id,
+                                       scalers[block])
             report.clusters.append(result)
             to_save.append(new)
         clock.lap("act, notify")
@@ -101,9 +116,9 @@ def alert_monitor(
     return report
 
 
-def sample_fleet(blocks: list[str], metrics_block: str | None, deadline: float) -> dict[str, ClusterSamples]:
+def sample_fleet(blocks: list[str], sources: dict[str, BlockChoice], deadline: float) -> dict[str, ClusterSamples]:
     """Sample every cluster concurrently; a cluster past its deadline is no data, the others go on."""
-    futures = sample_cluster.map(blocks, unmapped(metrics_block), unmapped(deadline))
+    futures = sample_cluster.map(blocks, [sources[b] for b in blocks], unmapped(deadline))
     waves = math.ceil(len(blocks) / WORKERS) if blocks else 1
     done, _ = wait(list(futures), timeout=deadline * waves + 2)
     out = {}
@@ -116,8 +131,8 @@ def sample_fleet(blocks: list[str], metrics_block: str | None, deadline: float) 
                 reason = f"sampling failed: {type(exc).__name__}: {exc}"[:300]
         else:
             reason = f"no answer within the {deadline:.0f} s deadline"
-        out[block] = ClusterSamples(cluster=block, samples=no_data(DB_METRICS + HOST_METRICS, reason),
-                                    seconds=deadline, error=reason)
+        out[block] = ClusterSamples(cluster=block, samples=no_data(DB_METRICS, reason) +
+                                    unsampled_host(sources[block], reason), seconds=deadline, error=reason)
     return out
 
 

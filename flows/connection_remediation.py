@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget, PostgresCluster
 from tasks.alert_eval import AlertContext
+from tasks.alert_sources import block_exists, block_for
 from tasks.alert_state import action_lock_name, exclusive
 from tasks.findings import human_seconds, md_cell
 from tasks.high_load_plan import ActionResult
@@ -59,7 +60,11 @@ def connection_remediation(
     alert: AlertContext | None = None,
     scaler_block: str | None = None,
 ) -> RemediationReport:
-    """Terminate idle-in-transaction and listed idle sessions (dry run by default), then scale."""
+    """Terminate idle-in-transaction and listed idle sessions (dry run by default), then scale.
+
+    scaler_block: '<type-slug>/<name>' of THIS cluster's scaler; `{cluster}` is replaced by cluster_block
+    (e.g. 'pgbouncer-pool-scaler/{cluster}'; a cluster without that block is not scaled).
+    """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     report = RemediationReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC),
@@ -75,7 +80,7 @@ def connection_remediation(
         report.stale = find_stale_sessions(target, params)
         if not params.dry_run:
             record_terminations(report, terminate_stale(target, report.stale, params))
-        report.scaler = request_scaling(scaler_block, report)
+        report.scaler = request_scaling(scaler_block, report, cluster_block)
     summarize(report, params)
     report.artifact_key = publish_markdown(artifact_key("connection-remediation", report.cluster),
                                            render_markdown(report), report.summary)
@@ -157,10 +162,14 @@ def render_markdown(report: RemediationReport) -> str:
     return "\n".join(lines)
 
 
-def request_scaling(scaler_block: str | None, report: RemediationReport) -> str:
-    """After the terminations, ask the high-load runbook's scaler (if configured) for more capacity."""
+def request_scaling(scaler_block: str | None, report: RemediationReport, cluster_block: str = "") -> str:
+    """After the terminations, ask this cluster's scaler (if configured) for more capacity."""
+    choice = block_for(cluster_block, scaler_block, None, 1, "scaler_block")
+    if choice.optional and choice.block and not block_exists(choice.block):
+        return f"scaler: none configured for this cluster (no block {choice.block!r})"
+    scaler_block = choice.block
     if not scaler_block:
-        return "scaler: none configured (set scaler_block, e.g. 'pgbouncer-pool-scaler/main')"
+        return "scaler: none configured (set scaler_block, e.g. 'pgbouncer-pool-scaler/{cluster}')"
     request = ScaleRequest(cluster=report.cluster, reason="connection_limit alert: connection usage too high",
                            dry_run=report.dry_run, active_sessions=len(report.stale), waiting_sessions=0,
                            flow_run_id=str(runtime.flow_run.id or ""),

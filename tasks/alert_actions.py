@@ -5,7 +5,8 @@ run (`run_deployment(..., timeout=0)`: the monitor does not wait; a worker runs 
 deployment's parameters, e.g. dry_run off). Without one (a bare test harness, a laptop) the
 flow runs in-process as a subflow. An idempotency key per episode means a monitor retry
 returns the same run instead of starting a second one; the action flows also hold a global
-concurrency slot per cluster, so two runs never overlap.
+concurrency slot per cluster, so two runs never overlap. connection remediation gets the alerting
+cluster's own scaler (tasks.alert_sources), or none: never another cluster's pool.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.alert_eval import AlertContext, AlertInstance
+from tasks.alert_eval import AlertContext, AlertInstance, series_key
 from tasks.alert_rules import AlertRule
+from tasks.alert_sources import BlockChoice, block_exists
 from tasks.alert_state import action_lock_name, ensure_limits
 
 log = logging.getLogger("pg_runbooks.alerts")
@@ -66,15 +68,35 @@ def _url(run_id: str) -> str | None:
         return None
 
 
+def idempotency_key(cluster: str, alert: AlertInstance) -> str:
+    """One action run per episode of one series: cluster, rule, labels and when it fired."""
+    fired = alert.fired_at.isoformat() if alert.fired_at else ""
+    return f"alert:{cluster}:{series_key(alert.rule, alert.labels)}:{fired}"
+
+
+def scaler_for(choice: BlockChoice | None) -> str | None:
+    """The scaler block this cluster's remediation may use: a templated name that does not exist is none."""
+    if choice is None or not choice.block:
+        return None
+    if choice.optional and not block_exists(choice.block):
+        return None
+    return choice.block
+
+
 def start_action(rule: AlertRule, cluster_block: str, cluster: str, alert: AlertInstance,
-                 slack_block: str | None, monitor_run: str | None) -> ActionStart:
-    """Start the runbook of `rule.action` for this alert; never raises (a failure is retried next time)."""
+                 slack_block: str | None, monitor_run: str | None, scaler: BlockChoice | None = None) -> ActionStart:
+    """Start the runbook of `rule.action` for this alert; never raises (a failure is retried next time).
+
+    scale_connections gets this cluster's scaler, or explicitly none (never the deployment's default).
+    """
     flow_name, deployment = ACTION_DEPLOYMENTS[rule.action]
     context = AlertContext(rule=rule.name, cluster=cluster, labels=alert.labels, value=alert.value,
                            threshold=rule.threshold, fired_at=alert.fired_at, monitor_flow_run=monitor_run)
     parameters: dict[str, Any] = {"cluster_block": cluster_block, "slack_block": slack_block,
                                   "alert": context.model_dump(mode="json")}
     try:
+        if rule.action == "scale_connections":
+            parameters["scaler_block"] = scaler_for(scaler)
         ensure_limits([action_lock_name(cluster, rule.action)])
         name = f"{flow_name}/{deployment}"
         if _deployment_exists(name):
@@ -83,12 +105,12 @@ def start_action(rule: AlertRule, cluster_block: str, cluster: str, alert: Alert
             run = run_deployment(
                 name=name, parameters=parameters, timeout=0, tags=["alert", rule.name],
                 flow_run_name=f"{rule.name}-{cluster}",
-                idempotency_key=f"alert:{cluster}:{rule.name}:{alert.fired_at.isoformat() if alert.fired_at else ''}")
+                idempotency_key=idempotency_key(cluster, alert))
             run_id = str(run.id)
             return ActionStart(started=True, run_id=run_id, url=_url(run_id), note=f"deployment {name}")
         flow = _flow_for(rule.action)
         state = flow.with_options(flow_run_name=f"{rule.name}-{cluster}")(
-            cluster_block=cluster_block, slack_block=slack_block, alert=context, return_state=True)
+            **{**parameters, "alert": context}, return_state=True)
         run_id = str(state.state_details.flow_run_id)
         summary = ""
         if state.is_completed():

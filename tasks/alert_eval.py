@@ -21,6 +21,7 @@ from tasks.alert_rules import AlertRule, RuleSet, format_duration
 from tasks.findings import human_seconds
 
 SeriesState = Literal["inactive", "pending", "firing", "nodata"]
+MAX_OUTBOX = 8  # undelivered resolved messages kept per cluster (~300 characters each, in a 5,000-character Variable)
 NO_DATA_RULE = "no_data"
 NO_DATA_RESPONSE = [
     "Check that the cluster answers (health-check flow) and that the monitor's role can log in.",
@@ -80,7 +81,9 @@ class ClusterAlertState(BaseModel):
     revision: int = 0
     updated_at: datetime | None = None
     alerts: dict[str, AlertInstance] = Field(default_factory=dict)
-    outbox: list[ResolvedNotice] = Field(default_factory=list)
+    outbox: list[ResolvedNotice] = Field(default_factory=list, description=f"At most {MAX_OUTBOX}, newest kept.")
+    outbox_dropped: int = Field(default=0, description="Resolved messages dropped from a full outbox since the "
+                                                       "last delivered message (said in the next one).")
 
 
 class SeriesStatus(BaseModel):
@@ -239,6 +242,9 @@ def _resolve(alert: AlertInstance, value: float | None, now: datetime, state: Cl
     state.outbox.append(ResolvedNotice(rule=alert.rule, labels=alert.labels, fired_at=alert.fired_at,
                                        resolved_at=now, value=value, reason=reason,
                                        thread_ts=alert.thread_ts, channel=alert.channel))
+    if len(state.outbox) > MAX_OUTBOX:  # a long Slack outage: keep the newest, count the others
+        state.outbox_dropped += len(state.outbox) - MAX_OUTBOX
+        state.outbox = state.outbox[-MAX_OUTBOX:]
     result.transitions.append(f"{series_key(alert.rule, alert.labels)} RESOLVED: {reason}.")
 
 

@@ -5,8 +5,9 @@ connection_usage_percent: client backends against the slots ordinary roles can u
   https://www.postgresql.org/docs/current/runtime-config-connection.html).
 replication_lag_seconds: per replica, the primary's pg_stat_replication.replay_lag, NULL counted
   as 0 only when no byte is behind (tasks.health_report.effective_replay_lag_seconds).
-cpu_usage_percent / disk_usage_percent: from the metrics-source block (issue 4) when present;
-  otherwise "no data: metrics source not configured" (no alert).
+cpu_usage_percent / disk_usage_percent: from the cluster's own host-metrics-source block (issue 4;
+  which one: tasks.alert_sources); with none, or one of kind "none", "no data: metrics source not
+  configured" (no alert).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from pydantic import BaseModel
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.alert_eval import Sample
+from tasks.alert_sources import BlockChoice, block_for
 from tasks.db import connect
 from tasks.health import REPLICATION_SQL, ReplicationRow
 from tasks.health_report import describe_error, effective_replay_lag_seconds
 
 DB_METRICS = ("connection_usage_percent", "replication_lag_seconds")
 HOST_METRICS = ("cpu_usage_percent", "disk_usage_percent")
+SOURCE_TYPE = "host-metrics-source"
 
 
 class ConnectionUsage(BaseModel):
@@ -110,17 +113,59 @@ def replica_lag_samples(rows: list[ReplicationRow], replicas: list[str]) -> list
     return samples
 
 
-def host_samples(metrics_block: str | None) -> list[Sample]:
-    """CPU and disk usage through the metrics-source block of the report issue, if configured."""
-    if not metrics_block:
-        return no_data(HOST_METRICS, "metrics source not configured", unconfigured=True)
+def host_sources(blocks: list[str], spec: str | None, overrides: dict[str, str] | None) -> dict[str, BlockChoice]:
+    """The host-metrics source of every cluster (tasks.alert_sources), with one API read of the existing
+    source blocks: a templated name with no block, or a block of kind "none", is "not configured"."""
+    choices = {b: block_for(b, spec, overrides, len(blocks)) for b in blocks}
+    if not any(c.block for c in choices.values()):
+        return choices
     try:
-        reading = _read_metrics_source(metrics_block)
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            docs = client.read_block_documents_by_type(SOURCE_TYPE, include_secrets=False)
+        kinds = {d.name: (d.data or {}).get("kind", "none") for d in docs if d.name}
+    except Exception:  # noqa: BLE001 - unknown: each task loads its block and reports what fails
+        return choices
+    for block, choice in choices.items():
+        if choice.block and choice.block not in kinds and choice.optional:
+            choices[block] = BlockChoice(note=f"not configured: no {SOURCE_TYPE} block {choice.block!r}")
+        elif choice.block and kinds.get(choice.block) == "none":
+            choices[block] = BlockChoice(note=f"not configured: {SOURCE_TYPE} block {choice.block!r} is kind none")
+    return choices
+
+
+def _choice(source: BlockChoice | str | None) -> BlockChoice:
+    return source if isinstance(source, BlockChoice) else BlockChoice(block=source or None)
+
+
+def unsampled_host(source: BlockChoice | str | None, reason: str) -> list[Sample]:
+    """Host samples of a cluster whose sampling did not finish: no data only if a source is configured."""
+    choice = _choice(source)
+    if not choice.block:
+        return no_data(HOST_METRICS, f"metrics source {choice.note}", unconfigured=True)
+    return no_data(HOST_METRICS, reason)
+
+
+def host_samples(source: BlockChoice | str | None) -> list[Sample]:
+    """CPU and disk usage through this cluster's host-metrics-source block, if one is configured."""
+    choice = _choice(source)
+    if not choice.block:
+        return no_data(HOST_METRICS, f"metrics source {choice.note}", unconfigured=True)
+    name = choice.block
+    try:
+        source_block = _load_metrics_source(name)
+        if source_block.kind == "none":
+            return no_data(HOST_METRICS, f"metrics source not configured: {name!r} is kind none", unconfigured=True)
+        reading = source_block.sample()
     except ImportError:
         return no_data(HOST_METRICS, "metrics source not configured (blocks.metrics_source is not installed)",
                        unconfigured=True)
     except Exception as exc:  # noqa: BLE001 - a failing source is no data, and its own alert
-        return no_data(HOST_METRICS, f"metrics source {metrics_block!r} failed: {type(exc).__name__}: {exc}"[:300])
+        if choice.optional and "Unable to find block document" in str(exc):
+            return no_data(HOST_METRICS, f"metrics source not configured: no {SOURCE_TYPE} block {name!r}",
+                           unconfigured=True)
+        return no_data(HOST_METRICS, f"metrics source {name!r} failed: {type(exc).__name__}: {exc}"[:300])
     samples = []
     for metric, names in (("cpu_usage_percent", ("cpu_percent", "cpu_usage_percent", "cpu")),
                           ("disk_usage_percent", ("disk_used_percent", "disk_percent", "disk_usage_percent", "disk"))):
@@ -130,11 +175,11 @@ def host_samples(metrics_block: str | None) -> list[Sample]:
     return samples
 
 
-def _read_metrics_source(block_name: str) -> Any:
-    """The one place that knows the metrics-source block (issue 4): wire its sampling call here."""
+def _load_metrics_source(block_name: str) -> Any:
+    """The one place that knows the metrics-source block (issue 4)."""
     from blocks.metrics_source import MetricsSource
 
-    return MetricsSource.load(block_name).sample()
+    return MetricsSource.load(block_name)
 
 
 def _get(reading: Any, name: str) -> float | None:
@@ -143,7 +188,8 @@ def _get(reading: Any, name: str) -> float | None:
 
 
 @task(name="sample-cluster", cache_policy=NO_CACHE, task_run_name="sample-{cluster_block}")
-def sample_cluster(cluster_block: str, metrics_block: str | None, deadline_seconds: float) -> ClusterSamples:
+def sample_cluster(cluster_block: str, metrics_source: BlockChoice | str | None,
+                   deadline_seconds: float) -> ClusterSamples:
     """Every sample of one cluster; never raises (a failure is no data with its reason)."""
     import time
 
@@ -152,7 +198,7 @@ def sample_cluster(cluster_block: str, metrics_block: str | None, deadline_secon
         cluster = PostgresCluster.load(cluster_block)
     except Exception as exc:  # noqa: BLE001
         reason = f"cannot load PostgresCluster block {cluster_block!r}: {type(exc).__name__}"
-        return ClusterSamples(cluster=cluster_block, samples=no_data(DB_METRICS + HOST_METRICS, reason),
+        return ClusterSamples(cluster=cluster_block, samples=no_data(DB_METRICS, reason) + host_samples(metrics_source),
                               seconds=time.perf_counter() - started, error=reason)
-    samples = database_samples(cluster, deadline_seconds) + host_samples(metrics_block)
+    samples = database_samples(cluster, deadline_seconds) + host_samples(metrics_source)
     return ClusterSamples(cluster=cluster.cluster_name, samples=samples, seconds=time.perf_counter() - started)

@@ -21,6 +21,7 @@ from tasks.alert_eval import ClusterAlertState, Evaluation, SeriesStatus, evalua
 from tasks.alert_metrics import ClusterSamples
 from tasks.alert_notify import deliver
 from tasks.alert_rules import RuleFileError, RuleSet, default_rules, load_rules
+from tasks.alert_sources import BlockChoice
 from tasks.alert_state import StateStoreError, load_states, save_state
 from tasks.notify import NotificationOutcome
 
@@ -147,9 +148,10 @@ def load_alert_state(blocks: list[str]) -> dict[str, ClusterAlertState]:
 
 def evaluate_fleet(blocks: list[str], sampled: dict[str, ClusterSamples], states: dict[str, ClusterAlertState],
                    rules: RuleSet, now: datetime) -> tuple[dict[str, Evaluation], list[str]]:
-    """Evaluate every cluster (pure); the clusters whose state must be written (they take the lock)."""
+    """Evaluate every cluster (pure); the clusters that need a turn (they take the lock): their state changed,
+    or a message is still to deliver (a failed resolved message is retried even when nothing else moves)."""
     evaluations = {b: evaluate(rules, sampled[b].samples, states[b], now) for b in blocks}
-    return evaluations, [b for b in blocks if changed(states[b], evaluations[b].state)]
+    return evaluations, [b for b in blocks if needs_turn(states[b], evaluations[b].state)]
 
 
 def quiet_result(block: str, sampled: ClusterSamples, evaluation: Evaluation) -> ClusterResult:
@@ -160,7 +162,8 @@ def quiet_result(block: str, sampled: ClusterSamples, evaluation: Evaluation) ->
 
 def cluster_turn(block: str, sampled: ClusterSamples, evaluation: Evaluation, rules: RuleSet,
                  now: datetime, notifier: SlackNotifier | None, slack_block: str | None,
-                 dispatch_actions: bool, monitor_run: str | None) -> tuple[ClusterResult, ClusterAlertState]:
+                 dispatch_actions: bool, monitor_run: str | None,
+                 scaler: BlockChoice | None = None) -> tuple[ClusterResult, ClusterAlertState]:
     """Start the due actions and deliver the due messages of one evaluated cluster; the state to save.
 
     Called with the cluster's state lock held, on an evaluation of the state as stored.
@@ -174,7 +177,7 @@ def cluster_turn(block: str, sampled: ClusterSamples, evaluation: Evaluation, ru
         rule = rule_for(alert.rule, alert.labels, rules)
         if rule is None:
             continue
-        started = start_action(rule, block, sampled.cluster, alert, slack_block, monitor_run)
+        started = start_action(rule, block, sampled.cluster, alert, slack_block, monitor_run, scaler)
         alert.action_note = started.note[:300]
         if started.started:
             alert.action_due, alert.action_run, alert.action_url = False, started.run_id, started.url
@@ -184,15 +187,29 @@ def cluster_turn(block: str, sampled: ClusterSamples, evaluation: Evaluation, ru
 
 
 def changed(before: ClusterAlertState, after: ClusterAlertState) -> bool:
-    keep = {"alerts", "outbox"}
+    keep = {"alerts", "outbox", "outbox_dropped"}
     return before.model_dump(mode="json", include=keep) != after.model_dump(mode="json", include=keep)
+
+
+def needs_turn(before: ClusterAlertState, after: ClusterAlertState) -> bool:
+    """The state changed, or messages wait in the outbox (delivered, or retried, at every evaluation)."""
+    return bool(after.outbox) or changed(before, after)
 
 
 @task(name="save-alert-state", cache_policy=NO_CACHE, retries=0)
 def save_alert_states(states: list[ClusterAlertState]) -> int:
-    """Write every changed state; StateStoreError if any cannot be written."""
+    """Write every state, each on its own; then one StateStoreError naming every cluster that could not be
+    written (one failing cluster never costs the others their state)."""
+    failed: list[str] = []
     for state in states:
-        save_state(state)
+        try:
+            save_state(state)
+        except StateStoreError as exc:
+            log.error("%s", exc)
+            failed.append(f"{state.cluster}: {exc.detail}")
+    if failed:
+        raise StateStoreError("writing", f"{len(failed)} of {len(states)} cluster state(s) not saved (the others "
+                                         f"were): {'; '.join(failed)}"[:2000])
     return len(states)
 
 
@@ -249,6 +266,7 @@ def render_markdown(report: MonitorReport) -> str:
 
 
 __all__ = ["Phases", "StateStoreError", "MonitorParams", "MonitorReport", "cluster_turn", "changed", "finish",
+           "needs_turn",
            "evaluate_fleet", "quiet_result",
            "load_alert_state", "render_markdown", "resolve_clusters", "rules_error_is_new", "rules_in_force",
            "save_alert_states"]

@@ -9,14 +9,16 @@ is retried at the next evaluation; delivery never raises.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from blocks.slack_notifier import SlackNotifier
-from tasks.alert_eval import AlertInstance, ClusterAlertState, ResolvedNotice, rule_for, series_key
+from tasks.alert_eval import MAX_OUTBOX, AlertInstance, ClusterAlertState, ResolvedNotice, rule_for, series_key
 from tasks.alert_rules import AlertRule, RuleSet, format_duration
 from tasks.findings import human_seconds
 from tasks.notify import NotificationOutcome, SlackThread, section_blocks
 
+log = logging.getLogger("pg_runbooks.alerts")
 EMOJI = {"critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"}
 
 
@@ -76,9 +78,16 @@ def resolved_message(cluster: str, rule: AlertRule | None, notice: ResolvedNotic
 
 def deliver(notifier: SlackNotifier | None, cluster: str, rules: RuleSet, state: ClusterAlertState,
             now: datetime) -> NotificationOutcome:
-    """Send every due message of `state` and record what was delivered in it (mutates `state`)."""
+    """Send every due message of `state` and record what was delivered in it (mutates `state`).
+
+    With no notifier the resolved messages are logged and dropped (nothing would ever send them).
+    """
     outcome = NotificationOutcome()
     if notifier is None:
+        logger = _logger()
+        for notice in state.outbox:
+            logger.info("%s (no Slack notifier: logged only)", resolved_message(cluster, None, notice)[2])
+        state.outbox, state.outbox_dropped = [], 0
         return outcome
     for alert in state.alerts.values():
         if alert.status != "firing" or alert.notify_due is None:
@@ -89,6 +98,7 @@ def deliver(notifier: SlackNotifier | None, cluster: str, rules: RuleSet, state:
         renotify = alert.notify_due == "renotify" and alert.thread_ts is not None
         title, lines, text = fire_message(cluster, rule, alert, now, notifier.mention_groups.get(rule.action),
                                           renotify)
+        lines += dropped_lines(state)
         thread = SlackThread(notifier, NotificationOutcome())
         if renotify:
             thread.outcome.parent_ts = alert.thread_ts
@@ -97,7 +107,7 @@ def deliver(notifier: SlackNotifier | None, cluster: str, rules: RuleSet, state:
         else:
             thread.post(text, section_blocks(title, lines, series_key(alert.rule, alert.labels)))
         if thread.outcome.failed == 0 and thread.outcome.delivered:
-            alert.notify_due, alert.notified_at = None, now
+            alert.notify_due, alert.notified_at, state.outbox_dropped = None, now, 0
             if not renotify:
                 alert.thread_ts, alert.channel = thread.outcome.parent_ts, thread.outcome.channel
         _merge(outcome, thread.outcome)
@@ -105,6 +115,7 @@ def deliver(notifier: SlackNotifier | None, cluster: str, rules: RuleSet, state:
     for notice in state.outbox:
         rule = rule_for(notice.rule, notice.labels, rules)
         title, lines, text = resolved_message(cluster, rule, notice)
+        lines += dropped_lines(state)
         thread = SlackThread(notifier, NotificationOutcome())
         if notice.thread_ts:
             thread.outcome.parent_ts = notice.thread_ts
@@ -117,9 +128,30 @@ def deliver(notifier: SlackNotifier | None, cluster: str, rules: RuleSet, state:
             delivered = thread.outcome.failed == 0
         if not delivered:
             kept.append(notice)
+        else:
+            state.outbox_dropped = 0
         _merge(outcome, thread.outcome)
     state.outbox = kept
     return outcome
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger (shown in the Prefect UI), or this module's outside a run."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
+def dropped_lines(state: ClusterAlertState) -> list[str]:
+    """What a full outbox lost, said once in the next delivered message."""
+    if not state.outbox_dropped:
+        return []
+    return [f":warning: {state.outbox_dropped} older resolved message(s) of {state.cluster} were dropped while "
+            f"Slack could not be reached (the monitor keeps the newest {MAX_OUTBOX}); see the monitor's flow runs."]
 
 
 def _merge(total: NotificationOutcome, one: NotificationOutcome) -> None:

@@ -30,7 +30,7 @@ class StateStoreError(RuntimeError):
     """The alert state store could not be read, written or locked."""
 
     def __init__(self, what: str, detail: str):
-        self.what = what
+        self.what, self.detail = what, detail
         super().__init__(
             f"alert state store: {what}: {detail} — the monitor stops instead of resetting alert timers; "
             "check that the Prefect API is reachable and retry")
@@ -119,10 +119,18 @@ def load_states(clusters: list[str]) -> dict[str, ClusterAlertState]:
 
 
 def encode(state: ClusterAlertState) -> dict:
-    value = state.model_dump(mode="json", exclude_none=True)
+    """The Variable value of `state`. Too large: the oldest undelivered resolved messages are dropped
+    (counted, and said in the next message) until it fits; only the alerts themselves can make it fail."""
     import json
 
+    state = state.model_copy(deep=True)
+    value = state.model_dump(mode="json", exclude_none=True)
     size = len(json.dumps(value))
+    while size > MAX_VARIABLE_VALUE_LENGTH and state.outbox:
+        state.outbox.pop(0)
+        state.outbox_dropped += 1
+        value = state.model_dump(mode="json", exclude_none=True)
+        size = len(json.dumps(value))
     if size > MAX_VARIABLE_VALUE_LENGTH:
         raise StateStoreError("writing", f"the state of {state.cluster} is {size} characters; a Prefect Variable "
                                          f"holds {MAX_VARIABLE_VALUE_LENGTH} (too many firing alerts at once)")

@@ -32,7 +32,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED", "CANCELLING"}
+# Final states only: CANCELLING is on its way to CANCELLED (the run may still be stopping its work).
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 class TriggerError(RuntimeError):
