@@ -52,13 +52,18 @@ def alert_monitor(
 ) -> MonitorReport:
     """Evaluate every alert rule on every cluster; notify and act on what fires.
 
-    cluster_group: also every PostgresCluster block whose name starts with it.
-    metrics_block: each cluster's host-metrics-source block; `{cluster}` is replaced by the cluster
-      block name (e.g. '{cluster}-host'); a plain name is used only when the fleet is one cluster.
-    metrics_blocks: explicit cluster block -> host-metrics-source block (wins over metrics_block).
-    scaler_block / scaler_blocks: the same for the pool scaler that connection remediation asks
-      (e.g. 'pgbouncer-pool-scaler/{cluster}'); a cluster without one is never scaled.
-    evaluated_at: the evaluation time (replays and tests); default now.
+    Args:
+        cluster_blocks: PostgresCluster blocks to watch.
+        cluster_group: Also watch every PostgresCluster block whose name starts with this prefix.
+        slack_block: Name of a SlackNotifier block; none means alerts are only logged and stored.
+        metrics_block: Each cluster's host-metrics-source block; `{cluster}` is replaced by the cluster block
+            name (e.g. '{cluster}-host'); a plain name is used only when the fleet is one cluster.
+        metrics_blocks: Explicit cluster block -> host-metrics-source block (wins over metrics_block).
+        scaler_block: Each cluster's pool scaler for connection remediation (e.g. 'pgbouncer-pool-scaler/{cluster}');
+            a cluster without one is never scaled.
+        scaler_blocks: Explicit cluster block -> scaler block (wins over scaler_block).
+        params: The rules file, sampling deadline and fleet concurrency.
+        evaluated_at: The evaluation time (replays and tests); default now.
     """
     logger = get_run_logger()
     report = MonitorReport(started_at=datetime.now(UTC))

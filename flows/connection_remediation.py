@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget, PostgresCluster
 from tasks.alert_eval import AlertContext
-from tasks.alert_sources import block_exists, block_for
+from tasks.alert_sources import this_clusters_block
 from tasks.alert_state import action_lock_name, exclusive
 from tasks.findings import human_seconds, md_cell
 from tasks.high_load_plan import ActionResult
@@ -62,8 +62,13 @@ def connection_remediation(
 ) -> RemediationReport:
     """Terminate idle-in-transaction and listed idle sessions (dry run by default), then scale.
 
-    scaler_block: '<type-slug>/<name>' of THIS cluster's scaler; `{cluster}` is replaced by cluster_block
-    (e.g. 'pgbouncer-pool-scaler/{cluster}'; a cluster without that block is not scaled).
+    Args:
+        cluster_block: Name of the PostgresCluster block whose connections are running out.
+        params: Dry run (default), what counts as stale, protected users and applications, the limit.
+        slack_block: Name of a SlackNotifier block; none means no Slack message.
+        alert: The firing alert that started this run (filled in by the alert monitor).
+        scaler_block: '<type-slug>/<name>' of this cluster's scaler; `{cluster}` is replaced by cluster_block
+            (e.g. 'pgbouncer-pool-scaler/{cluster}'; a cluster without that block is not scaled).
     """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
@@ -164,10 +169,9 @@ def render_markdown(report: RemediationReport) -> str:
 
 def request_scaling(scaler_block: str | None, report: RemediationReport, cluster_block: str = "") -> str:
     """After the terminations, ask this cluster's scaler (if configured) for more capacity."""
-    choice = block_for(cluster_block, scaler_block, None, 1, "scaler_block")
-    if choice.optional and choice.block and not block_exists(choice.block):
-        return f"scaler: none configured for this cluster (no block {choice.block!r})"
-    scaler_block = choice.block
+    scaler_block, why = this_clusters_block(cluster_block, scaler_block)
+    if scaler_block is None and why.startswith("no block"):
+        return f"scaler: none configured for this cluster ({why})"
     if not scaler_block:
         return "scaler: none configured (set scaler_block, e.g. 'pgbouncer-pool-scaler/{cluster}')"
     request = ScaleRequest(cluster=report.cluster, reason="connection_limit alert: connection usage too high",

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, runtime
 from blocks.postgres_cluster import PostgresCluster
 from tasks import high_load_plan as plan
 from tasks import high_load_report as rules
+from tasks.alert_sources import this_clusters_block
 from tasks.high_load_notify import notify_high_load
 from tasks.high_load_plan import ActionResult, HighLoadParams, PlannedAction
 from tasks.high_load_report import HighLoadReport
@@ -51,8 +52,9 @@ def high_load_response(
     Args:
         cluster_block: Name of the PostgresCluster block whose primary is overloaded.
         params: What the response may do: dry run (default), thresholds, exclusions, blast-radius limit.
-        scaler_block: Scaler block to ask for more resources ('type-slug/name', e.g. 'webhook-scaler/prod');
-            none records that no scaler is configured.
+        scaler_block: Scaler block to ask for more resources ('type-slug/name', e.g. 'webhook-scaler/prod';
+            `{cluster}` is replaced by cluster_block, and a cluster without that block has none); none records
+            that no scaler is configured.
         slack_block: Name of a SlackNotifier block; none means no Slack message.
     """
     logger = get_run_logger()
@@ -103,7 +105,8 @@ def high_load_response(
         request = ScaleRequest(cluster=report.cluster, dry_run=params.dry_run, reason=f"high load on {target.node}",
                                active_sessions=report.active_sessions, waiting_sessions=report.waiting_sessions,
                                flow_run_id=run_id)
-        report.scale, error = _run(scale_up, scaler_block, request)
+        scaler, _ = this_clusters_block(cluster_block, scaler_block)
+        report.scale, error = _run(scale_up, scaler, request)
         report.steps.append(rules.step_failed("increase-resources", error) if error
                             else rules.step_ok("increase-resources", report.scale.summary))
 

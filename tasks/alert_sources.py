@@ -66,3 +66,12 @@ def block_exists(name: str, block_type_slug: str | None = None) -> bool:
         return False
     except Exception:  # noqa: BLE001 - unknown: the load will say what is wrong
         return True
+
+
+def this_clusters_block(cluster_block: str, spec: str | None) -> tuple[str | None, str]:
+    """The block a single-cluster run uses for `spec` ('<type-slug>/<name>', `{cluster}` filled with
+    cluster_block), or None when the template names a block that does not exist; and why, in words."""
+    choice = block_for(cluster_block, spec, None, 1)
+    if choice.optional and choice.block and not block_exists(choice.block):
+        return None, f"no block {choice.block!r} for this cluster"
+    return choice.block, choice.note

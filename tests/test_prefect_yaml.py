@@ -69,6 +69,16 @@ def test_entrypoint_imports_and_parameters_validate(deployment):
     assert deployment.get("description"), "the UI shows this to the on-call engineer"
 
 
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_every_run_form_field_has_a_description(deployment):
+    """The UI form shows each top-level parameter's description (from the flow's `Args:` docstring)."""
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(load_flow(deployment["entrypoint"]).fn).model_dump()
+    missing = [name for name, prop in schema["properties"].items() if not prop.get("description")]
+    assert not missing, f"{deployment['entrypoint']}: no description for {missing}"
+
+
 def test_deployment_names_are_unique():
     names = [(load_flow(d["entrypoint"]).name, d["name"]) for d in DEPLOYMENTS]
     assert len(names) == len(set(names))
