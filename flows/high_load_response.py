@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, runtime
 from blocks.postgres_cluster import PostgresCluster
 from tasks import high_load_plan as plan
 from tasks import high_load_report as rules
+from tasks.alert_eval import AlertContext
 from tasks.alert_sources import this_clusters_block
 from tasks.high_load_notify import notify_high_load
 from tasks.high_load_plan import ActionResult, HighLoadParams, PlannedAction
@@ -45,6 +46,7 @@ def high_load_response(
     params: HighLoadParams = HighLoadParams(),
     scaler_block: str | None = None,
     slack_block: str | None = None,
+    alert: AlertContext | None = None,
 ) -> HighLoadReport:
     """Relieve an overloaded primary: end long queries and idle transactions, unblock lock chains,
     add resources, notify: within exclusions and a blast-radius limit, with an audit of every action.
@@ -56,13 +58,14 @@ def high_load_response(
             `{cluster}` is replaced by cluster_block, and a cluster without that block has none); none records
             that no scaler is configured.
         slack_block: Name of a SlackNotifier block; none means no Slack message.
+        alert: The firing alert that started this run (filled in by the alert monitor).
     """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     target = cluster.primary_target()
     run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
     report = HighLoadReport(cluster=cluster.cluster_name, node=target.node, dry_run=params.dry_run,
-                            flow_run_id=run_id, started_at=datetime.now(UTC), params=params)
+                            flow_run_id=run_id, started_at=datetime.now(UTC), params=params, alert=alert)
 
     # 1. Check active queries.
     survey, error = _run(survey_sessions, target)

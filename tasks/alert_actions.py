@@ -27,7 +27,9 @@ log = logging.getLogger("pg_runbooks.alerts")
 ACTION_DEPLOYMENTS = {
     "scale_connections": ("connection-remediation", "connection-remediation"),
     "cleanup_data": ("disk-pressure", "disk-pressure"),
+    "high_load_response": ("high-load-response", "high-load-response"),
 }
+SCALED_ACTIONS = ("scale_connections", "high_load_response")  # these get the cluster's own scaler (or none)
 
 
 class ActionStart(BaseModel):
@@ -42,6 +44,10 @@ def _flow_for(action: str):
         from flows.connection_remediation import connection_remediation
 
         return connection_remediation
+    if action == "high_load_response":
+        from flows.high_load_response import high_load_response
+
+        return high_load_response
     from flows.disk_pressure import disk_pressure
 
     return disk_pressure
@@ -95,7 +101,7 @@ def start_action(rule: AlertRule, cluster_block: str, cluster: str, alert: Alert
     parameters: dict[str, Any] = {"cluster_block": cluster_block, "slack_block": slack_block,
                                   "alert": context.model_dump(mode="json")}
     try:
-        if rule.action == "scale_connections":
+        if rule.action in SCALED_ACTIONS:
             parameters["scaler_block"] = scaler_for(scaler)
         ensure_limits([action_lock_name(cluster, rule.action)])
         name = f"{flow_name}/{deployment}"

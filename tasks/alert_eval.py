@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.alert_rules import AlertRule, RuleSet, format_duration
+from tasks.alert_rules import RUNBOOK_ACTIONS, AlertRule, RuleSet, format_duration
 from tasks.findings import human_seconds
 
 SeriesState = Literal["inactive", "pending", "firing", "nodata"]
@@ -208,7 +208,7 @@ def _step(rule: AlertRule, labels: dict[str, str], key: str, value: float | None
     if alert.status == "pending" and held >= rule.for_seconds:
         alert.status, alert.fired_at = "firing", now
         alert.notify_due = "fire"
-        alert.action_due = rule.action in ("scale_connections", "cleanup_data")
+        alert.action_due = rule.action in RUNBOOK_ACTIONS
         result.transitions.append(f"{key} FIRING: above {_value(rule, rule.threshold)} at every evaluation "
                                   f"for {human_seconds(held)} (for: {format_duration(rule.for_seconds)}).")
     elif alert.status == "firing" and alert.notify_due is None and alert.notified_at is not None and \

@@ -23,7 +23,9 @@ from pydantic import (
 )
 
 Metric = Literal["cpu_usage_percent", "disk_usage_percent", "connection_usage_percent", "replication_lag_seconds"]
-Action = Literal["notify_team", "notify_dba", "scale_connections", "cleanup_data"]
+Action = Literal["notify_team", "notify_dba", "scale_connections", "cleanup_data", "high_load_response"]
+# Actions that start a runbook (a deployment run) besides notifying.
+RUNBOOK_ACTIONS = ("scale_connections", "cleanup_data", "high_load_response")
 Severity = Literal["info", "warning", "critical"]
 
 METRICS: dict[str, dict[str, Any]] = {
@@ -53,6 +55,12 @@ DEFAULT_RESPONSES: dict[str, list[str]] = {
         "Look for long queries on the replica (replay conflicts) and replay pause.",
         "Check network and disk I/O between primary and replica.",
         "If the lag keeps growing, take the replica out of read traffic.",
+    ],
+    "high_load_response": [
+        "The high-load response flow surveys the sessions, ends long queries and old idle transactions,",
+        "resolves lock chains and asks the scaler (dry run unless its params turn dry_run off).",
+        "Read its audit: who was cancelled or terminated, and the lock chains it found.",
+        "If the load persists after the response, find its source (report, troubleshooter) and scale.",
     ],
     "cleanup_data": [
         "Read the disk-pressure report: inactive slots, archiver failures, temp files, largest relations.",

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.alert_eval import AlertContext
 from tasks.errors import RunbookDBError
 from tasks.findings import human_seconds, md_cell
 from tasks.high_load_plan import IDLE_IN_TX, ActionResult, Excluded, HighLoadParams, LockChain, exclusion_reason
@@ -53,6 +54,7 @@ class HighLoadReport(BaseModel):
     status: Literal["ok", "failed"] = "ok"
     summary: str = ""
     params: HighLoadParams
+    alert: AlertContext | None = None
     active_sessions: int = 0
     waiting_sessions: int = 0
     steps: list[StepOutcome] = Field(default_factory=list)
@@ -216,6 +218,9 @@ def render_markdown(report: HighLoadReport) -> str:
     lines = [f"# {title} on {md_cell(report.cluster)} ({md_cell(report.node)}): {report.status.upper()}", "",
              md_cell(report.summary), "", "## Steps", "", "| step | status | summary |", "|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {md_cell(s.summary)} |" for s in report.steps]
+    if report.alert:
+        lines += ["", f"Started by alert `{md_cell(report.alert.rule)}` (value {report.alert.value}, "
+                      f"threshold {report.alert.threshold})."]
     lines += ["", "## Response checklist (runbook 5.2)", ""]
     lines += [f"- [{'x' if c.done else ' '}] **{c.item}**: {md_cell(c.evidence)}" for c in report.checklist]
     if report.actions:

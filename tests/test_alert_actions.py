@@ -190,3 +190,21 @@ def test_remediation_then_asks_the_high_load_scaler(cluster_block):
     broken = connection_remediation(cluster_block=cluster_block, params=RemediationParams(dry_run=True),
                                     scaler_block="no-scaler/does-not-exist")
     assert broken.scaler.startswith("scaler failed: ")
+
+
+def test_high_cpu_can_start_the_high_load_response_with_its_alert(cluster_block, prefect_api):
+    from tasks.alert_actions import start_action
+    from tasks.alert_rules import AlertRule
+
+    rule = AlertRule.model_validate({"name": "cpu_storm", "metric": "cpu_usage_percent", "threshold": 90,
+                                     "for": "5m", "action": "high_load_response"})
+    assert "high-load response flow" in " ".join(rule.checklist)
+    now = datetime.now(UTC)
+    alert = AlertInstance(rule="cpu_storm", status="firing", active_since=now, last_eval=now, fired_at=now,
+                          value=97.0)
+    started = start_action(rule, cluster_block, "test-sandbox", alert, None, None)
+    assert started.started and started.note.startswith("no deployment high-load-response/high-load-response: "
+                                                       "ran as a subflow, completed"), started.note
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(started.run_id)
+    assert run.parameters["alert"]["rule"] == "cpu_storm" and run.parameters["scaler_block"] is None
