@@ -15,8 +15,11 @@ OURS = {"performance-report": "params", "troubleshoot-connections": "rules", "tr
 def test_deployments_have_schedules_and_forms():
     deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
     assert deployments["performance-report"]["schedules"] == [{"cron": "0 6 * * *", "timezone": "UTC"}]
-    assert "schedules" not in deployments["troubleshoot-connections"]
-    assert "schedules" not in deployments["troubleshoot-performance"]
+    for kind in ("connections", "performance"):  # on demand, and daily after the report
+        assert "schedules" not in deployments[f"troubleshoot-{kind}"]
+        daily, on_demand = deployments[f"troubleshoot-{kind}-daily"], deployments[f"troubleshoot-{kind}"]
+        assert daily["schedules"] == [{"cron": "15 6 * * *", "timezone": "UTC"}]
+        assert daily["entrypoint"] == on_demand["entrypoint"]
     for name, model_param in OURS.items():
         flow = load_flow_from_entrypoint(str(ROOT / deployments[name]["entrypoint"]))
         validated = flow.validate_parameters(deployments[name].get("parameters", {}))
