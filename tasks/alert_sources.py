@@ -73,5 +73,5 @@ def this_clusters_block(cluster_block: str, spec: str | None) -> tuple[str | Non
     cluster_block), or None when the template names a block that does not exist; and why, in words."""
     choice = block_for(cluster_block, spec, None, 1)
     if choice.optional and choice.block and not block_exists(choice.block):
-        return None, f"no block {choice.block!r} for this cluster"
+        return None, f"no block {choice.block!r}"
     return choice.block, choice.note
