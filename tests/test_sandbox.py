@@ -42,3 +42,44 @@ def test_start_is_idempotent_and_status_reports(sandbox):
         "port": sandbox.config.primary_port, "running": True, "in_recovery": False}
     assert status["nodes"]["replica"]["in_recovery"] is True
     assert status["nodes"]["pgbouncer"]["running"] is True
+
+
+def test_cli_lifecycle_is_idempotent_and_keeps_data_across_stop():
+    """start, start, stop, stop, start (data kept), destroy, destroy: every step idempotent, via the CLI."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from sandbox.cluster import free_port
+
+    base = Path(tempfile.mkdtemp(prefix="pgrb-cli-"))  # the server's OS user must reach it
+    ports = ["--primary-port", str(free_port()), "--replica-port", str(free_port()),
+             "--pgbouncer-port", str(free_port())]
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "sandbox", *args, "--dir", str(base), *ports],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    try:
+        assert "primary   : " in cli("start") and "pgbouncer : " in cli("start")
+        box = Sandbox.open(base)
+        with box.connect("primary") as conn:
+            conn.execute("CREATE TABLE kept(v int); INSERT INTO kept VALUES (42)")
+        cli("stop")
+        cli("stop")
+        stopped = json.loads(cli("status"))
+        assert not any(n["running"] for n in stopped["nodes"].values()), stopped
+        cli("start")
+        assert json.loads(cli("status"))["nodes"]["replica"]["in_recovery"] is True
+        with box.connect("primary") as conn:
+            assert conn.execute("SELECT v FROM kept").fetchone()[0] == 42
+        cli("destroy")
+        assert not base.exists()
+        cli("destroy")
+    finally:
+        if base.exists():
+            Sandbox.open(base).destroy()
