@@ -58,7 +58,7 @@ def rejoin(request: RejoinRequest = RejoinRequest()) -> RejoinReport:
     actions.append(steps.create_slot(primary, slot))
     actions.append(steps.start(ctl, node, host))
     seconds = steps.wait_streaming(primary, node, request.streaming_timeout_seconds)
-    report.dropped_slots = steps.drop_stale_slots(cluster.target(node))
+    report.dropped_slots = steps.drop_stale_slots(cluster.target(node), request.keep_slots)
     steps.unfence(request.cluster_block, node)
     report.status, report.actions = "completed", actions
     report.summary = (f"{cluster.cluster_name}: {node} streams from {cluster.primary_node} on slot {slot} "

@@ -169,6 +169,9 @@ class RejoinRequest(BaseModel):
         default=True, description="Copy the data directory aside before pg_rewind (it discards diverged writes)."
     )
     streaming_timeout_seconds: float = Field(default=60, ge=1, le=600, description="Wait this long for streaming.")
+    keep_slots: list[str] = Field(
+        default_factory=list, description="Inactive physical slots on the rejoined node to keep (e.g. of a cascading "
+                                          "standby that is down); logical slots are always kept.")
     dry_run: bool = Field(default=False, description="Only decide (rewind or not) and say what would run.")
 
 

@@ -44,8 +44,14 @@ SELECT count(*) AS n
    AND state = 'streaming'
 """
 
-# Inactive slots left on a node from when it was the primary (stale after it became a standby).
-STALE_SLOTS_SQL = "SELECT slot_name AS value FROM pg_catalog.pg_replication_slots WHERE NOT active"
+# Inactive physical slots left on a node from when it was the primary (stale after it became a standby).
+STALE_SLOTS_SQL = """
+SELECT slot_name AS value
+  FROM pg_catalog.pg_replication_slots
+ WHERE NOT active
+   AND slot_type = 'physical'
+   AND NOT (slot_name = ANY(%(keep)s))
+"""
 
 # Drop one stale slot.
 DROP_SLOT_SQL = "SELECT pg_catalog.pg_drop_replication_slot(%(slot)s) IS NULL AS dropped"
@@ -199,10 +205,11 @@ def wait_streaming(primary: ConnectionTarget, node: str, timeout_s: float) -> fl
 
 
 @task(name="drop-stale-slots", **STEP)
-def drop_stale_slots(standby: ConnectionTarget) -> list[str]:
-    """Slots the node kept from when it was the primary: inactive, they would only hold WAL."""
+def drop_stale_slots(standby: ConnectionTarget, keep: list[str] | None = None) -> list[str]:
+    """Physical slots the node kept from when it was the primary: inactive, they would only hold WAL.
+    Logical slots (a CDC consumer's position) and the `keep` list are never dropped."""
     with connect(standby, purpose="rejoin") as db:
-        stale = [r.value for r in db.fetch_all(STALE_SLOTS_SQL, None, _Text)]
+        stale = [r.value for r in db.fetch_all(STALE_SLOTS_SQL, {"keep": list(keep or [])}, _Text)]
         for slot in stale:
             db.fetch_one(DROP_SLOT_SQL, {"slot": slot}, _Ok)
     return stale

@@ -21,7 +21,7 @@ from blocks.postgres_cluster import PostgresCluster
 from flows.failover import failover
 from flows.rejoin import rejoin
 from sandbox.blocks import sandbox_endpoint_block, save_failover_blocks
-from sandbox.cluster import Sandbox, free_port
+from sandbox.cluster import REPLICA_SLOT, Sandbox, free_port
 from tasks.alert_state import exclusive, failover_lock_name
 from tasks.errors import ReadOnlyServer
 from tasks.failover_model import FailoverRefused, FailoverRequest, FailoverStepFailed, RejoinRequest
@@ -313,6 +313,7 @@ def test_rejoin_after_switchover_needs_no_rewind(box, blocks):
     report = rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
     assert report.status == "completed", report.summary
     assert report.node == "primary" and report.rewind_needed is False
+    assert report.dropped_slots == [REPLICA_SLOT]  # the slot its old standby used; it would only hold WAL
     box.wait_streaming("replica")
     assert PostgresCluster.load(BLOCK).fenced_nodes == []
 
