@@ -412,7 +412,7 @@ def test_the_run_form_has_bounds_and_descriptions():
     assert fields["long_query_seconds"]["minimum"] == 1 and fields["max_sessions"]["maximum"] == 1000
     assert fields["dry_run"]["default"] is True and fields["active_root_blocker"]["enum"]
     assert all(f.get("description") for f in fields.values())
-    assert set(schema["properties"]) == {"cluster_block", "params", "scaler_block", "slack_block"}
+    assert set(schema["properties"]) == {"cluster_block", "params", "scaler_block", "slack_block", "alert"}
 
 
 def test_deployment_is_on_demand_with_one_run_at_a_time():
