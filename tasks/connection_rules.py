@@ -124,7 +124,7 @@ def pooler_rules(snap: ConnectionsSnapshot, churn: ChurnSample | None, has_poole
     if churn and churn.sessions_per_second is not None and churn.sessions_per_second >= r.churn_per_second:
         recs.append(Recommendation(
             id="connection-churn", rule="connection-churn", severity="warning", subject="cluster",
-            impact=min(100.0, churn.sessions_per_second),
+            impact=100 * churn.young_backends / snap.limits.usable,  # slots held by short-lived sessions
             finding=f"{churn.sessions_per_second:.1f} new sessions per second (each a forked backend); "
                     f"sessions live {human_seconds(churn.avg_session_seconds)} on average.",
             evidence=churn.model_dump(),

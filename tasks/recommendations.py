@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from tasks.findings import Status, md_cell, worst
 from tasks.notify import STATUS_EMOJI, NotificationOutcome
@@ -30,8 +30,17 @@ class Recommendation(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict, description="Numbers and sessions behind the finding.")
     action: str = Field(description="The concrete next step.")
     fix_flow: str | None = Field(default=None, description="The pg-runbooks deployment that carries the fix out.")
-    impact: float = Field(default=0, description="Ranking weight within a severity, bigger first (0-100: the "
-                                                 "share of the resource concerned).")
+    impact: float = Field(
+        default=0, description="Ranking weight within a severity, bigger first, on one scale for every rule: the "
+                               "estimated percentage (0-100) of the database's workload or resources that the finding "
+                               "affects, each rule measuring it against a database-wide total (statement time, block "
+                               "reads, rows read, table scans, storage; connection slots for connections). "
+                               "0 = not measurable (a setting, a missing extension). Clamped to 0-100.")
+
+    @field_validator("impact")
+    @classmethod
+    def _clamp_impact(cls, value: float) -> float:
+        return min(100.0, max(0.0, value))
 
 
 class TroubleshootReport(BaseModel):

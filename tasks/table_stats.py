@@ -18,6 +18,7 @@ class TableUsage(BaseModel):
     seq_scan: int
     seq_tup_read: int
     idx_scan: int | None
+    idx_tup_fetch: int = 0
     n_live_tup: int
     n_dead_tup: int
     n_mod_since_analyze: int
@@ -58,6 +59,7 @@ SELECT pg_catalog.quote_ident(s.schemaname) || '.' || pg_catalog.quote_ident(s.r
        s.seq_scan,
        s.seq_tup_read,
        s.idx_scan,
+       coalesce(s.idx_tup_fetch, 0)             AS idx_tup_fetch,
        s.n_live_tup,
        s.n_dead_tup,
        s.n_mod_since_analyze,
