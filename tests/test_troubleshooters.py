@@ -170,3 +170,69 @@ def test_performance_troubleshooter_without_pg_stat_statements(sandbox, prefect_
     missing = report.by_rule("pg-stat-statements-missing")[0]
     assert "CREATE EXTENSION pg_stat_statements" in missing.action
     assert report.failed_sections == {}
+
+
+@pytest.fixture(scope="module")
+def io_and_stale_tables(sandbox):
+    """A table analyzed and then three quarters rewritten (stale statistics), and a table larger than a
+    quarter of shared_buffers written by CREATE TABLE AS (bulk-write ring) and scanned three times: its
+    blocks come from the OS cache through the scan's small ring, so the statement reads (timed: the
+    sandbox runs with track_io_timing = on) and the table's heap hit ratio stays low."""
+    def stat(column, table):
+        query = psycopg.sql.SQL("SELECT {} FROM pg_catalog.pg_stat_user_tables WHERE relname = %s").format(
+            psycopg.sql.Identifier(column))
+        return psql(sandbox, "primary", query, (table,))[0][0]
+
+    psql(sandbox, "primary", "DROP TABLE IF EXISTS ts_stale, ts_cold")
+    psql(sandbox, "primary", "CREATE TABLE ts_stale (id int, v int) WITH (autovacuum_enabled = off)")
+    psql(sandbox, "primary", "INSERT INTO ts_stale SELECT g, 0 FROM generate_series(1, 20000) g")
+    wait_for(lambda: stat("n_tup_ins", "ts_stale") >= 20000, what="inserts counted")
+    psql(sandbox, "primary", "ANALYZE ts_stale")
+    psql(sandbox, "primary", "UPDATE ts_stale SET v = 1 WHERE id <= 15000")
+    wait_for(lambda: stat("n_mod_since_analyze", "ts_stale") >= 15000, what="modifications counted")
+    psql(sandbox, "primary", "CREATE TABLE ts_cold WITH (autovacuum_enabled = off) AS "
+                             "SELECT g AS id, md5(g::text) AS pad FROM generate_series(1, 300000) g")
+    with sandbox.connect("primary") as conn:
+        conn.execute("SET max_parallel_workers_per_gather = 0")
+        for _ in range(3):
+            conn.execute("SELECT count(*) AS ts_io_read FROM ts_cold").fetchone()
+    wait_for(lambda: stat("seq_scan", "ts_cold") >= 3, what="scans counted")
+    yield
+    psql(sandbox, "primary", "DROP TABLE IF EXISTS ts_stale, ts_cold")  # leave the shared sandbox as found
+
+
+def test_performance_troubleshooter_io_cache_and_stale_statistics_match_postgres(sandbox, cluster_block,
+                                                                                  io_and_stale_tables):
+    stale_truth = psql(sandbox, "primary", "SELECT n_mod_since_analyze, n_live_tup, last_analyze "
+                                           "FROM pg_stat_user_tables WHERE relname = 'ts_stale'")[0]
+    cold_truth = psql(sandbox, "primary", "SELECT heap_blks_read, heap_blks_hit, pg_relation_size(relid) "
+                                          "FROM pg_statio_user_tables WHERE relname = 'ts_cold'")[0]
+    calls, total_ms, read_ms, blks_read = psql(
+        sandbox, "primary", "SELECT sum(calls), sum(total_exec_time), sum(blk_read_time), sum(shared_blks_read) "
+                            "FROM pg_stat_statements WHERE query LIKE '%%AS ts_io_read%%'")[0]
+    assert calls == 3 and read_ms > 0 and blks_read > 0
+    read_share = read_ms / total_ms
+    rules = PerformanceRules(min_calls=3, max_statements=100, io_bound_min_read_ms=0,
+                             io_bound_share=min(0.5, read_share / 2), table_cache_min_reads=1000)
+    report = troubleshoot_performance(cluster_block=cluster_block, rules=rules)
+    assert report.failed_sections == {}
+
+    stale = next(r for r in report.by_rule("stale-statistics") if r.subject == "table public.ts_stale")
+    assert (stale.evidence["n_mod_since_analyze"], stale.evidence["n_live_tup"]) == stale_truth[:2] == (15000, 20000)
+    assert stale.evidence["modified_ratio"] == 0.75 and stale.evidence["last_analyze"] == str(stale_truth[2])
+    assert stale.fix_flow == "vacuum" and "ANALYZE public.ts_stale" in stale.action
+    assert not any(r.subject == "table public.ts_stale" for r in report.by_rule("never-analyzed"))
+
+    cold = next(r for r in report.by_rule("table-cache-low") if r.subject == "table public.ts_cold")
+    ev = cold.evidence
+    assert (ev["heap_blks_read"], ev["heap_blks_hit"], ev["size_bytes"]) == cold_truth
+    assert ev["heap_hit_ratio"] == round(cold_truth[1] / (cold_truth[0] + cold_truth[1]), 4) < 0.9
+
+    io = next(r for r in report.by_rule("io-bound-statement") if "ts_io_read" in r.evidence["query"])
+    assert io.evidence["calls"] == 3 and io.evidence["shared_blks_read"] == blks_read
+    assert io.evidence["blk_read_ms"] == pytest.approx(read_ms, abs=0.001)
+    assert io.evidence["total_ms"] == pytest.approx(total_ms, abs=0.001)
+    assert io.evidence["read_share"] == pytest.approx(read_share, abs=0.0001)
+    assert ranked(report) and all(0 <= r.impact <= 100 for r in report.recommendations)
+    print(f"\nts_io_read: {read_ms:.1f} ms reading {blks_read} blocks of {total_ms:.1f} ms ({read_share:.0%}); "
+          f"ts_cold heap hit ratio {ev['heap_hit_ratio']}")
