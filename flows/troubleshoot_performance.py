@@ -1,5 +1,6 @@
-"""Runbook 3.2: performance troubleshooting. Slow statements, cache, I/O timing, index usage and table
-statistics, ranked by impact; each recommendation names the evidence and the flow that fixes it.
+"""Runbook 3.2: performance troubleshooting. Slow and I/O-bound statements, cache per database and table,
+I/O timing, index usage and table statistics (dead rows, stale or missing ANALYZE), ranked by impact on one
+0-100 scale; each recommendation names the evidence and the flow that fixes it.
 
 Read-only: it never resets statistics, vacuums or drops anything.
 """
