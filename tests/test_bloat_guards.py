@@ -134,3 +134,21 @@ def test_deduplicated_btree_estimate_is_flagged_unreliable(sandbox, monitor_db, 
             assert est[name].reliable and est[name].bloat_ratio <= TOLERANCE, est[name]
     finally:
         _q(sandbox, "DROP TABLE dups")
+
+
+def test_index_estimate_note_says_why_and_what_instead():
+    from tasks.bloat import CatalogInfo
+    from tasks.bloat_report import can_measure_without_estimate, index_estimate_note
+
+    base = dict(block_size=8192, server_version_num=150000, can_read_pg_statistic=False, has_pgstattuple=True,
+                can_pgstatindex=True, pgstattuple_version="1.5", pgstattuple_schema="public")
+    p = BloatParams(top_n=7, min_pages=32)
+    note = index_estimate_note(CatalogInfo(**base), p)
+    assert "cannot read pg_statistic" in note and "7 largest btree indexes of at least 32 pages" in note
+    denied = CatalogInfo(**{**base, "can_pgstatindex": False})
+    assert not can_measure_without_estimate(denied, p)
+    assert "GRANT pg_stat_scan_tables" in index_estimate_note(denied, p)
+    missing = CatalogInfo(**{**base, "has_pgstattuple": False, "can_pgstatindex": False})
+    assert "not installed" in index_estimate_note(missing, p)
+    assert "top_n is 0" in index_estimate_note(CatalogInfo(**base), BloatParams(top_n=0))
+    assert not can_measure_without_estimate(CatalogInfo(**{**base, "can_read_pg_statistic": True}), p)
