@@ -12,7 +12,13 @@ from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks import bloat_report as rules
-from tasks.bloat import measure_relations, read_catalog_info, read_index_stats, read_table_stats
+from tasks.bloat import (
+    measure_relations,
+    read_catalog_info,
+    read_index_stats,
+    read_largest_btree_indexes,
+    read_table_stats,
+)
 from tasks.bloat_report import BloatParams, BloatReport
 from tasks.publish import artifact_key, notify_slack, publish_markdown
 
@@ -43,16 +49,21 @@ def bloat_analysis(
     indexes = read_index_stats(target, params.min_pages) if info.can_read_pg_statistic else []
     report.estimate_seconds = round(time.monotonic() - t0, 3)
     report.tables_estimated, report.indexes_estimated = len(tables), len(indexes)
-    report.tiers = rules.tier_notes(info)
+    report.tiers = rules.tier_notes(info, params)
     findings = [rules.estimate_table(t, params, info.block_size) for t in tables]
     findings += [rules.estimate_index(i, params, info) for i in indexes]
+    # No index estimate for this role: the largest btree indexes go straight to pgstatindex.
+    largest = (read_largest_btree_indexes(target, params.min_pages, params.top_n)
+               if rules.can_measure_without_estimate(info, params) else [])
+    findings += [rules.unestimated_index(i, info.block_size) for i in largest]
+    report.indexes_measured_unestimated = len(largest)
 
     if info.has_pgstattuple and params.top_n:
         top_tables = rules.top_candidates(findings, params, "table")
         top_indexes = rules.top_candidates(findings, params, "index")
         measured = measure_relations(target, info.pgstattuple_schema, [f.oid for f in top_tables],
                                      [f.oid for f in top_indexes], params.exact)
-        rules.apply_measurements(findings, measured, tables, indexes, info.block_size)
+        rules.apply_measurements(findings, measured, tables, [*indexes, *largest], info.block_size)
 
     rules.finish_report(report, findings, params)
     report.finished_at = datetime.now(UTC)

@@ -3,7 +3,9 @@
 1. A statistical estimate of every table and btree index from the catalog (pg_class and
    pg_statistic, joined by (starelid, staattnum): ~0.1 s at 5,000 tables). Roles that cannot read
    pg_statistic fall back to pg_stats, which only shows columns the role may SELECT.
-2. pgstattuple_approx / pgstatindex on the top candidates, when the extension is installed.
+2. pgstattuple_approx / pgstatindex on the top candidates, when the extension is installed. A role
+   that cannot read pg_statistic gets no index estimate: the largest btree indexes are then measured
+   with pgstatindex directly (it needs only pg_stat_scan_tables, which pg_monitor includes).
 3. pgstattuple (a full scan) only on request.
 
 Every read here is catalog-only or takes at most ACCESS SHARE under lock_timeout.
@@ -41,16 +43,21 @@ class TableStats(BaseModel):
     analyzed: bool
 
 
-class IndexStats(BaseModel):
-    """What the catalog says about one btree index: the inputs of the estimate."""
+class IndexSize(BaseModel):
+    """One btree index as pg_class alone describes it: enough to measure it with pgstatindex."""
 
     oid: int
     schema_name: str
     table_name: str
     name: str
     relpages: int
-    reltuples: float
     fillfactor: int
+
+
+class IndexStats(IndexSize):
+    """What the catalog says about one btree index: the inputs of the estimate."""
+
+    reltuples: float
     is_unique: bool
     dedup_off: bool
     columns: int
@@ -66,16 +73,20 @@ class CatalogInfo(BaseModel):
     server_version_num: int
     can_read_pg_statistic: bool
     has_pgstattuple: bool
+    can_pgstatindex: bool = False
     pgstattuple_version: str | None
     pgstattuple_schema: str | None
 
 
-# Block size, version, whether this role can read pg_statistic, and whether pgstattuple is installed here.
+# Block size, version, whether this role can read pg_statistic, whether pgstattuple is installed here,
+# and whether this role may execute its pgstatindex (superuser, or pg_stat_scan_tables, part of pg_monitor).
 CATALOG_INFO_SQL = """
 SELECT pg_catalog.current_setting('block_size')::int AS block_size,
        pg_catalog.current_setting('server_version_num')::int AS server_version_num,
        pg_catalog.has_table_privilege('pg_catalog.pg_statistic', 'SELECT') AS can_read_pg_statistic,
        (e.extversion IS NOT NULL) AS has_pgstattuple,
+       coalesce(e.extversion IS NOT NULL AND pg_catalog.has_function_privilege(
+           pg_catalog.quote_ident(en.nspname) || '.pgstatindex(regclass)', 'EXECUTE'), false) AS can_pgstatindex,
        e.extversion AS pgstattuple_version,
        en.nspname AS pgstattuple_schema
   FROM (SELECT 1) AS one
@@ -171,6 +182,29 @@ SELECT i.indexrelid::bigint AS oid,
           i.indisunique, tc.reltuples
 """
 
+# The largest valid btree indexes at or above the size floor, from pg_class alone (no pg_statistic):
+# what the measured tier looks at when the statistical estimate is unavailable to this role.
+LARGEST_BTREE_INDEXES_SQL = """
+SELECT i.indexrelid::bigint AS oid,
+       n.nspname AS schema_name,
+       tc.relname AS table_name,
+       ic.relname AS name,
+       ic.relpages::bigint AS relpages,
+       coalesce(substring(pg_catalog.array_to_string(ic.reloptions, ',') FROM 'fillfactor=([0-9]+)')::int, 90)
+           AS fillfactor
+  FROM pg_catalog.pg_index AS i
+  JOIN pg_catalog.pg_class AS ic ON ic.oid = i.indexrelid
+  JOIN pg_catalog.pg_am AS am ON am.oid = ic.relam AND am.amname = 'btree'
+  JOIN pg_catalog.pg_class AS tc ON tc.oid = i.indrelid
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = ic.relnamespace
+ WHERE i.indisvalid
+   AND ic.relpages >= %(min_pages)s
+   AND n.nspname <> 'information_schema'
+   AND n.nspname !~ '^pg_'
+ ORDER BY ic.relpages DESC, i.indexrelid
+ LIMIT %(limit)s
+"""
+
 
 class ApproxTable(BaseModel):
     """pgstattuple_approx (or pgstattuple, exact) of one table, in bytes."""
@@ -244,6 +278,13 @@ def read_index_stats(target: ConnectionTarget, min_pages: int = 1) -> list[Index
     """Needs pg_statistic (superuser or a grant on it); callers skip indexes without it."""
     with connect(target, purpose="bloat") as s:
         return s.fetch_all(INDEX_STATS_SQL, {"min_pages": min_pages}, IndexStats)
+
+
+@task(name="read-largest-btree-indexes", **DB_TASK)
+def read_largest_btree_indexes(target: ConnectionTarget, min_pages: int, limit: int) -> list[IndexSize]:
+    """The `limit` largest btree indexes: catalog only, for roles that cannot read pg_statistic."""
+    with connect(target, purpose="bloat") as s:
+        return s.fetch_all(LARGEST_BTREE_INDEXES_SQL, {"min_pages": min_pages, "limit": limit}, IndexSize)
 
 
 class Measured(BaseModel):

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.bloat import CatalogInfo, IndexStats, Measured, TableStats
+from tasks.bloat import CatalogInfo, IndexSize, IndexStats, Measured, TableStats
 from tasks.findings import Status, human_bytes, md_cell
 from tasks.notify import NotificationOutcome
 
@@ -29,7 +29,9 @@ BTREE_OPAQUE = 16
 MAX_HEAP_TUPLES_PER_PAGE = 291
 MiB = 1024 * 1024
 
-Method = Literal["estimate", "pgstattuple_approx", "pgstattuple", "pgstatindex"]
+Method = Literal["estimate", "pgstattuple_approx", "pgstattuple", "pgstatindex", "none"]
+NO_ESTIMATE = ("no statistical estimate: this role cannot read pg_statistic "
+               "(superuser or GRANT SELECT ON pg_catalog.pg_statistic)")
 
 
 class BloatParams(BaseModel):
@@ -59,7 +61,7 @@ class BloatFinding(BaseModel):
     size_bytes: int
     bloat_bytes: int
     bloat_ratio: float
-    method: Method
+    method: Method = Field(description="How the figure was obtained; 'none': not estimated and not measured.")
     reliable: bool
     caveats: list[str] = Field(default_factory=list)
     dead_bytes: int | None = None
@@ -78,6 +80,8 @@ class BloatReport(BaseModel):
     tiers: list[str] = Field(default_factory=list, description="Which tiers ran, and why others did not.")
     tables_estimated: int = 0
     indexes_estimated: int = 0
+    indexes_measured_unestimated: int = Field(
+        default=0, description="Btree indexes measured with pgstatindex without an estimate (no pg_statistic).")
     estimate_seconds: float = 0.0
     findings: list[BloatFinding] = Field(default_factory=list, description="Every relation over the thresholds.")
     artifact_key: str | None = None
@@ -182,7 +186,20 @@ def estimate_index(i: IndexStats, p: BloatParams, info: CatalogInfo) -> BloatFin
                         reliable=not caveats, caveats=caveats)
 
 
-def fillfactor_of(f: BloatFinding, tables: dict[int, TableStats], indexes: dict[int, IndexStats]) -> int:
+def can_measure_without_estimate(info: CatalogInfo, p: BloatParams) -> bool:
+    """No index estimate for this role, but pgstatindex may still measure the largest indexes."""
+    return not info.can_read_pg_statistic and info.can_pgstatindex and p.top_n > 0
+
+
+def unestimated_index(i: IndexSize, block_size: int) -> BloatFinding:
+    """A btree index with no estimate (the role cannot read pg_statistic): a candidate for pgstatindex,
+    unreliable with bloat unknown until measured."""
+    return BloatFinding(kind="index", oid=i.oid, relation=f"{i.schema_name}.{i.name}",
+                        table=f"{i.schema_name}.{i.table_name}", size_bytes=i.relpages * block_size,
+                        bloat_bytes=0, bloat_ratio=0.0, method="none", reliable=False, caveats=[NO_ESTIMATE])
+
+
+def fillfactor_of(f: BloatFinding, tables: dict[int, TableStats], indexes: dict[int, IndexSize]) -> int:
     if f.kind == "index":
         return indexes[f.oid].fillfactor if f.oid in indexes else 90
     return tables[f.oid].fillfactor if f.oid in tables else 100
@@ -195,7 +212,8 @@ def apply_measurement(f: BloatFinding, m: Measured, fillfactor: int, block_size:
     if m.error:
         f.caveats.append(f"not measured: {m.error}")
         return f
-    f.estimate_ratio = f.bloat_ratio
+    if f.method == "estimate":
+        f.estimate_ratio = f.bloat_ratio
     if m.table is not None:
         a = m.table
         # Dead tuples also hold their alignment padding and line pointer until VACUUM.
@@ -242,9 +260,11 @@ def is_finding(f: BloatFinding, p: BloatParams) -> bool:
 
 
 def top_candidates(findings: list[BloatFinding], p: BloatParams, kind: str) -> list[BloatFinding]:
-    """The relations worth measuring: biggest estimated waste first, above the size floor."""
-    pool = [f for f in findings if f.kind == kind and f.size_bytes >= p.min_pages * 8192 and f.bloat_bytes > 0]
-    return sorted(pool, key=lambda f: -f.bloat_bytes)[: p.top_n]
+    """The relations worth measuring: biggest estimated waste first, above the size floor; relations with
+    no estimate (method 'none') by size after them."""
+    pool = [f for f in findings if f.kind == kind and f.size_bytes >= p.min_pages * 8192
+            and (f.bloat_bytes > 0 or f.method == "none")]
+    return sorted(pool, key=lambda f: (-f.bloat_bytes, -f.size_bytes))[: p.top_n]
 
 
 def finish_report(report: BloatReport, all_findings: list[BloatFinding], p: BloatParams) -> BloatReport:
@@ -263,7 +283,10 @@ def finish_report(report: BloatReport, all_findings: list[BloatFinding], p: Bloa
                       f"{p.ratio_threshold:.0%} bloat with a reliable figure ({human_bytes(total)} reclaimable), "
                       f"{len(over) - len(reliable)} more flagged unreliable; {report.tables_estimated} tables and "
                       f"{report.indexes_estimated} btree indexes of at least {p.min_pages} pages estimated in "
-                      f"{report.estimate_seconds:.2f} s.")
+                      f"{report.estimate_seconds:.2f} s" + (
+                          f"; {report.indexes_measured_unestimated} largest btree indexes measured with pgstatindex "
+                          "instead of estimated (this role cannot read pg_statistic)"
+                          if report.indexes_measured_unestimated else "") + ".")
     return report
 
 
@@ -280,11 +303,26 @@ def render_markdown(report: BloatReport, p: BloatParams) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tier_notes(info: CatalogInfo) -> list[str]:
+def index_estimate_note(info: CatalogInfo, p: BloatParams | None = None) -> str:
+    """Why btree indexes have no estimate for this role, and what is measured instead."""
+    cause = NO_ESTIMATE.removeprefix("no statistical estimate: ")
+    if p is not None and can_measure_without_estimate(info, p):
+        return (f"btree index estimate unavailable ({cause}): the {p.top_n} largest btree indexes of at least "
+                f"{p.min_pages} pages are measured with pgstatindex instead (needs only pg_stat_scan_tables, "
+                "part of pg_monitor)")
+    why = ("top_n is 0" if p is not None and info.can_pgstatindex else
+           "this role may not execute pgstatindex (GRANT pg_stat_scan_tables)" if info.has_pgstattuple
+           else "the pgstattuple extension is not installed")
+    return f"btree indexes neither estimated nor measured: {cause}, and {why}"
+
+
+def tier_notes(info: CatalogInfo, p: BloatParams | None = None) -> list[str]:
     """Which tiers run here, and why the others do not."""
     notes = ["tier 1: statistical estimate from " + ("pg_statistic" if info.can_read_pg_statistic else
              "pg_stats (this role cannot read pg_statistic: only columns it may SELECT have statistics; "
              "btree indexes are not estimated)")]
+    if not info.can_read_pg_statistic:
+        notes.append(index_estimate_note(info, p))
     if info.has_pgstattuple:
         notes.append(f"tier 2: pgstattuple {info.pgstattuple_version} on the top candidates")
     else:

@@ -12,12 +12,14 @@ import re
 from datetime import datetime
 from typing import Literal
 
+from psycopg import sql
 from pydantic import BaseModel, Field
 
 from tasks.bloat_report import BloatFinding
 from tasks.findings import Status, human_bytes, md_cell
-from tasks.indexes import IndexActionResult, IndexInfo, NodeScans
+from tasks.indexes import IndexActionResult, IndexInfo, NodeScans, action_statement
 from tasks.notify import NotificationOutcome
+from tasks.relations import RelationRef
 
 MiB = 1024 * 1024
 CCNEW = re.compile(r"_cc(new|old)[0-9]*$")
@@ -62,6 +64,7 @@ class IndexFinding(BaseModel):
     undo: str | None = Field(default=None, description="The statement that reverses the fix.")
     droppable: bool = Field(default=False, description="Dropping it is a safe fix (when listed).")
     drop_statement: str | None = Field(default=None, description="The DROP statement, when droppable.")
+    drop_undo: str | None = Field(default=None, description="The UNDO of drop_statement, when it differs from undo.")
 
 
 class IndexReport(BaseModel):
@@ -80,17 +83,23 @@ class IndexReport(BaseModel):
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
 
 
-def quote_ident(name: str) -> str:
-    """A SQL identifier for statements shown to operators (executed ones use psycopg.sql)."""
-    return '"' + name.replace('"', '""') + '"'
+REINDEX_UNDO = "none needed: REINDEX CONCURRENTLY rebuilds in place"
+LEFTOVER_UNDO = ("none needed: the invalid leftover served no query and held nothing the original index lacks; "
+                 "retry the REINDEX INDEX CONCURRENTLY of the original to rebuild it")
 
 
-def qualified_sql(schema: str, name: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(name)}"
+def statement_text(statement: sql.Composable) -> str:
+    """A statement as operators read and paste it: composed with psycopg.sql exactly as the action runs it
+    (identifiers quoted by psycopg; no connection needed)."""
+    return statement.as_string(None) + ";"
+
+
+def _ref(ix: IndexInfo) -> RelationRef:
+    return RelationRef(oid=ix.oid, schema_name=ix.schema_name, name=ix.name, kind="i")
 
 
 def drop_sql(ix: IndexInfo) -> str:
-    return f"DROP INDEX CONCURRENTLY IF EXISTS {qualified_sql(ix.schema_name, ix.name)};"
+    return statement_text(action_statement("drop", _ref(ix)))
 
 
 def create_sql(ix: IndexInfo) -> str:
@@ -99,7 +108,7 @@ def create_sql(ix: IndexInfo) -> str:
 
 
 def reindex_sql(ix: IndexInfo) -> str:
-    return f"REINDEX INDEX CONCURRENTLY {qualified_sql(ix.schema_name, ix.name)};"
+    return statement_text(action_statement("reindex", _ref(ix)))
 
 
 def enforces_something(ix: IndexInfo) -> str | None:
@@ -207,13 +216,14 @@ def invalid(indexes: list[IndexInfo]) -> list[IndexFinding]:
         if CCNEW.search(ix.name):
             out.append(IndexFinding(
                 kind="invalid", index=ix.qualified, table=table, oid=ix.oid, size_bytes=ix.size_bytes,
-                droppable=True, do=drop_sql(ix), undo=None,
+                droppable=True, do=drop_sql(ix), undo=LEFTOVER_UNDO,
                 reason="leftover of a failed REINDEX CONCURRENTLY (_ccnew/_ccold): it costs writes and serves "
                        "no query; drop it (list it in drop_indexes), then retry the REINDEX"))
         else:
             out.append(IndexFinding(
                 kind="invalid", index=ix.qualified, table=table, oid=ix.oid, size_bytes=ix.size_bytes,
-                droppable=True, do=reindex_sql(ix), undo=None, drop_statement=drop_sql(ix),
+                droppable=True, do=reindex_sql(ix), undo=REINDEX_UNDO, drop_statement=drop_sql(ix),
+                drop_undo=create_sql(ix),
                 reason="invalid (a failed CREATE INDEX CONCURRENTLY?): maintained on writes, never used; "
                        "rebuild it, or drop it (list it)"))
     return out
@@ -229,7 +239,7 @@ def bloated(indexes: list[IndexInfo], estimates: list[BloatFinding], p: IndexPar
         if f.bloat_ratio >= p.bloat_ratio and f.bloat_bytes >= p.bloat_min_bytes:
             out.append(IndexFinding(
                 kind="bloated", index=ix.qualified, table=f"{ix.schema_name}.{ix.table_name}", oid=ix.oid,
-                size_bytes=f.size_bytes, do=reindex_sql(ix), undo=None,
+                size_bytes=f.size_bytes, do=reindex_sql(ix), undo=REINDEX_UNDO,
                 reason=f"{human_bytes(f.bloat_bytes)} ({f.bloat_ratio:.0%}) bloat by {f.method}"))
     return out
 
@@ -253,7 +263,7 @@ def plan_actions(findings: list[IndexFinding], listed: list[str], p: IndexParams
         f = fs[0]
         stmt = drop_sql_for(f)
         actions.append(IndexActionResult(index=name, action="drop", status="planned", statement=stmt,
-                                         undo=f.undo, reason=f"{f.kind}: {f.reason}",
+                                         undo=f.drop_undo or f.undo, reason=f"{f.kind}: {f.reason}",
                                          summary=f"{name}: would drop ({f.kind})."))
     dropping = set(listed)
     for f in findings:

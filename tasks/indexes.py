@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, Session, connect
-from tasks.errors import LockTimeout, RunbookDBError
+from tasks.errors import LockTimeout, PermissionDenied, RunbookDBError
 from tasks.relations import RelationRef, resolve, resolve_ref
 
 
@@ -138,6 +138,57 @@ def resolve_indexes(target: ConnectionTarget, names: list[str]) -> list[Relation
     """Each operator-listed index name resolved; UnknownObject for any that is not an index."""
     with connect(target, purpose="index-maintenance") as s:
         return [resolve(s, name, kinds=("i",)) for name in names]
+
+
+# Which of these indexes this role may not REINDEX or DROP: both need the owner's privileges (superuser,
+# the owner, or a member of the owning role); their table, and the owning role's name.
+NOT_OWNED_SQL = """
+SELECT c.oid::bigint AS oid,
+       n.nspname AS schema_name,
+       c.relname AS name,
+       pg_catalog.pg_get_userbyid(c.relowner) AS owner
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE c.oid = ANY(%(oids)s::oid[])
+   AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+ ORDER BY n.nspname, c.relname
+"""
+
+
+class _NotOwned(BaseModel):
+    oid: int
+    schema_name: str
+    name: str
+    owner: str
+
+
+class MissingIndexGrant(PermissionDenied):
+    """The runbook role may not rebuild or drop some planned indexes: nothing was done."""
+
+    problem = "may not rebuild or drop these indexes"
+
+    def __init__(self, target: str, role: str, indexes: list[str], owners: list[str]):
+        self.role, self.indexes, self.owners = role, indexes, owners
+        self.action = (f"run index maintenance as the owner (or superuser), or GRANT {', '.join(owners)} TO {role}: "
+                       "REINDEX and DROP INDEX need the table owner's privileges (PostgreSQL 17+: "
+                       "GRANT MAINTAIN ON the table allows REINDEX); nothing was changed")
+        shown = ", ".join(indexes[:10]) + (f" and {len(indexes) - 10} more" if len(indexes) > 10 else "")
+        super().__init__(target, f"role {role} does not own (is not a member of the owner of) {shown}", "42501")
+
+    def __reduce__(self):
+        return (MissingIndexGrant, (self.target, self.role, self.indexes, self.owners))
+
+
+@task(name="check-index-grants", **DB_TASK)
+def check_index_grants(target: ConnectionTarget, refs: list[RelationRef]) -> None:
+    """MissingIndexGrant, before any action starts, when this role may not act on every planned index."""
+    if not refs:
+        return
+    with connect(target, purpose="index-maintenance") as s:
+        denied = s.fetch_all(NOT_OWNED_SQL, {"oids": [r.oid for r in refs]}, _NotOwned)
+    if denied:
+        raise MissingIndexGrant(target.label, target.user, [f"{d.schema_name}.{d.name}" for d in denied],
+                                sorted({d.owner for d in denied}))
 
 
 class IndexActionResult(BaseModel):

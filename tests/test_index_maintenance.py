@@ -105,6 +105,10 @@ def test_dry_run_reports_every_kind_with_do_and_undo_and_changes_nothing(sandbox
     assert "big_v_ccnew" in inv and "failed REINDEX CONCURRENTLY" in inv["big_v_ccnew"].reason
     assert inv["big_id"].do == 'REINDEX INDEX CONCURRENTLY "idx_t"."big_id";'
     assert "big_v" in _by(report, "bloated")
+    assert _by(report, "bloated")["big_v"].undo == "none needed: REINDEX CONCURRENTLY rebuilds in place"
+    assert inv["big_id"].undo == _by(report, "bloated")["big_v"].undo
+    assert inv["big_v_ccnew"].undo.startswith("none needed: the invalid leftover")
+    assert inv["big_id"].drop_undo == "CREATE INDEX CONCURRENTLY big_id ON idx_t.big USING btree (id);"
     assert any(a.index == f"{S}.big_v" and a.action == "reindex" and a.status == "planned" for a in report.actions)
     assert not any(a.action == "drop" for a in report.actions), "nothing listed, nothing dropped"
 
@@ -274,3 +278,119 @@ def test_interrupted_reindex_drops_only_the_leftover_it_made(sandbox, tmp_path):
         assert _q(sandbox, "SELECT indisvalid FROM pg_index WHERE indexrelid = %s", (oid,))[0][0]
     finally:
         _q(sandbox, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+RT = "Idx RT"  # mixed case and a space
+WEIRD = 'we"ird idx'
+ENFORCING = ("Enf T_pkey", "Uniq U", "No Overlap", "Repl Ident")
+
+
+@pytest.fixture(scope="module")
+def enf_schema(sandbox):
+    """Indexes that enforce something (primary key, unique constraint, exclusion constraint, replica
+    identity), two plain unused ones with hostile names, and an invalid unique one (a failed CREATE
+    INDEX CONCURRENTLY whose duplicates were then removed)."""
+    def ex(text, *idents):
+        _q(sandbox, sql.SQL(text).format(*idents))
+
+    t = sql.Identifier(RT, "Enf T")
+    ex("DROP SCHEMA IF EXISTS {} CASCADE", sql.Identifier(RT))
+    ex("CREATE SCHEMA {}", sql.Identifier(RT))
+    ex("CREATE TABLE {} (id int PRIMARY KEY, u int, r int4range, ri int NOT NULL, c text, d int, "
+       "CONSTRAINT {} UNIQUE (u), CONSTRAINT {} EXCLUDE USING gist (r WITH &&))",
+       t, sql.Identifier("Uniq U"), sql.Identifier("No Overlap"))
+    ex("INSERT INTO {} SELECT g, g, int4range(g * 10, g * 10 + 5), g, md5(g::text), g FROM generate_series(1, 2000) g",
+       t)
+    ex("CREATE UNIQUE INDEX {} ON {} (ri)", sql.Identifier("Repl Ident"), t)
+    ex("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}", t, sql.Identifier("Repl Ident"))
+    ex("CREATE INDEX {} ON {} (c)", sql.Identifier(WEIRD), t)
+    ex("CREATE INDEX {} ON {} (d, c)", sql.Identifier("MixedCase Idx"), t)
+    ex("UPDATE {} SET d = 1 WHERE id = 2", t)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        ex("CREATE UNIQUE INDEX CONCURRENTLY {} ON {} (d)", sql.Identifier('Bad "Uniq" D'), t)
+    ex("UPDATE {} SET d = 2 WHERE id = 2", t)
+    assert _q(sandbox, "SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
+              (sql.Identifier(RT, 'Bad "Uniq" D').as_string(None),))[0][0] is False
+    yield RT
+    ex("DROP SCHEMA IF EXISTS {} CASCADE", sql.Identifier(RT))
+
+
+def _in_rt(report, kind):
+    return {f.index.split(".", 1)[1]: f for f in report.findings if f.kind == kind and f.index.startswith(RT + ".")}
+
+
+def test_enforcing_indexes_are_never_unused_nor_dropped(sandbox, cluster_block, enf_schema):
+    flags = dict(_q(sandbox, "SELECT c.relname, (i.indisprimary, i.indisunique, i.indisexclusion, i.indisreplident, "
+                             "EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid))::text "
+                             "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                             "WHERE c.relnamespace = %s::regnamespace", (sql.Identifier(RT).as_string(None),)))
+    assert flags["Enf T_pkey"] == "(t,t,f,f,t)" and flags["Uniq U"] == "(f,t,f,f,t)"
+    assert flags["No Overlap"] == "(f,f,t,f,t)", "a non-unique index that backs an exclusion constraint"
+    assert flags["Repl Ident"] == "(f,t,f,t,f)", "replica identity, backing no constraint"
+    report = index_maintenance(cluster_block=cluster_block, params=IndexParams(
+        **BASE, drop_indexes=[f"{RT}.{name}" for name in ENFORCING]))
+    assert set(_in_rt(report, "unused")) == {WEIRD, "MixedCase Idx"}, "no scans: the control indexes are unused"
+    droppable = {f.index.split(".", 1)[1] for f in report.findings if f.droppable and f.index.startswith(RT + ".")}
+    assert not droppable & set(ENFORCING)
+    drops = {a.index.split(".", 1)[1]: a for a in report.actions if a.action == "drop"}
+    assert set(drops) == set(ENFORCING) and all(a.status == "refused" for a in drops.values())
+
+
+def test_enforces_something_excludes_each_kind_alone():
+    from tasks.index_report import unused
+    from tasks.indexes import NodeScans
+
+    ixs = [_ix(20, "plain", [1]), _ix(21, "pk", [1], is_primary=True), _ix(22, "excl", [1], is_exclusion=True),
+           _ix(23, "replident", [1], is_replident=True), _ix(24, "constraint", [1], backs_constraint=True),
+           _ix(25, "uniq", [1], is_unique=True)]
+    found, _ = unused(ixs, [NodeScans(node="primary", window_days=30, scans={})], [], IndexParams())
+    assert [f.index for f in found] == ["s.plain"]
+
+
+def test_do_and_undo_of_hostile_names_round_trip_in_the_sandbox(sandbox, enf_schema):
+    """Each finding's DO and UNDO text, composed with psycopg.sql, executes as printed."""
+    from sandbox.blocks import sandbox_cluster_block
+    from tasks.bloat_report import BloatFinding
+    from tasks.index_report import LEFTOVER_UNDO, REINDEX_UNDO, bloated, invalid, plan_actions, unused
+    from tasks.indexes import NodeScans, read_index_inventory
+
+    target = sandbox_cluster_block(sandbox).primary_target()
+
+    def inventory():
+        return {ix.name: ix for ix in read_index_inventory.fn(target) if ix.schema_name == RT}
+
+    def definition(name):
+        return _q(sandbox, "SELECT pg_get_indexdef(%s::regclass)", (sql.Identifier(RT, name).as_string(None),))[0][0]
+
+    ixs = inventory()
+    found, _ = unused(list(ixs.values()), [NodeScans(node="primary", window_days=30, scans={})], [],
+                      IndexParams(unused_min_bytes=0))
+    for f in found:  # 'we"ird idx' and 'MixedCase Idx': DROP, then CREATE INDEX CONCURRENTLY brings it back
+        name = f.index.split(".", 1)[1]
+        before = definition(name)
+        assert f.do == sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {};").format(
+            sql.Identifier(RT, name)).as_string(None)
+        _q(sandbox, f.do)
+        assert name not in inventory()
+        _q(sandbox, f.undo)
+        assert definition(name) == before and inventory()[name].is_valid
+    assert {f.index.split(".", 1)[1] for f in found} == {WEIRD, "MixedCase Idx"}
+
+    bad = invalid(list(ixs.values()))
+    assert [f.index for f in bad] == [f'{RT}.Bad "Uniq" D'] and bad[0].undo == REINDEX_UNDO
+    _q(sandbox, bad[0].do)  # REINDEX INDEX CONCURRENTLY rebuilds it valid
+    assert inventory()['Bad "Uniq" D'].is_valid
+    drop = plan_actions(bad, [bad[0].index], IndexParams())[0]  # listed: its drop and the drop's UNDO
+    _q(sandbox, drop.statement)
+    assert 'Bad "Uniq" D' not in inventory()
+    _q(sandbox, drop.undo)
+    assert inventory()['Bad "Uniq" D'].is_valid and inventory()['Bad "Uniq" D'].is_unique
+
+    ix = inventory()[WEIRD]
+    est = BloatFinding(kind="index", oid=ix.oid, relation=ix.qualified, table=f"{RT}.Enf T", size_bytes=10**8,
+                       bloat_bytes=6 * 10**7, bloat_ratio=0.6, method="pgstatindex", reliable=True)
+    [b] = bloated(list(inventory().values()), [est], IndexParams())
+    assert b.undo == REINDEX_UNDO and "REINDEX" in b.undo
+    _q(sandbox, b.do)
+    assert inventory()[WEIRD].is_valid and definition(WEIRD).startswith('CREATE INDEX "we""ird idx" ON "Idx RT"')
+    assert "none needed" in LEFTOVER_UNDO

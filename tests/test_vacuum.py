@@ -169,6 +169,57 @@ def test_window_already_over_starts_nothing(sandbox, cluster_block, vac_tables, 
         assert _all_vacuum_counts(sandbox) == before and "maintenance window" in report.summary
 
 
+def test_window_ending_during_the_first_table_skips_the_rest(sandbox, cluster_block, vac_tables, tmp_path):
+    """Deterministic: one table at a time; the first one's VACUUM (FREEZE) waits for a buffer pin that
+    another session holds (SKIP_LOCKED does not skip that) until the window is certainly over. It started
+    inside the window, so it finishes; the tables after it are not started and are reported skipped."""
+    import threading
+    import time
+
+    from tasks.vacuum import VacuumOptions
+    from tests.helpers import wait_for
+
+    slow = sql.Identifier(SCHEMA, "Slow")
+    psql(sandbox, "primary", sql.SQL("CREATE TABLE {} (id int) WITH (autovacuum_enabled = off)").format(slow))
+    psql(sandbox, "primary", sql.SQL("INSERT INTO {} SELECT generate_series(1, 1000)").format(slow))
+    wait_horizon(sandbox)  # the rows are older than every xmin horizon: FREEZE must freeze them
+    pinner = psycopg.connect(sandbox.conninfo("primary"))
+    pinner.execute(sql.SQL("DECLARE pin CURSOR FOR SELECT * FROM {}").format(slow))
+    pinner.execute("FETCH 1 FROM pin")  # holds a pin on the first page: a freezing VACUUM waits for it
+    seen: list[float] = []
+    window_s = 4.5
+
+    def release_after_the_window():
+        try:
+            wait_for(lambda: psql(sandbox, "primary", "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'BufferPin' "
+                                                      "AND query LIKE 'VACUUM%%'"), timeout=30, interval=0.02)
+            seen.append(time.time())
+            time.sleep(window_s + 0.3)  # the window started before the VACUUM began waiting: it is over now
+        finally:
+            pinner.execute("CLOSE pin")
+
+    releaser = threading.Thread(target=release_after_the_window)
+    before = _all_vacuum_counts(sandbox)
+    releaser.start()
+    try:
+        report = vacuum(cluster_block=cluster_block, params=VacuumParams(
+            tables=[f"{SCHEMA}.Slow", f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"], concurrency=1, batch_tables=1,
+            window_minutes=window_s / 60, options=VacuumOptions(freeze=True), log_dir=str(tmp_path)))
+        status = {r.table: r.status for r in report.results}
+        assert status == {f"{SCHEMA}.Slow": "vacuumed", f"{SCHEMA}.dirty": "skipped-window",
+                          f"{SCHEMA}.{UNICODE}": "skipped-window"}, report.results
+        wait_for(lambda: _all_vacuum_counts(sandbox).get(f"{SCHEMA}.Slow") == 1, what="Slow's vacuum counted")
+        after = _all_vacuum_counts(sandbox)
+    finally:
+        releaser.join(40)
+        pinner.close()
+        psql(sandbox, "primary", sql.SQL("DROP TABLE IF EXISTS {}").format(slow))
+    assert seen, "the first table's VACUUM started inside the window and waited for the pin"
+    assert {t for t, n in after.items() if n != before.get(t, 0)} == {f"{SCHEMA}.Slow"}, "only Slow was vacuumed"
+    assert report.status == "warning" and "2 not started before the maintenance window ended" in report.summary
+    assert {r["table"]: r["status"] for r in read_maintenance_log(str(tmp_path))} == status
+
+
 def test_dry_run_changes_nothing(sandbox, cluster_block, vac_tables):
     psql(sandbox, "primary", sql.SQL("DELETE FROM {} WHERE id % 5 = 0").format(sql.Identifier(SCHEMA, "dirty")))
     before = _all_vacuum_counts(sandbox)
