@@ -343,33 +343,91 @@ HOST_RULES = """\
 rules:
   - name: high_cpu
     metric: cpu_usage_percent
-    threshold: 100
+    threshold: {cpu}
     for: 1m
     action: notify_team
   - name: disk_usage
     metric: disk_usage_percent
-    threshold: 0.01
+    threshold: {disk}
     for: 1m
-    action: notify_team
+    action: cleanup_data
 """
 
 
-def test_disk_usage_fires_on_real_host_metrics(sandbox, prefect_api, slack, tmp_path):
+def disk_used_percent(path) -> float:
+    """Ground truth for the disk holding `path`, computed as df does."""
+    import os
+
+    st = os.statvfs(path)
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    return 100 * used / (used + st.f_bavail * st.f_frsize)
+
+
+@contextlib.contextmanager
+def cpu_load():
+    """A real busy process on this host, so a CPU figure above 0 does not depend on what else runs."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_high_cpu_and_disk_usage_fire_and_resolve_on_real_host_metrics(sandbox, prefect_api, slack, tmp_path):
+    """The default rules' host metrics through the real local source (`{cluster}-host`, as prefect.yaml
+    configures it): thresholds the machine's real figures cross fire both rules after `for`, disk_usage
+    starts the disk-pressure runbook, and thresholds they cannot reach resolve both in their threads."""
     from sandbox.blocks import save_sandbox_blocks
 
-    save_sandbox_blocks(sandbox, "alert-host")  # cluster block + host-metrics-source/alert-host-host
+    block = save_sandbox_blocks(sandbox, "alert-host")  # cluster block + host-metrics-source/alert-host-host
     save_slack_block(slack, "slack-host", "xoxb-ok-host", mention_groups={"notify_team": "<!here>"})
     path = tmp_path / "host.yaml"
-    path.write_text(HOST_RULES)
-    params = MonitorParams(rules_file=str(path))
+    path.write_text(HOST_RULES.format(cpu=0, disk=1))
+    assert disk_used_percent(sandbox.primary_dir) > 1  # ground truth: the real filesystem crosses it
+
+    def run(seconds):
+        return alert_monitor(cluster_blocks=[block], slack_block="slack-host", metrics_block="{cluster}-host",
+                             params=MonitorParams(rules_file=str(path)), evaluated_at=t0 + timedelta(seconds=seconds))
+
     t0 = datetime.now(UTC)
-    first = alert_monitor(cluster_blocks=["alert-host"], slack_block="slack-host", params=params,
-                          metrics_block="alert-host-host", evaluated_at=t0)
-    assert not first.firing()
-    fired = alert_monitor(cluster_blocks=["alert-host"], slack_block="slack-host", params=params,
-                          metrics_block="alert-host-host", evaluated_at=t0 + timedelta(seconds=61))
-    series = {s.rule: s for c in fired.clusters for s in c.series}
-    assert series["disk_usage"].state == "firing" and 0 < series["disk_usage"].value <= 100
-    assert series["high_cpu"].state == "inactive" and series["high_cpu"].value is not None  # real data, below
-    posts = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-host") if "FIRING: disk_usage" in str(c.body)]
-    assert len(posts) == 1 and "<!here>" in str(posts[0].body)
+    with cpu_load():
+        first = run(0)
+        pending = {s.rule: s for s in first.clusters[0].series}
+        assert {pending["high_cpu"].state, pending["disk_usage"].state} == {"pending"}, first.summary
+        fired = run(61)
+    series = {s.rule: s for s in fired.clusters[0].series}
+    assert series["high_cpu"].state == "firing" and 0 < series["high_cpu"].value <= 100
+    assert series["disk_usage"].state == "firing"
+    assert abs(series["disk_usage"].value - disk_used_percent(sandbox.primary_dir)) < 1.0
+    state = load_states([block])[block]
+    assert {k: a.status for k, a in state.alerts.items()} == {"high_cpu{}": "firing", "disk_usage{}": "firing"}
+    # cleanup_data ran the disk-pressure runbook (a subflow here: the harness has no deployment of it)
+    (note,) = fired.clusters[0].actions
+    assert "disk-pressure" in note and "ran as a subflow, completed" in note and "recommendation(s)" in note
+    disk = state.alerts["disk_usage{}"]
+    assert state.alerts["high_cpu{}"].action_run is None  # notify_team: notification only
+    with get_client(sync_client=True) as client:
+        action = client.read_flow_run(disk.action_run)
+    assert action.state.is_completed() and action.parameters["alert"]["rule"] == "disk_usage"
+    posts = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-host") if not c.body.get("thread_ts")]
+    cpu_post = [p for p in posts if f"FIRING: high_cpu on {block}" in str(p.body)]
+    disk_post = [p for p in posts if f"FIRING: disk_usage on {block}" in str(p.body)]
+    assert len(cpu_post) == 1 and len(disk_post) == 1 and "<!here>" in str(cpu_post[0].body)
+    assert f"flow run {disk.action_run}" in str(disk_post[0].body)
+
+    path.write_text(HOST_RULES.format(cpu=100, disk=99.99))  # out of reach of the real figures
+    assert disk_used_percent(sandbox.primary_dir) < 99.99
+    resolved = run(121)
+    assert not resolved.firing(), resolved.summary
+    assert {s.rule: s.state for s in resolved.clusters[0].series} == {"high_cpu": "inactive", "disk_usage": "inactive"}
+    assert resolved.clusters[0].actions == []
+    assert load_states([block])[block].alerts == {}
+    resolved_in = {c.body.get("thread_ts"): c.body.get("text", "") for c in slack.calls("chat.postMessage",
+                   token="xoxb-ok-host") if c.body.get("text", "").startswith("RESOLVED")}
+    assert len(resolved_in) == 2  # one each, in the thread of its FIRING message
+    assert resolved_in[state.alerts["high_cpu{}"].thread_ts].startswith(f"RESOLVED: high_cpu on {block}")
+    assert resolved_in[disk.thread_ts].startswith(f"RESOLVED: disk_usage on {block}")

@@ -47,16 +47,17 @@ def post(stack, path, body):
     return _filter(stack, path, body) if path.endswith("/filter") else _request(stack.api_url, "POST", path, body)
 
 
-def _filter(stack, path, body):
+def _filter(stack, path, body, method="POST"):
+    """A call that is safe to repeat (a filter, a delete), retried while the SQLite server answers busy."""
     import time
     import urllib.error
 
     for attempt in range(5):
-        req = urllib.request.Request(stack.api_url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+        req = urllib.request.Request(stack.api_url + path, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method=method)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                return json.loads(resp.read())
+                return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             if exc.code != 503 or attempt == 4:
                 raise
@@ -94,9 +95,30 @@ def test_every_runbook_runs_from_its_deployment_on_the_worker(stack):
         runs = {name: create_run(stack.api_url, f"{_flow_of(stack, name)}/{name}", {}, f"every-runbook-{name}")["id"]
                 for name in batch}
         ended.update({name: wait_for(stack.api_url, run_id, timeout=300)["state"] for name, run_id in runs.items()})
+    for name in [n for n, state in ended.items() if _cancelled_by_schedule(state)]:  # alert-monitor, every minute
+        ended[name] = _run_to_end(stack, f"{_flow_of(stack, name)}/{name}", {}, f"every-runbook-{name}")["state"]
     failed = {name: (state["type"], state.get("message")) for name, state in ended.items()
               if state["type"] != "COMPLETED"}
     assert not failed, failed
+
+
+SLOT_TAKEN = "Deployment concurrency limit reached."
+
+
+def _cancelled_by_schedule(state: dict) -> bool:
+    """A deployment with one slot (CANCEL_NEW) whose scheduled run held the slot: not the runbook's doing."""
+    return state["type"] == "CANCELLED" and (state.get("message") or "").startswith(SLOT_TAKEN)
+
+
+def _run_to_end(stack, deployment: str, parameters: dict, key: str) -> dict:
+    """One deployment run to its end; a run cancelled because a scheduled run held the deployment's one
+    slot is triggered again (a new key), as incident tooling would."""
+    for attempt in range(1, 5):
+        run = create_run(stack.api_url, deployment, parameters, f"{key}-retry{attempt}")
+        done = wait_for(stack.api_url, run["id"], timeout=300)
+        if not _cancelled_by_schedule(done["state"]):
+            return done
+    raise AssertionError(f"every run of {deployment} was cancelled by a scheduled one")
 
 
 def _flow_of(stack, deployment_name: str) -> str:
@@ -283,3 +305,90 @@ def test_switchover_via_rest_with_approval_moves_the_cluster_block(stack):
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
     with stack.sandbox.connect("pgbouncer") as conn:
         assert conn.execute("SELECT inet_server_port()").fetchone()[0] == stack.sandbox.config.replica_port
+
+
+ACTION_RULES = """\
+rules:
+  - {name: connection_limit, metric: connection_usage_percent, threshold: 0, for: 1m, action: scale_connections}
+"""
+
+
+def _monitor_run(stack, parameters: dict, key: str) -> dict:
+    """One alert-monitor run to its end (evaluated_at makes a retried run the same evaluation)."""
+    return _run_to_end(stack, "alert-monitor/alert-monitor", parameters, key)
+
+
+def _delete(stack, path: str) -> None:
+    """Delete what a test created; already gone is fine."""
+    import urllib.error
+
+    try:
+        _filter(stack, path, None, method="DELETE")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+
+
+def _delete_block(stack, slug: str, name: str) -> None:
+    from tools.trigger_runbook import TriggerError
+
+    try:
+        doc = api(stack, f"/block_types/slug/{slug}/block_documents/name/{name}")
+    except TriggerError:
+        return
+    _delete(stack, f"/block_documents/{doc['id']}")
+
+
+def test_monitor_on_the_worker_starts_its_action_as_a_deployment_run(stack):
+    """connection_limit fires in a monitor run on the worker, which starts connection-remediation as its own
+    deployment run (tags, alert context, the cluster's own scaler from prefect.yaml's template); the worker
+    runs it to COMPLETED in dry run. A cluster block of its own keeps the scheduled monitor of `sandbox` and
+    this test's alert state apart."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from sandbox.blocks import sandbox_cluster_block, sandbox_pool_scaler_block
+    from tasks.alert_state import variable_name
+
+    cluster = "e2e-alert-action"
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):  # the stack sandbox under a name of its own
+        block = sandbox_cluster_block(stack.sandbox, name=cluster)  # primary as now (after the switchover test)
+        block.model_copy(update={"primary_node": _primary_in_block(stack)}).save(cluster, overwrite=True)
+        sandbox_pool_scaler_block(stack.sandbox).save(cluster, overwrite=True)  # pgbouncer-pool-scaler/<cluster>
+    rules = Path(tempfile.mkdtemp(prefix="pgrb-e2e-rules-")) / "rules.yaml"
+    rules.write_text(ACTION_RULES)
+    t0 = datetime.now(UTC)
+    params = {"cluster_blocks": [cluster], "params": {"rules_file": str(rules)}}  # scaler_block: the deployment's
+    try:
+        first = _monitor_run(stack, {**params, "evaluated_at": t0.isoformat()}, "e2e-action-t0")
+        assert first["state"]["type"] == "COMPLETED", first["state"]
+        state = api(stack, f"/variables/name/{variable_name(cluster)}")["value"]
+        assert state["alerts"]["connection_limit{}"]["status"] == "pending"
+        second = _monitor_run(stack, {**params, "evaluated_at": (t0 + timedelta(seconds=61)).isoformat()},
+                              "e2e-action-t61")
+        assert second["state"]["type"] == "COMPLETED", second["state"]
+        alert = api(stack, f"/variables/name/{variable_name(cluster)}")["value"]["alerts"]["connection_limit{}"]
+        assert alert["status"] == "firing" and alert["action_run"], alert
+
+        action = api(stack, f"/flow_runs/{alert['action_run']}")
+        deployment = api(stack, f"/deployments/{action['deployment_id']}")
+        assert deployment["name"] == "connection-remediation"  # its own deployment run, not a subflow
+        assert action["parent_task_run_id"] is not None  # linked to the monitor run in the UI
+        assert "alert" in action["tags"] and "connection_limit" in action["tags"]
+        assert action["parameters"]["cluster_block"] == cluster
+        assert action["parameters"]["alert"]["rule"] == "connection_limit"
+        assert action["parameters"]["alert"]["cluster"] == cluster and action["parameters"]["alert"]["value"] > 0
+        assert action["parameters"]["alert"]["monitor_flow_run"] == second["id"]
+        assert action["parameters"]["scaler_block"] == f"pgbouncer-pool-scaler/{cluster}"  # its own pool
+        assert action["parameters"]["params"]["dry_run"] is True  # the deployment's default
+        done = wait_for(stack.api_url, action["id"], timeout=120)
+        assert done["state"]["type"] == "COMPLETED", done["state"]
+        (artifact,) = post(stack, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [action["id"]]}}})
+        summary = artifact["description"]
+        assert "dry run" in summary and "nothing was terminated" in summary, summary
+        assert "scaler: dry run: would raise" in summary or "already at the" in summary, summary  # asked, not raised
+    finally:
+        _delete(stack, f"/variables/name/{variable_name(cluster)}")
+        for slug in ("postgres-cluster", "pgbouncer-pool-scaler"):
+            _delete_block(stack, slug, cluster)
