@@ -87,9 +87,10 @@ def psql_one(box, node, query):
 class Writer(threading.Thread):
     """Commits numbered rows through pgbouncer and records which commits were acknowledged."""
 
-    def __init__(self, box):
+    def __init__(self, box, table: str = "fo_writes"):
         super().__init__(daemon=True)
         self.box, self.stop_event = box, threading.Event()
+        self.insert = psycopg.sql.SQL("INSERT INTO {} (n) VALUES (%s)").format(psycopg.sql.Identifier("public", table))
         self.acked: list[int] = []
         self.errors: list[str] = []
 
@@ -99,7 +100,7 @@ class Writer(threading.Thread):
         while not self.stop_event.is_set():
             n += 1
             try:
-                conn.execute("INSERT INTO public.fo_writes (n) VALUES (%s)", (n,))
+                conn.execute(self.insert, (n,))
                 self.acked.append(n)
             except psycopg.Error as exc:
                 self.errors.append(f"{n}: {type(exc).__name__}: {exc}")
@@ -247,6 +248,58 @@ def test_pause_blocked_by_a_long_transaction_is_undone(box, blocks, journal_dir,
     hook = [c for c in slack.calls("chat.postMessage", "xoxb-ok-pause") if "failed at step pause-endpoint" in c.raw]
     assert hook and "writable: primary" in hook[0].raw
     assert JournalStore(journal_dir).load(BLOCK).status == "rolled_back"
+
+
+def test_lsn_gate_failure_after_the_fence_is_undone(box, blocks, journal_dir, slack):
+    """A real LSN-gate failure after the fence: the candidate holds replay (recovery_min_apply_delay) at a commit
+    written just before the switchover, so it never replays past the old primary's shutdown checkpoint. The
+    phase-2 hook restarts the cleanly stopped old primary and RESUMEs pgbouncer: held clients carry on there,
+    nothing is promoted, and the journal says rolled back (the next run decides afresh)."""
+    save_slack_block(slack, "fo-slack", "xoxb-ok-gate")
+    old, cand = current(box)
+    with box.connect(old) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS public.fo_gate_writes (n int PRIMARY KEY)")
+        tli = conn.execute("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+                           ).fetchone()[0]
+    box.wait_streaming(old)
+    wait_for(lambda: psql_one(box, cand, "SELECT to_regclass('public.fo_gate_writes') IS NOT NULL"), what="replay")
+    with box.connect(cand) as conn:
+        conn.execute("ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
+        conn.execute("SELECT pg_reload_conf()")
+    writer = Writer(box, "fo_gate_writes")  # commits through pgbouncer the whole time: replay stalls at the first
+    writer.start()
+    try:
+        wait_for(lambda: len(writer.acked) > 5, what="writes through pgbouncer")
+        with pytest.raises(Exception, match="not past the old primary's shutdown checkpoint"):
+            failover(request(journal_dir, slack_block="fo-slack", lsn_gate_timeout_seconds=1))
+        acked_at_failure = len(writer.acked)
+        wait_for(lambda: len(writer.acked) > acked_at_failure + 20, what="clients to resume")
+    finally:
+        writer.stop_event.set()
+        writer.join(10)
+        with box.connect(cand) as conn:
+            conn.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
+            conn.execute("SELECT pg_reload_conf()")
+    assert writer.errors == []  # held at pgbouncer during the pause, never refused
+    journal = JournalStore(journal_dir).load(BLOCK)
+    assert [s.status for s in journal.steps if s.step == "fence"][-1] == "done"
+    assert [s.status for s in journal.steps if s.step == "lsn-gate"][-1] == "failed"
+    assert journal.status == "rolled_back" and not journal.attempted("promote")
+    assert current(box) == (old, cand)  # the old primary is back and writable; nothing was promoted
+    assert pgbouncer_port_backend(box) == box.node_port(old)
+    with box.connect(old) as conn:
+        assert conn.execute("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+                            ).fetchone()[0] == tli
+        have = {r[0] for r in conn.execute("SELECT n FROM public.fo_gate_writes").fetchall()}
+    assert set(writer.acked) <= have  # every acknowledged commit is on the old primary
+    block = PostgresCluster.load(BLOCK)
+    assert block.primary_node == old and block.fenced_nodes == []
+    hook = [c for c in slack.calls("chat.postMessage", "xoxb-ok-gate") if "failed at step lsn-gate" in c.raw]
+    assert hook and f"restarted {old}" in hook[0].raw and "RESUME sent to pgbouncer" in hook[0].raw
+    box.wait_streaming(old)  # the standby follows the restarted primary again
+    end = psql_one(box, old, "SELECT pg_current_wal_lsn()::text")
+    wait_for(lambda: lsn_int(psql_one(box, cand, "SELECT pg_last_wal_replay_lsn()::text")) >= lsn_int(end),
+             what="the candidate to catch up")
 
 
 def test_switchover_under_writes_loses_nothing_and_one_trigger_wins(box, blocks, journal_dir, slack):

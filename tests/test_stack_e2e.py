@@ -5,9 +5,11 @@ sandbox cluster, then driven only through the REST API and a real browser.
 """
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -392,3 +394,96 @@ def test_monitor_on_the_worker_starts_its_action_as_a_deployment_run(stack):
         _delete(stack, f"/variables/name/{variable_name(cluster)}")
         for slug in ("postgres-cluster", "pgbouncer-pool-scaler"):
             _delete_block(stack, slug, cluster)
+
+
+def _block_data(stack):
+    return api(stack, "/block_types/slug/postgres-cluster/block_documents/name/sandbox")["data"]
+
+
+def _timeline(box, node) -> int:
+    """The timeline a writable node writes WAL on, from its current WAL file name (the server's word)."""
+    with box.connect(node) as conn:
+        return conn.execute("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+                            ).fetchone()[0]
+
+
+def _rejoin_via_rest(stack, key):
+    """Run the rejoin deployment for the block's fenced node; (that node, the run's summary) once it streams."""
+    (node,) = _block_data(stack)["fenced_nodes"]
+    run = create_run(stack.api_url, "rejoin/rejoin", {"request": {"cluster_block": "sandbox"}}, key)
+    done = wait_for(stack.api_url, run["id"], timeout=180)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    primary = _primary_in_block(stack)
+    stack.sandbox.wait_streaming(primary)
+    with stack.sandbox.connect(node) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        assert conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()[0] == "streaming"
+    assert _block_data(stack)["fenced_nodes"] == []
+    (artifact,) = post(stack, "/artifacts/filter", {"artifacts": {
+        "flow_run_id": {"any_": [run["id"]]}, "key": {"any_": ["rejoin-sandbox"]}}})
+    return node, artifact["description"]
+
+
+def test_failover_after_a_crash_via_the_cli_then_rejoin_restores_streaming(stack):
+    """The incident path: the primary dies (immediate stop), incident tooling triggers mode=failover without
+    approval; the standby is promoted, pgbouncer follows, the block fences the dead node, the report gives the
+    LSN gap; then the rejoin deployment (pg_rewind if needed) makes the dead node a streaming standby again."""
+    from tasks.failover_plan import lsn_int
+
+    box = stack.sandbox
+    if _block_data(stack)["fenced_nodes"]:  # the switchover above left its old primary fenced and stopped
+        node, summary = _rejoin_via_rest(stack, "rejoin-after-switchover")
+        assert node != _primary_in_block(stack) and "no rewind needed" in summary, summary
+    old = _primary_in_block(stack)
+    cand = next(n for n in ("primary", "replica") if n != old)
+    with box.connect(old) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS public.e2e_failover (n int)")
+        conn.execute("INSERT INTO public.e2e_failover VALUES (1)")
+        seen_lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    tli_before = _timeline(box, old)
+    with box.connect(cand) as conn:  # the standby has everything we saw committed before the crash
+        for _ in range(100):
+            replayed = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]
+            if lsn_int(replayed) >= lsn_int(seen_lsn):
+                break
+            time.sleep(0.05)
+    box.stop_node(old, "immediate")
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "trigger_runbook.py"), "failover/failover", "--cluster", "sandbox",
+         "--mode", "failover", "--no-approval", "--idempotency-key", "crash-failover-1", "--api-url", stack.api_url,
+         "--wait", "180"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id = json.loads(proc.stdout.splitlines()[0])["flow_run_id"]
+    params = api(stack, f"/flow_runs/{run_id}")["parameters"]["request"]
+    assert params["mode"] == "failover" and params["require_approval"] is False
+
+    with box.connect(cand) as conn:  # writable on a new timeline, with what was committed before the crash
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        assert conn.execute("SELECT count(*) FROM public.e2e_failover").fetchone()[0] >= 1
+        conn.execute("INSERT INTO public.e2e_failover VALUES (2)")
+    assert _timeline(box, cand) > tli_before
+    with box.connect("pgbouncer") as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone()[0] == box.node_port(cand)
+    data = _block_data(stack)
+    assert data["primary_node"] == cand and data["fenced_nodes"] == [old]
+
+    (artifact,) = post(stack, "/artifacts/filter", {"artifacts": {
+        "flow_run_id": {"any_": [run_id]}, "key": {"any_": ["failover-sandbox"]}}})
+    gap = re.search(r"LSN gap (\d+) bytes \([^)]*\): the old primary's WAL ended at ([0-9A-F]+/[0-9A-F]+), "
+                    r"the candidate was promoted at ([0-9A-F]+/[0-9A-F]+)", artifact["data"])
+    assert gap, artifact["data"][:2000]
+    gap_bytes, wal_end, promoted_at = int(gap[1]), lsn_int(gap[2]), lsn_int(gap[3])
+    assert wal_end - promoted_at == gap_bytes
+    assert promoted_at >= lsn_int(seen_lsn)  # the candidate was promoted past every commit we saw
+    assert f"{cand} is the new primary" in artifact["description"]
+
+    node, summary = _rejoin_via_rest(stack, "rejoin-after-crash-failover")
+    assert node == old and "rewound: timelines diverged" in summary, summary
+    with box.connect(old) as conn:  # the rejoined node replays the new primary's writes
+        for _ in range(100):
+            if conn.execute("SELECT count(*) FROM public.e2e_failover WHERE n = 2").fetchone()[0]:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"{old} never replayed the write made on {cand}")
