@@ -34,6 +34,7 @@ from tasks import (  # noqa: E402
     report_storage,
     report_wraparound,
 )
+from tasks.server_capabilities import capabilities  # noqa: E402
 
 BATCH = 500  # tables per transaction (each takes locks on the table, its TOAST table and its index)
 
@@ -58,15 +59,17 @@ def build(box: Sandbox, tables: int, statements: int) -> None:
         conn.execute("ANALYZE")
 
 
-def direct_queries(version: int, schema: str) -> list[tuple[str, object, object]]:
+def direct_queries(version: int, schema: str, extversion: str) -> list[tuple[str, object, object]]:
     """(name, query, params) of every read the report makes, in the order the report makes them."""
+    caps = capabilities(version, extversion)
     return [
-        ("connections.limits", report_connections.LIMITS_SQL, None),
+        ("connections.limits", report_connections.LIMITS_SQL if caps.reserved_connections_setting
+         else report_connections.LIMITS_PRE16_SQL, None),
         ("connections.groups", report_connections.GROUPS_SQL, None),
         ("connections.idle_tx", report_connections.IDLE_IN_TRANSACTION_SQL, {"limit": 100}),
         ("connections.sessions", report_connections.SESSIONS_SQL, None),
         ("statements.extension", report_statements.EXTENSION_SQL, None),
-        ("statements.rows", report_statements.statements_query(version, schema), None),
+        ("statements.rows", report_statements.statements_query(caps.statements, schema), None),
         ("statements.info", sql.SQL(report_statements.INFO_SQL).format(schema=sql.Identifier(schema)), None),
         ("storage.databases", report_storage.DATABASE_SIZES_SQL, None),
         ("storage.relations", report_storage.RELATION_SIZES_SQL, {"limit": 20}),
@@ -77,8 +80,8 @@ def direct_queries(version: int, schema: str) -> list[tuple[str, object, object]
         ("wraparound.databases", report_wraparound.DATABASE_AGES_SQL, None),
         ("wraparound.tables", report_wraparound.TABLE_AGES_SQL, {"limit": 10}),
         ("wraparound.holders", report_wraparound.HOLDERS_SQL, {"limit": 10}),
-        ("checkpoints.counters", report_checkpoints.CHECKPOINTS_BGWRITER_SQL if version < 170000
-         else report_checkpoints.CHECKPOINTS_CHECKPOINTER_SQL, None),
+        ("checkpoints.counters", report_checkpoints.CHECKPOINTS_CHECKPOINTER_SQL if caps.checkpointer_view
+         else report_checkpoints.CHECKPOINTS_BGWRITER_SQL, None),
         ("checkpoints.wal", report_checkpoints.WAL_ARCHIVER_SQL, None),
     ]
 
@@ -89,9 +92,9 @@ def run_direct(box: Sandbox) -> tuple[float, dict[str, float], int]:
     started = time.perf_counter()
     with psycopg.connect(box.conninfo("primary"), autocommit=True, options="-c jit=off") as conn:
         version = conn.info.server_version
-        schema = conn.execute(report_statements.SCHEMA_SQL).fetchone()[0]
+        extversion, schema = conn.execute(report_statements.EXTENSION_SQL).fetchone()[:2]
         rows = 0
-        for name, query, params in direct_queries(version, schema):
+        for name, query, params in direct_queries(version, schema, extversion):
             t = time.perf_counter()
             fetched = conn.execute(query, params).fetchall()
             timings[name] = time.perf_counter() - t

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
+from tasks.server_capabilities import capabilities
 
 
 class ChurnSample(BaseModel):
@@ -58,7 +59,7 @@ class _Ages(BaseModel):
 @task(name="sample-connection-churn", **DB_TASK)
 def sample_churn(target: ConnectionTarget, sample_seconds: float = 2.0, young_seconds: float = 10.0) -> ChurnSample:
     with connect(target, purpose="troubleshoot-connections") as db:
-        has_sessions = db.server_version_num >= 140000
+        has_sessions = capabilities(db.server_version_num).database_sessions
         first = db.fetch_all(SESSIONS_SQL, None, _Sessions)[0] if has_sessions else None
         time.sleep(sample_seconds)
         last = db.fetch_all(SESSIONS_SQL, None, _Sessions)[0] if has_sessions else None

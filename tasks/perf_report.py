@@ -125,19 +125,40 @@ def connections_check(node: str, snap: ConnectionsSnapshot, p: ReportParams) -> 
                          f"{states['idle in transaction']} idle in transaction{tail}.")
 
 
+def evicted_note(snap: StatementsSnapshot, delta: StatementsDelta) -> str:
+    """The sentence saying the deltas miss evicted statements, or "" when none were evicted."""
+    if not delta.evicted:
+        return ""
+    limit = f" (pg_stat_statements.max = {snap.max_entries})" if snap.max_entries else ""
+    return (f"pg_stat_statements evicted {delta.evicted} statements since the {delta.since}{limit}: their calls "
+            "are missing from these figures, so the totals and top lists are incomplete. Raise "
+            "pg_stat_statements.max (restart needed) above the number of distinct statements.")
+
+
 def statements_check(node: str, snap: StatementsSnapshot, delta: StatementsDelta | None) -> Check:
     if not snap.available or delta is None:
         return Check(name="statements", node=node, status="unknown", summary=f"Query statistics unavailable: "
-                     f"{snap.reason}", details={"reason": snap.reason})
+                     f"{snap.reason}", details={"reason": snap.reason, "extversion": snap.extversion})
     calls = sum(s.calls for s in delta.statements)
     total = sum(s.total_ms for s in delta.statements) / 1000
     reset = " Statistics were reset in between: figures count from the reset." if delta.reset_detected else ""
     hidden = (f" The texts of {snap.hidden} statements of other roles are hidden: grant pg_monitor "
               "(or pg_read_all_stats) to the runbook role." if snap.hidden else "")
-    return Check(name="statements", node=node, status="warning" if snap.hidden else "ok",
-                 details={"statements": len(delta.statements), "calls": calls, "since": delta.since},
+    evicted = evicted_note(snap, delta)
+    return Check(name="statements", node=node, status="warning" if snap.hidden or evicted else "ok",
+                 details={"statements": len(delta.statements), "calls": calls, "since": delta.since,
+                          "evicted": delta.evicted, "extversion": snap.extversion},
                  summary=f"{len(delta.statements)} statements ran {calls} times for {human_seconds(total)} "
-                         f"since the {delta.since}.{reset}{hidden}")
+                         f"since the {delta.since}.{reset}{hidden}" + (f" {evicted}" if evicted else ""))
+
+
+def extension_note(snap: StatementsSnapshot) -> str:
+    """Which pg_stat_statements version the figures come from, and whether an update is available."""
+    if not snap.extversion:
+        return ""
+    update = (f" ALTER EXTENSION pg_stat_statements UPDATE would give {snap.default_version}."
+              if snap.default_version and snap.default_version != snap.extversion else "")
+    return f"From pg_stat_statements {snap.extversion}.{update}"
 
 
 def storage_check(node: str, snap: StorageSnapshot, delta: StorageDelta) -> Check:
@@ -320,9 +341,13 @@ def render_markdown(report: PerformanceReport, p: ReportParams) -> str:
                            for s in c.idle_in_transaction[:p.top_n]])
     if report.statements is not None:
         out += ["", "## Query performance", ""]
+        if note := extension_note(report.statements):
+            out += [md_cell(note), ""]
         if report.statements_delta is None:
             out.append(md_cell(report.statements.reason or "not available"))
         else:
+            if evicted := evicted_note(report.statements, report.statements_delta):
+                out += [f"**Incomplete:** {md_cell(evicted)}", ""]
             for title, field, min_calls in (("by total time", "total_ms", 1), ("by mean time", "mean_ms", p.min_calls),
                                             ("by rows", "rows", 1), ("by shared blocks read", "shared_blks_read", 1),
                                             ("by temp blocks", "temp_blks_written", 1)):

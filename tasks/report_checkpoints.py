@@ -1,6 +1,7 @@
 """Checkpoints, WAL and archiving (report 1.2): requested vs timed checkpoints, WAL written, archiver failures.
 
-PG17 moved the checkpoint counters from pg_stat_bgwriter to pg_stat_checkpointer: the branch is here.
+PG17 moved the checkpoint counters from pg_stat_bgwriter to pg_stat_checkpointer; pg_stat_wal is PG14+:
+`tasks.server_capabilities` decides which.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pydantic import BaseModel
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
+from tasks.server_capabilities import capabilities
 
 
 class _Checkpoints(BaseModel):
@@ -78,9 +80,9 @@ WAL_ARCHIVER_PRE14_SQL = WAL_ARCHIVER_SQL.replace(
 @task(name="read-checkpoints", **DB_TASK)
 def read_checkpoints(target: ConnectionTarget) -> CheckpointSnapshot:
     with connect(target, purpose="report-checkpoints") as db:
-        version = db.server_version_num
-        cp_sql = CHECKPOINTS_CHECKPOINTER_SQL if version >= 170000 else CHECKPOINTS_BGWRITER_SQL
-        wal_sql = WAL_ARCHIVER_SQL if version >= 140000 else WAL_ARCHIVER_PRE14_SQL
+        caps = capabilities(db.server_version_num)
+        cp_sql = CHECKPOINTS_CHECKPOINTER_SQL if caps.checkpointer_view else CHECKPOINTS_BGWRITER_SQL
+        wal_sql = WAL_ARCHIVER_SQL if caps.wal_stats_view else WAL_ARCHIVER_PRE14_SQL
         counters = db.fetch_all(cp_sql, None, _Checkpoints)[0]
         wal = db.fetch_all(wal_sql, None, _WalArchiver)[0]
     return CheckpointSnapshot(**counters.model_dump(), **wal.model_dump())

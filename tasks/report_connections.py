@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
 from tasks.health_report import redact_sql
+from tasks.server_capabilities import capabilities
 
 
 class SlotLimits(BaseModel):
@@ -76,11 +77,17 @@ class ConnectionsSnapshot(BaseModel):
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-# How many connection slots exist and how many are reserved for superusers (and pg_use_reserved_connections)?
+# How many connection slots exist and how many are reserved for superusers and pg_use_reserved_connections (PG16+)?
 LIMITS_SQL = """
 SELECT current_setting('max_connections')::int                               AS max_connections,
        current_setting('superuser_reserved_connections')::int
-       + coalesce(current_setting('reserved_connections', true), '0')::int    AS reserved
+       + current_setting('reserved_connections')::int                         AS reserved
+"""
+
+# How many connection slots exist and how many are reserved for superusers (before PG16)?
+LIMITS_PRE16_SQL = """
+SELECT current_setting('max_connections')::int                               AS max_connections,
+       current_setting('superuser_reserved_connections')::int                AS reserved
 """
 
 # Client backends grouped by database, user, application and address, with counts per state and ages.
@@ -139,11 +146,13 @@ class _Sessions(BaseModel):
 def read_connections(target: ConnectionTarget, limit: int = 100) -> ConnectionsSnapshot:
     """Every client backend of the node, grouped, plus the idle-in-transaction sessions."""
     with connect(target, purpose="report-connections") as db:
-        limits = db.fetch_all(LIMITS_SQL, None, SlotLimits)[0]
+        caps = capabilities(db.server_version_num)
+        limits = db.fetch_all(LIMITS_SQL if caps.reserved_connections_setting else LIMITS_PRE16_SQL,
+                              None, SlotLimits)[0]
         groups = db.fetch_all(GROUPS_SQL, None, ConnectionGroup)
         idle_tx = [s.model_copy(update={"query": redact_sql(s.query, 500)})
                    for s in db.fetch_all(IDLE_IN_TRANSACTION_SQL, {"limit": limit}, IdleInTransaction)]
         sessions = (db.fetch_all(SESSIONS_SQL, None, _Sessions)[0]
-                    if db.server_version_num >= 140000 else _Sessions(sessions_total=None, session_time_ms=None))
+                    if caps.database_sessions else _Sessions(sessions_total=None, session_time_ms=None))
     return ConnectionsSnapshot(limits=limits, groups=groups, idle_in_transaction=idle_tx,
                                sessions_total=sessions.sessions_total, session_time_ms=sessions.session_time_ms)

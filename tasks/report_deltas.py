@@ -54,6 +54,9 @@ class StatementsDelta(BaseModel):
     since: str = Field(description="'previous report' or 'statistics reset' (first report or after a reset).")
     reset_detected: bool
     reset_entries: int = Field(default=0, description="Entries whose counters went down (evicted or reset).")
+    evicted: int | None = Field(default=None, description="Entries pg_stat_statements evicted in the period "
+                                                           "(pg_stat_statements_info.dealloc grew): their calls "
+                                                           "are missing from the figures. None: not known (<1.9).")
     statements: list[StatementDelta]
 
     def top(self, field: str, n: int, min_calls: int = 1) -> list[StatementDelta]:
@@ -81,7 +84,18 @@ def statements_delta(current: StatementsSnapshot, previous: StatementsSnapshot |
                                        reset=entry_reset or global_reset, **values))
     return StatementsDelta(since="previous report" if prev_ok and not global_reset else "statistics reset",
                            reset_detected=bool(global_reset or reset_entries), reset_entries=reset_entries,
+                           evicted=evicted_since(current, previous if prev_ok and not global_reset else None),
                            statements=rows)
+
+
+def evicted_since(current: StatementsSnapshot, previous: StatementsSnapshot | None) -> int | None:
+    """Entries evicted since the previous snapshot (or since the reset, without one); None when unknown."""
+    if current.dealloc is None:
+        return None
+    if previous is None or previous.dealloc is None:
+        return current.dealloc
+    delta, _ = counter_delta(current.dealloc, previous.dealloc, False)
+    return int(delta)
 
 
 class RatioRow(BaseModel):

@@ -1,9 +1,9 @@
 """pg_stat_statements counters (report 1.2, troubleshooter 3.2), read without ever resetting them.
 
-Column names differ by server version; `statement_columns` is the one place that branches on
-server_version_num. Utility statements are not normalized before PG16 (ALTER ROLE ... PASSWORD
-'...' keeps its literal), so texts are redacted as they are read, before anything stores them.
-Works with pg_monitor (pg_read_all_stats shows every statement's text).
+Column names follow the version of the extension created in the database, not the server's:
+`tasks.server_capabilities` decides them from pg_extension.extversion. Utility statements are not
+normalized before PG16 (ALTER ROLE ... PASSWORD '...' keeps its literal), so texts are redacted as they
+are read, before anything stores them. Works with pg_monitor (pg_read_all_stats shows every statement's text).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
 from tasks.errors import RunbookDBError
 from tasks.health_report import redact_sql
+from tasks.server_capabilities import StatementsColumns, capabilities
 
 ENABLE_HINT = (
     "add pg_stat_statements to shared_preload_libraries (restart needed), then run "
@@ -51,29 +52,30 @@ class StatementsSnapshot(BaseModel):
     available: bool
     reason: str | None = Field(default=None, description="Why the section is empty, and how to enable it.")
     stats_reset: datetime | None = Field(default=None, description="pg_stat_statements_info.stats_reset (PG14+).")
-    dealloc: int | None = Field(default=None, description="Entries evicted since the reset (PG14+).")
+    dealloc: int | None = Field(default=None, description="Entries evicted since the reset (extension 1.9+).")
+    extversion: str | None = Field(default=None, description="pg_stat_statements version created in the database.")
+    default_version: str | None = Field(default=None, description="The version ALTER EXTENSION ... UPDATE gives.")
+    max_entries: int | None = Field(default=None, description="pg_stat_statements.max: entries kept before "
+                                                               "the least used are evicted.")
     statements: list[StatementCounters] = Field(default_factory=list)
 
     hidden: int = Field(default=0, description="Statements of other roles this role may not see "
                                                "(it lacks pg_read_all_stats): left out.")
 
 
-def statement_columns(version_num: int) -> dict[str, str]:
-    """The pg_stat_statements column for each of our fields, by server version (the one branch)."""
-    return {
-        # PG13 renamed total_time to total_exec_time (and added planning time).
-        "total_ms": "total_exec_time" if version_num >= 130000 else "total_time",
-        # PG17 renamed blk_read_time to shared_blk_read_time (and added local_blk_read_time).
-        "blk_read_ms": "shared_blk_read_time" if version_num >= 170000 else "blk_read_time",
-        # PG14 added toplevel; before, every row is top level.
-        "toplevel": "toplevel" if version_num >= 140000 else "",
-    }
-
-
-# Is pg_stat_statements created in this database? (Whether it is preloaded shows when its view is read:
+# Is pg_stat_statements created in this database: which version, in which schema, which version would an
+# update give, and how many entries does it keep? (Whether it is preloaded shows when its view is read:
 # shared_preload_libraries itself needs pg_read_all_settings.)
 EXTENSION_SQL = """
-SELECT exists (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements') AS installed
+SELECT e.extversion::text                                              AS extversion,
+       n.nspname::text                                                 AS schema,
+       (SELECT a.default_version::text
+          FROM pg_catalog.pg_available_extensions AS a
+         WHERE a.name = 'pg_stat_statements')                          AS default_version,
+       current_setting('pg_stat_statements.max', true)::int            AS max_entries
+  FROM pg_catalog.pg_extension AS e
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace
+ WHERE e.extname = 'pg_stat_statements'
 """
 NOT_LOADED_SQLSTATE = "55000"  # object_not_in_prerequisite_state: "must be loaded via shared_preload_libraries"
 
@@ -96,22 +98,19 @@ SELECT concat_ws(':', s.userid, s.dbid, {toplevel}, s.queryid) AS key,
   LEFT JOIN pg_catalog.pg_roles AS r ON r.oid = s.userid
 """
 
-# When were the statement statistics last reset, and how many entries were evicted (PG14+)?
+# When were the statement statistics last reset, and how many entries were evicted (extension 1.9+)?
 INFO_SQL = """
 SELECT stats_reset,
        dealloc
   FROM {schema}.pg_stat_statements_info
 """
 
-# Which schema holds the extension's views?
-SCHEMA_SQL = """
-SELECT n.nspname::text
-  FROM pg_catalog.pg_extension AS e
-  JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace
- WHERE e.extname = 'pg_stat_statements'
-"""
 
-
+class _Extension(BaseModel):
+    extversion: str
+    schema_: str = Field(alias="schema")
+    default_version: str | None
+    max_entries: int | None
 
 
 class _Info(BaseModel):
@@ -119,33 +118,40 @@ class _Info(BaseModel):
     dealloc: int | None
 
 
-def statements_query(version_num: int, schema: str) -> sql.Composed:
-    cols = statement_columns(version_num)
-    toplevel = sql.SQL("s.") + sql.Identifier(cols["toplevel"]) if cols["toplevel"] else sql.SQL("true")
+def statements_query(cols: StatementsColumns, schema: str) -> sql.Composed:
+    """The statements query with the column names of this extension version."""
+    toplevel = sql.SQL("s.") + sql.Identifier(cols.toplevel) if cols.toplevel else sql.SQL("true")
     return sql.SQL(STATEMENTS_SQL).format(
-        toplevel=toplevel, total_ms=sql.Identifier(cols["total_ms"]),
-        blk_read_ms=sql.Identifier(cols["blk_read_ms"]), schema=sql.Identifier(schema))
+        toplevel=toplevel, total_ms=sql.Identifier(cols.total_ms),
+        blk_read_ms=sql.Identifier(cols.blk_read_ms), schema=sql.Identifier(schema))
 
 
 @task(name="read-statements", **DB_TASK)
 def read_statements(target: ConnectionTarget) -> StatementsSnapshot:
-    """Every statement's cumulative counters, or why there are none (extension missing)."""
+    """Every statement's cumulative counters, or why there are none (extension missing, not loaded, too old)."""
     with connect(target, purpose="report-statements") as db:
-        if not db.scalar(EXTENSION_SQL):
+        ext = db.fetch_one(EXTENSION_SQL, None, _Extension)
+        if ext is None:
             return StatementsSnapshot(
                 available=False,
                 reason=f"pg_stat_statements is not created in database {target.database}: {ENABLE_HINT}.")
-        schema = db.scalar(SCHEMA_SQL)
+        found = {"extversion": ext.extversion, "default_version": ext.default_version, "max_entries": ext.max_entries}
+        cols = capabilities(db.server_version_num, ext.extversion).statements
+        if cols is None:
+            return StatementsSnapshot(
+                available=False, **found,
+                reason=f"pg_stat_statements {ext.extversion} is older than 1.2 (no queryid to key statements by): "
+                       "run ALTER EXTENSION pg_stat_statements UPDATE; in that database.")
         try:
-            rows = db.fetch_all(statements_query(db.server_version_num, schema), None, StatementCounters)
+            rows = db.fetch_all(statements_query(cols, ext.schema_), None, StatementCounters)
         except RunbookDBError as exc:
             if exc.sqlstate != NOT_LOADED_SQLSTATE:
                 raise
             return StatementsSnapshot(
-                available=False,
+                available=False, **found,
                 reason=f"pg_stat_statements is created but not in shared_preload_libraries: {ENABLE_HINT}.")
-        info = (db.fetch_all(sql.SQL(INFO_SQL).format(schema=sql.Identifier(schema)), None, _Info)[0]
-                if db.server_version_num >= 140000 else _Info(stats_reset=None, dealloc=None))
+        info = (db.fetch_all(sql.SQL(INFO_SQL).format(schema=sql.Identifier(ext.schema_)), None, _Info)[0]
+                if cols.info_view else _Info(stats_reset=None, dealloc=None))
     visible = [r.model_copy(update={"query": redact_sql(r.query, 1000)}) for r in rows if not r.hidden]
-    return StatementsSnapshot(available=True, stats_reset=info.stats_reset, dealloc=info.dealloc,
+    return StatementsSnapshot(available=True, stats_reset=info.stats_reset, dealloc=info.dealloc, **found,
                               statements=visible, hidden=sum(r.hidden for r in rows))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
+from tasks.server_capabilities import capabilities
 
 
 class SessionRow(BaseModel):
@@ -122,7 +123,7 @@ class _WhoAmI(BaseModel):
 
 def survey_sql(server_version_num: int) -> sql.Composed:
     """pg_locks.waitstart exists from PostgreSQL 14; before, the state change approximates it."""
-    if server_version_num >= 140000:
+    if capabilities(server_version_num).lock_waitstart:
         return sql.SQL(SURVEY_SQL).format(waitstart=sql.SQL("w.waitstart"), waitstart_col=sql.SQL("l.waitstart"))
     null = sql.SQL("NULL::timestamptz")
     return sql.SQL(SURVEY_SQL).format(waitstart=null, waitstart_col=null)

@@ -16,7 +16,7 @@ from tasks.recommendations import Recommendation, rank
 from tasks.report_cache import CacheSnapshot, DatabaseBlocks
 from tasks.report_checkpoints import CheckpointSnapshot
 from tasks.report_deltas import cache_deltas, checkpoint_delta, statements_delta
-from tasks.report_statements import StatementCounters, StatementsSnapshot, statement_columns, statements_query
+from tasks.report_statements import StatementCounters, StatementsSnapshot
 from tasks.table_stats import IndexUsage, IoSettings, TableUsage, UsageSnapshot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -32,16 +32,6 @@ def stmt(key, calls, total_ms, **kw):
 
 def snap(reset, *rows):
     return StatementsSnapshot(available=True, stats_reset=reset, statements=list(rows))
-
-
-def test_version_branch_is_in_one_place():
-    assert statement_columns(120000) == {"total_ms": "total_time", "blk_read_ms": "blk_read_time", "toplevel": ""}
-    assert statement_columns(130000)["total_ms"] == "total_exec_time"
-    assert statement_columns(140000)["toplevel"] == "toplevel"
-    assert statement_columns(170000)["blk_read_ms"] == "shared_blk_read_time"
-    assert statement_columns(150000)["blk_read_ms"] == "blk_read_time"
-    text = statements_query(170000, "public").as_string(None)
-    assert '"shared_blk_read_time"' in text and '"total_exec_time"' in text
 
 
 def test_delta_subtracts_and_drops_statements_without_new_calls():

@@ -1,0 +1,79 @@
+"""What the connected server offers, by version: the one place that branches on server_version_num.
+
+Server catalogs follow server_version_num. pg_stat_statements columns follow the version of the
+extension created in the database (pg_extension.extversion), not the server's: a PG17 server whose
+extension was never `ALTER EXTENSION pg_stat_statements UPDATE`d still shows the 1.10 columns.
+Column changes, as the extension's SQL scripts define them:
+1.2 queryid; 1.8 (PG13) total_time -> total_exec_time, plans; 1.9 (PG14) toplevel and
+pg_stat_statements_info (dealloc, stats_reset); 1.10 (PG15) temp_blk_*_time, jit_*;
+1.11 (PG17) blk_*_time -> shared_blk_*_time, local_blk_*_time, stats_since; 1.12 (PG18) wal_buffers_full,
+parallel_workers_*.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MIN_STATEMENTS_VERSION = (1, 2)  # queryid, which keys every statement
+
+
+def parse_extversion(extversion: str) -> tuple[int, int] | None:
+    """'1.10' -> (1, 10): compared as numbers, never as strings ('1.10' > '1.9'); None if not MAJOR.MINOR."""
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)(?:\.\d+)?\s*", extversion or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+class StatementsColumns(BaseModel):
+    """pg_stat_statements column names for one extension version."""
+
+    model_config = ConfigDict(frozen=True)
+
+    extversion: str = Field(description="pg_extension.extversion, e.g. '1.10'.")
+    total_ms: str = Field(description="total_exec_time (1.8+) or total_time.")
+    blk_read_ms: str = Field(description="shared_blk_read_time (1.11+) or blk_read_time.")
+    toplevel: str | None = Field(description="toplevel (1.9+); None: every row is top level.")
+    info_view: bool = Field(description="pg_stat_statements_info with dealloc and stats_reset (1.9+).")
+
+
+def statements_columns(extversion: str) -> StatementsColumns | None:
+    """The columns of pg_stat_statements at this extension version; None before 1.2 (no queryid) or unparsable."""
+    v = parse_extversion(extversion)
+    if v is None or v < MIN_STATEMENTS_VERSION:
+        return None
+    return StatementsColumns(
+        extversion=extversion,
+        total_ms="total_exec_time" if v >= (1, 8) else "total_time",
+        blk_read_ms="shared_blk_read_time" if v >= (1, 11) else "blk_read_time",
+        toplevel="toplevel" if v >= (1, 9) else None,
+        info_view=v >= (1, 9))
+
+
+class Capabilities(BaseModel):
+    """Named version decisions for one server (and its pg_stat_statements, when known)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    server_version_num: int
+    checkpointer_view: bool = Field(description="Checkpoint counters in pg_stat_checkpointer (PG17+), "
+                                                "else pg_stat_bgwriter.")
+    wal_stats_view: bool = Field(description="pg_stat_wal exists (PG14+).")
+    database_sessions: bool = Field(description="pg_stat_database.sessions/session_time exist (PG14+).")
+    lock_waitstart: bool = Field(description="pg_locks.waitstart exists (PG14+).")
+    reserved_connections_setting: bool = Field(description="reserved_connections exists (PG16+).")
+    statements: StatementsColumns | None = Field(
+        default=None, description="pg_stat_statements columns; None when not created or older than 1.2.")
+
+
+def capabilities(server_version_num: int, statements_extversion: str | None = None) -> Capabilities:
+    """Every version decision, computed once from server_version_num and pg_stat_statements' extversion."""
+    v = server_version_num
+    return Capabilities(
+        server_version_num=v,
+        checkpointer_view=v >= 170000,
+        wal_stats_view=v >= 140000,
+        database_sessions=v >= 140000,
+        lock_waitstart=v >= 140000,
+        reserved_connections_setting=v >= 160000,
+        statements=statements_columns(statements_extversion) if statements_extversion else None)
