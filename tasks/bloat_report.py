@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from tasks.bloat import CatalogInfo, IndexSize, IndexStats, Measured, TableStats
 from tasks.findings import Status, human_bytes, md_cell
 from tasks.notify import NotificationOutcome
+from tasks.server_capabilities import capabilities
 
 MAXALIGN = 8
 PAGE_HEADER = 24
@@ -169,7 +170,7 @@ def index_caveats(i: IndexStats, p: BloatParams, server_version_num: int) -> lis
         caveats.append("never vacuumed or analyzed")
     duplicates = i.leading_distinct is not None and (
         0 < i.leading_distinct < 0.9 * max(i.table_reltuples, 1) or -0.9 < i.leading_distinct < 0)
-    if server_version_num >= 130000 and not i.dedup_off and not i.is_unique and duplicates:
+    if capabilities(server_version_num).btree_deduplication and not i.dedup_off and not i.is_unique and duplicates:
         caveats.append("deduplicated btree (PG13+): duplicates share one tuple, so the index is smaller than "
                        "the estimate assumes")
     return caveats

@@ -62,6 +62,10 @@ class Capabilities(BaseModel):
     database_sessions: bool = Field(description="pg_stat_database.sessions/session_time exist (PG14+).")
     lock_waitstart: bool = Field(description="pg_locks.waitstart exists (PG14+).")
     reserved_connections_setting: bool = Field(description="reserved_connections exists (PG16+).")
+    vacuum_skip_locked: bool = Field(description="VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON|OFF) (PG12+).")
+    vacuum_index_cleanup_auto: bool = Field(description="VACUUM (INDEX_CLEANUP AUTO) (PG14+).")
+    vacuum_parallel: bool = Field(description="VACUUM (PARALLEL n) (PG13+).")
+    btree_deduplication: bool = Field(description="btree indexes deduplicate equal keys (PG13+).")
     statements: StatementsColumns | None = Field(
         default=None, description="pg_stat_statements columns; None when not created or older than 1.2.")
 
@@ -76,4 +80,8 @@ def capabilities(server_version_num: int, statements_extversion: str | None = No
         database_sessions=v >= 140000,
         lock_waitstart=v >= 140000,
         reserved_connections_setting=v >= 160000,
+        vacuum_skip_locked=v >= 120000,
+        vacuum_index_cleanup_auto=v >= 140000,
+        vacuum_parallel=v >= 130000,
+        btree_deduplication=v >= 130000,
         statements=statements_columns(statements_extversion) if statements_extversion else None)

@@ -21,6 +21,7 @@ from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, Session, connect
 from tasks.errors import LockTimeout, RunbookDBError
 from tasks.relations import RelationRef, resolve
+from tasks.server_capabilities import capabilities
 
 
 class TableVacuumState(BaseModel):
@@ -148,17 +149,18 @@ def resolve_tables(target: ConnectionTarget, names: list[str]) -> list[RelationR
 
 def vacuum_statement(ref: RelationRef, options: VacuumOptions, server_version_num: int) -> sql.Composed:
     """VACUUM (options) schema.table, with only the options this server version supports."""
+    caps = capabilities(server_version_num)
     opts: list[sql.Composable] = []
     if options.analyze:
         opts.append(sql.SQL("ANALYZE"))
     if options.freeze:
         opts.append(sql.SQL("FREEZE"))
-    if server_version_num >= 120000:
+    if caps.vacuum_skip_locked:
         opts.append(sql.SQL("SKIP_LOCKED"))
         cleanup = {"auto": "AUTO", "on": "ON", "off": "OFF"}[options.index_cleanup]
-        if cleanup != "AUTO" or server_version_num >= 140000:
+        if cleanup != "AUTO" or caps.vacuum_index_cleanup_auto:
             opts.append(sql.SQL("INDEX_CLEANUP {}").format(sql.SQL(cleanup)))
-    if options.parallel is not None and server_version_num >= 130000:
+    if options.parallel is not None and caps.vacuum_parallel:
         opts.append(sql.SQL("PARALLEL {}").format(sql.Literal(int(options.parallel))))
     if not opts:
         return sql.SQL("VACUUM {}").format(ref.identifier)

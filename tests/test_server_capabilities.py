@@ -40,6 +40,13 @@ def test_each_server_version_with_its_default_extension(server, ext, total, blk_
             caps.reserved_connections_setting) == (checkpointer, wal, sessions, sessions, reserved)
 
 
+def test_maintenance_syntax_by_server_version():
+    pg12, pg13, pg14 = capabilities(120000), capabilities(130000), capabilities(140000)
+    assert (pg12.vacuum_skip_locked, pg12.vacuum_parallel, pg12.btree_deduplication) == (True, False, False)
+    assert (pg13.vacuum_parallel, pg13.btree_deduplication, pg13.vacuum_index_cleanup_auto) == (True, True, False)
+    assert pg14.vacuum_index_cleanup_auto and not capabilities(110000).vacuum_skip_locked
+
+
 def test_columns_follow_the_extension_not_the_server():
     # a PG17 server whose extension was never updated still has the 1.10 columns
     old = capabilities(170000, "1.10").statements
@@ -120,7 +127,8 @@ def pgss_db(sandbox):
 
 
 def run_probe(sandbox, marker: str, times: int = 3) -> dict:
-    """Run a statement on a table of its own (aliases and constants do not change the queryid), then read its counters straight from the view (the ground truth)."""
+    """Run a statement on a table of its own (aliases and constants do not change the queryid), then read
+    its calls straight from the view (the ground truth)."""
     with sandbox.connect("primary", dbname=PGSS_DB) as conn:
         conn.autocommit = True
         conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(marker)))
