@@ -104,6 +104,15 @@ def statement_rules(snap: StatementsSnapshot, totals: StatementsDelta | None,
             action=f"Raise work_mem for its role (ALTER ROLE {s.usename} SET work_mem = ...) or give its sort/hash "
                    "an index; watch temp_bytes in the daily report.",
             fix_flow=None))
+    if totals.evicted:
+        limit = f" (pg_stat_statements.max = {snap.max_entries})" if snap.max_entries else ""
+        recs.append(Recommendation(
+            id="statements-evicted", rule="statements-evicted", severity="warning", subject="cluster",
+            finding=f"pg_stat_statements evicted {totals.evicted} statements since the {totals.since}{limit}: "
+                    "their calls are missing, so these rankings are incomplete.",
+            evidence={"evicted": totals.evicted, "max_entries": snap.max_entries, "extversion": snap.extversion},
+            action="Raise pg_stat_statements.max (restart needed) above the number of distinct statements.",
+            fix_flow=None))
     return recs
 
 

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from sandbox.blocks import sandbox_cluster_block
 from tasks.perf_report import PerformanceReport, ReportParams, render_markdown, statements_check
+from tasks.performance_rules import PerformanceRules, statement_rules
 from tasks.report_deltas import statements_delta
 from tasks.report_statements import StatementCounters, StatementsSnapshot, read_statements, statements_query
 from tasks.server_capabilities import capabilities, parse_extversion, statements_columns
@@ -170,3 +171,14 @@ def test_old_extension_versions_are_read_with_their_own_columns_then_after_updat
         seen.append((version, check.details["extversion"]))
     assert [v for v, _ in seen] == ["1.4", "1.8", "1.9", default]
 
+
+
+def test_troubleshooter_recommends_raising_max_after_evictions():
+    current = snap(31, stmt("a", 3, 1.0), max_entries=100)
+    (rec,) = [r for r in statement_rules(current, statements_delta(current, None), PerformanceRules())
+              if r.rule == "statements-evicted"]
+    assert rec.severity == "warning" and "evicted 31 statements" in rec.finding and "max = 100" in rec.finding
+    assert "pg_stat_statements.max" in rec.action
+    quiet = snap(0, stmt("a", 3, 1.0))
+    assert not [r for r in statement_rules(quiet, statements_delta(quiet, None), PerformanceRules())
+                if r.rule == "statements-evicted"]
