@@ -21,7 +21,7 @@ def resume_plan(ctx: RunContext, states: dict[str, NodeState], endpoint_error: s
     step of phase 2 inspects the node again before acting. A dry run reads the journal and never
     changes it: it returns what the resume would do and leaves the journal for the real rerun.
     A rerun in failover mode replaces an unfinished switchover that never asked its candidate to promote:
-    that journal is closed as superseded (kept beside the new one) and the run decides afresh.
+    the run decides afresh and, unless that is refused, closes the old journal as superseded (kept).
     """
     dry_run = ctx.request.dry_run
     journal = ctx.store.load(ctx.cluster.cluster_name)
@@ -33,13 +33,8 @@ def resume_plan(ctx: RunContext, states: dict[str, NodeState], endpoint_error: s
         return None
     plan = journal.plan
     action, note = rerun_mode_decision(plan, journal.steps, ctx.request.mode, journal.run_id)
-    if action == "supersede":
+    if action == "supersede":  # closed by start_journal, once the fresh plan is not refused
         ctx.supersedes = (journal.run_id, note)
-        if not dry_run:
-            journal.status = "superseded"
-            journal.facts.update(superseded_by=ctx.run_id, superseded_because=note)
-            ctx.store.save(journal)
-            ctx.store.archive(ctx.cluster.cluster_name)
         return None
     reasons = []
     if fence_reason := unconfirmed_fence_refusal(ctx.request, ctx.endpoint.kind):
@@ -71,12 +66,24 @@ def start_journal(ctx: RunContext, plan: FailoverPlan) -> None:
     if ctx.journal is None:
         if ctx.supersedes:
             plan.warnings.append(ctx.supersedes[1])
+            close_superseded(ctx)
         now = datetime.now(UTC)
         ctx.journal = Journal(cluster=ctx.cluster.cluster_name, run_id=ctx.run_id, plan=plan, started_at=now,
                               updated_at=now, slack_channel=ctx.thread.outcome.channel)
         if ctx.supersedes:
             ctx.journal.facts["supersedes_run"] = ctx.supersedes[0]
     ctx.save()
+
+
+def close_superseded(ctx: RunContext) -> None:
+    """Mark the unfinished run this one replaces as superseded and archive it (kept, never deleted)."""
+    old = ctx.store.load(ctx.cluster.cluster_name)
+    if ctx.request.dry_run or old is None or old.run_id != ctx.supersedes[0]:
+        return
+    old.status = "superseded"
+    old.facts.update(superseded_by=ctx.run_id, superseded_because=ctx.supersedes[1])
+    ctx.store.save(old)
+    ctx.store.archive(ctx.cluster.cluster_name)
 
 
 @task(name="update-cluster-block", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)

@@ -517,6 +517,10 @@ def test_failover_rerun_supersedes_a_switchover_whose_old_primary_cannot_restart
     assert dry.plan.mode == "failover" and not dry.plan.resumed
     assert any("closed as superseded" in w for w in dry.plan.warnings)
     assert store.load(BLOCK).run_id == stuck.run_id and store.load(BLOCK).status == "in_progress"
+    # a refused failover supersedes nothing: the switchover's journal stays for a better rerun
+    with pytest.raises(FailoverRefused, match="actually a primary"):
+        failover(request(journal_dir, mode="failover", candidate=old))
+    assert store.load(BLOCK).run_id == stuck.run_id and store.load(BLOCK).status == "in_progress"
     report = failover(request(journal_dir, mode="failover"))
     assert report.status == "completed" and report.mode == "failover" and not report.resumed, report.summary
     assert report.new_primary == cand and current(box)[0] == cand
