@@ -146,6 +146,28 @@ def resume_point(plan: FailoverPlan, journaled: list[StepRecord]) -> tuple[str |
     return f"{last.step} ({last.status})", names[at] if at < len(names) else None
 
 
+def rerun_mode_decision(plan: FailoverPlan, journaled: list[StepRecord], requested_mode: str,
+                        run_id: str) -> tuple[str, str | None]:
+    """Whether a rerun continues an unfinished run ('resume') or closes it and plans afresh ('supersede'), and the
+    sentence that says why (None when the requested mode is the journal's).
+
+    A switchover whose candidate was never asked to promote may give way to a fresh failover (its old primary
+    could not be restarted, or stopped uncleanly); once pg_promote was requested the run is always resumed, so a
+    cluster never sees two promotions.
+    """
+    if requested_mode == plan.mode:
+        return "resume", None
+    if plan.mode == "switchover" and requested_mode == "failover":
+        if any(s.step == "promote" for s in journaled):
+            return "resume", (f"mode failover was requested, but unfinished switchover run {run_id} already asked "
+                              f"{plan.candidate} to promote: resuming it (never two promotions)")
+        return "supersede", (f"unfinished switchover run {run_id} ({plan.old_primary} → {plan.candidate}) never asked "
+                             f"{plan.candidate} to promote: closed as superseded and a fresh failover is planned, "
+                             "as requested")
+    return "resume", (f"mode {requested_mode} was requested, but unfinished {plan.mode} run {run_id} already "
+                      f"started phase 2: resuming it in {plan.mode} mode")
+
+
 def plan_steps(mode: str, old: str, cand: str) -> list[PlannedStep]:
     """Every step of phases 2 and 3, on which node, and why."""
     s = PlannedStep

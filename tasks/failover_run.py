@@ -45,6 +45,7 @@ class RunContext:
     write_pause_ms: float | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     progress: list[str] = field(default_factory=list)
+    supersedes: tuple[str, str] | None = None  # (run id, why) of an unfinished run this one replaces
 
     @property
     def clients_paused(self) -> bool:

@@ -36,7 +36,7 @@ def _slug(cluster: str) -> str:
 class Journal(BaseModel):
     cluster: str
     run_id: str
-    status: str = "in_progress"  # in_progress | completed | refused
+    status: str = "in_progress"  # in_progress | completed | refused | rolled_back | superseded
     plan: FailoverPlan
     started_at: datetime
     updated_at: datetime

@@ -4,6 +4,7 @@ each leaves a primary and a streaming standby (rejoined) behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -442,8 +443,9 @@ def test_resume_after_promotion_completes(box, blocks, journal_dir, slack, monke
     assert alert and alert[0].body.get("thread_ts") == journal.slack_parent_ts
     # a dry run now says what the resume would do and leaves the journal to the real rerun
     before = store.path(BLOCK).read_bytes()
-    dry = failover(request(journal_dir, dry_run=True))
+    dry = failover(request(journal_dir, dry_run=True, mode="failover"))  # asking for failover changes nothing now
     assert dry.status == "dry_run" and dry.plan.resumed and dry.plan.resumed_from_run == journal.run_id
+    assert dry.plan.mode == "switchover" and any("never two promotions" in w for w in dry.plan.warnings)
     assert dry.plan.resume_after == "promote (done)" and dry.plan.resume_from == "verify-promotion"
     assert f"would resume run {journal.run_id}" in dry.summary and "from step verify-promotion" in dry.summary
     assert store.path(BLOCK).read_bytes() == before
@@ -482,6 +484,55 @@ def test_worker_killed_mid_phase_then_rerun_completes(box, blocks, journal_dir):
     assert pgbouncer_port_backend(box) == box.node_port(cand)
     with box.connect("pgbouncer") as conn:
         conn.execute("INSERT INTO public.fo_writes VALUES (999999)")
+    assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK)).status == "completed"
+    box.wait_streaming(cand)
+
+
+def test_failover_rerun_supersedes_a_switchover_whose_old_primary_cannot_restart(box, blocks, journal_dir,
+                                                                                  monkeypatch):
+    """A switchover fenced the old primary, then failed, and its hook could not start it again (node control's start
+    command fails): rerunning in failover mode closes that journal as superseded (kept on disk) and runs a fresh
+    failover instead of resuming the switchover and failing the same way."""
+    old, cand = current(box)
+    pre = f"runuser -u {box.config.os_user} -- " if box.as_root else ""
+    no_start = NodeControl(kind="shell", bindir=str(box.bindir),
+                           data_dirs={"primary": str(box.primary_dir), "replica": str(box.replica_dir)},
+                           stop_command=pre + "{bindir}/pg_ctl stop -w -t {timeout} -m {mode} -D {data_dir}",
+                           status_command=pre + "{bindir}/pg_ctl status -D {data_dir}",
+                           controldata_command=pre + "{bindir}/pg_controldata {data_dir}", start_command="false")
+    no_start.save("fo-no-start", overwrite=True)
+    store = JournalStore(journal_dir)
+    monkeypatch.setenv(FAULT_ENV, "fence")
+    with pytest.raises(Exception, match="injected fault"):
+        failover(request(journal_dir, node_control_block="fo-no-start"))
+    monkeypatch.delenv(FAULT_ENV)
+    stuck = store.load(BLOCK)
+    assert stuck.status == "in_progress" and stuck.plan.mode == "switchover"
+    assert stuck.attempted("fence") and not stuck.attempted("promote")
+    assert any("could not restart" in line for lines in stuck.facts["hook_reports"] for line in lines)
+    with pytest.raises(psycopg.OperationalError):
+        box.connect(old).close()
+    # a dry run in failover mode says what will happen and keeps the switchover's journal
+    dry = failover(request(journal_dir, mode="failover", dry_run=True))
+    assert dry.plan.mode == "failover" and not dry.plan.resumed
+    assert any("closed as superseded" in w for w in dry.plan.warnings)
+    assert store.load(BLOCK).run_id == stuck.run_id and store.load(BLOCK).status == "in_progress"
+    # a refused failover supersedes nothing: the switchover's journal stays for a better rerun
+    with pytest.raises(FailoverRefused, match="actually a primary"):
+        failover(request(journal_dir, mode="failover", candidate=old))
+    assert store.load(BLOCK).run_id == stuck.run_id and store.load(BLOCK).status == "in_progress"
+    report = failover(request(journal_dir, mode="failover"))
+    assert report.status == "completed" and report.mode == "failover" and not report.resumed, report.summary
+    assert report.new_primary == cand and current(box)[0] == cand
+    assert any(f"run {stuck.run_id}" in w and "superseded" in w for w in report.plan.warnings)
+    assert [s.status for s in report.steps if s.step == "promote"] == ["started", "done"]
+    closed = [j for j in (JournalStore(journal_dir).dir.glob(f"{BLOCK}.2*.json"))
+              if '"superseded"' in j.read_text()]
+    assert len(closed) == 1
+    record = json.loads(closed[0].read_text())
+    assert record["run_id"] == stuck.run_id and record["facts"]["superseded_by"] != stuck.run_id
+    assert record["steps"] == json.loads(stuck.model_dump_json())["steps"]  # recorded as it was, not deleted
+    assert pgbouncer_port_backend(box) == box.node_port(cand)
     assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK)).status == "completed"
     box.wait_streaming(cand)
 

@@ -235,3 +235,29 @@ def test_resume_point_names_the_last_step_and_where_a_resume_starts():
     assert resume_point(plan, [*done, rec("verify-promotion", "started")]) == (
         "verify-promotion (started)", "verify-promotion")
     assert resume_point(plan, []) == (None, "checkpoint")
+
+
+def test_a_failover_rerun_supersedes_a_switchover_only_before_any_promotion():
+    from datetime import UTC, datetime
+
+    from tasks.failover_model import StepRecord
+    from tasks.failover_plan import rerun_mode_decision
+
+    def rec(step, status="done"):
+        return StepRecord(phase=2, step=step, node="x", status=status, at=datetime.now(UTC))
+
+    switchover = decide(FailoverRequest(mode="switchover"), CLUSTER, {"a": primary(), "b": standby("b")}, None)
+    fenced = [rec("checkpoint"), rec("pause-endpoint"), rec("fence"), rec("read-shutdown-checkpoint", "failed")]
+    # same mode: resume, nothing to say
+    assert rerun_mode_decision(switchover, fenced, "switchover", "r1") == ("resume", None)
+    # failover requested, the candidate never asked to promote: a fresh failover replaces the switchover
+    action, note = rerun_mode_decision(switchover, fenced, "failover", "r1")
+    assert action == "supersede" and "run r1" in note and "never asked b to promote" in note
+    # once pg_promote was requested (whatever its outcome), only a resume: never two promotions
+    for status in ("started", "failed", "done", "skipped"):
+        action, note = rerun_mode_decision(switchover, [*fenced, rec("promote", status)], "failover", "r1")
+        assert action == "resume" and "never two promotions" in note and "already asked b to promote" in note
+    # a failover that started phase 2 is never turned back into a switchover (its old primary may be gone)
+    crash = decide(FailoverRequest(mode="failover"), CLUSTER, {"a": primary(), "b": standby("b")}, None)
+    action, note = rerun_mode_decision(crash, [rec("pause-endpoint")], "switchover", "r2")
+    assert action == "resume" and "resuming it in failover mode" in note

@@ -338,6 +338,82 @@ def test_pid_reuse_and_sessions_gone_between_plan_and_action(world, sandbox):
         live.close()
 
 
+def test_a_connection_lost_mid_step_keeps_what_was_already_done(world, sandbox, monkeypatch):
+    """The runbook's own signalling backend is terminated (a real lost connection) between its first and second
+    signal: the retry, on a new connection, signals only the sessions not yet handled, and the first session
+    keeps its 'cancelled' row (a retry of the whole step would re-check it and call it 'gone')."""
+    import tasks.signal as signal_module
+
+    victims = [client(world, app=f"hl-retry-{i}").run("SELECT pg_sleep(60)") for i in range(3)]
+    for v in victims:
+        wait_for(lambda v=v: v.state()[0] == "active", what="victim running")
+    started = {r[0]: r[1] for r in psql(sandbox, "primary", "SELECT pid, query_start FROM pg_stat_activity "
+                                        "WHERE pid = ANY(%s)", ([v.pid for v in victims],))}
+    actions = [PlannedAction(step="long-queries", action="cancel", pid=v.pid, backend_start=v.backend_start,
+                             query_start=started[v.pid], usename="hl_app", application_name="x", client_addr=HOST,
+                             datname="postgres", state="active", duration_seconds=1.0, query="SELECT pg_sleep(60)",
+                             reason="test") for v in victims]
+    real_signal, calls, killed = signal_module._signal, [], []
+
+    def signal_then_lose_connection(db, query, params):
+        calls.append(params["pid"])
+        if len(calls) == 2:  # after the first signal: the server ends the runbook's own backend
+            killed.append(db.conn.info.backend_pid)
+            assert psql(sandbox, "primary", "SELECT pg_terminate_backend(%s, 5000)", (killed[0],))[0][0]
+        return real_signal(db, query, params)
+
+    monkeypatch.setattr(signal_module, "_signal", signal_then_lose_connection)
+    target = sandbox_cluster_block(sandbox).primary_target()
+    results = signal_sessions(target, actions, 0.2, 1.0, SUPERUSER, True)  # the task, with its retries
+    assert [(r.pid, r.result) for r in results] == [(v.pid, "cancelled") for v in victims]
+    assert calls == [victims[0].pid, victims[1].pid, victims[1].pid, victims[2].pid]  # the first never again
+    assert results[0].acted_at < results[1].acted_at
+    for v in victims:
+        wait_for(lambda v=v: v.state()[0] != "active", what="statement cancelled")
+    assert psql(sandbox, "primary", "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (killed[0],))[0][0] == 0
+
+
+def test_retries_that_run_out_still_return_every_result():
+    """Bookkeeping only (the real path is above): when every retry fails, the step fails with the rows it
+    obtained plus a 'failed' row for each session it never reached, instead of losing them."""
+    from datetime import UTC, datetime
+
+    from tasks.errors import ConnectionLost
+    from tasks.signal import SignalProgress, SignalStepFailed, conclude, run_attempts
+
+    now = datetime.now(UTC)
+    actions = [PlannedAction(step="long-queries", action=act, pid=pid, backend_start=now, query_start=now,
+                             usename="u", application_name="a", client_addr=None, datname="d", state="active",
+                             duration_seconds=1.0, query="q", reason="test")
+               for pid, act in ((1, "cancel"), (2, "cancel_then_terminate"), (3, "terminate"))]
+    progress = SignalProgress()
+    tries = []
+
+    def attempt():
+        tries.append(1)
+        progress.attempts += 1  # as signal_attempt does
+        if 1 not in progress.results:
+            progress.results[1] = signal_module_result(actions[0])
+            progress.pending[2] = actions[1]
+        raise ConnectionLost("t", "server closed the connection unexpectedly", None)
+
+    lost = run_attempts(attempt, retries=2, delay_seconds=0)
+    assert len(tries) == 3 and isinstance(lost, ConnectionLost)
+    with pytest.raises(SignalStepFailed) as failed:
+        conclude("t", actions, progress, lost, "r", True)
+    rows = failed.value.results
+    assert [(r.pid, r.result) for r in rows] == [(1, "cancelled"), (2, "failed"), (3, "failed")]
+    assert rows[1].detail.startswith("cancelled, then not terminated") and rows[2].detail.startswith("not signalled")
+    assert "2 of 3 session(s) not signalled after 3 attempt(s)" in failed.value.detail
+    assert failed.value.cause is lost and failed.value.action == lost.action
+
+
+def signal_module_result(a: PlannedAction):
+    from tasks.signal import _result
+
+    return _result(a, "cancelled")
+
+
 def test_blast_radius_and_pgbouncer_pool_scaler(world, sandbox):
     box, _ = world
     sleepers = []
