@@ -7,7 +7,9 @@ one-minute schedule interval (the run must fit well inside it), and the same two
 per cluster run sequentially with plain psycopg.
 
 Runs where clusters have alert state (pending, firing, due) also lock, re-read and write
-those clusters; the phases printed per run show it.
+those clusters; the phases printed per run show it. `--firing` measures that case: a rule above
+0 % connection usage for 0s makes every cluster fire at once (lock, FIRING to a fake Slack, write),
+then the runs where all of them stay firing, printed beside the quiet fleet's figures.
 
 Detection latency: a rule `connection_limit` with `for: 15s`, the monitor every 5 s on one
 cluster; a real connection surge starts at t0; latency = first FIRING message at the fake
@@ -34,6 +36,15 @@ rules:
     metric: connection_usage_percent
     threshold: {threshold}
     for: 15s
+    action: notify_team
+"""
+
+FIRING_RULES = """\
+rules:
+  - name: connection_limit
+    metric: connection_usage_percent
+    threshold: 0
+    for: 0s
     action: notify_team
 """
 
@@ -65,7 +76,36 @@ def raw_fleet(box, n: int) -> None:
             conn.execute(REPLICATION_SQL).fetchall()
 
 
-def fleet_figures(box, n: int, repeat: int) -> None:
+def fleet_runs(n: int, repeat: int, **kwargs) -> tuple[list[float], list[float], list[float]]:
+    """`repeat` monitor runs over the fleet: (wall times, sampling times, per-cluster sample times)."""
+    from flows.alert_monitor import alert_monitor
+
+    walls, per_cluster, sampling = [], [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        report = alert_monitor(cluster_blocks=[], cluster_group="fleet-", **kwargs)
+        walls.append(time.perf_counter() - t)
+        sampling.append(report.sample_seconds)
+        per_cluster += [c.seconds for c in report.clusters]
+        print(f"run: {walls[-1]:.1f} s; {len(report.firing())} firing; phases {report.phase_seconds}", flush=True)
+        assert len(report.clusters) == n, report.summary
+    return walls, sampling, sorted(per_cluster)
+
+
+def fleet_table(title: str, walls: list[float], sampling: list[float], per_cluster: list[float]) -> float:
+    wall = statistics.median(walls)
+    print(f"\n{title}")
+    row("figure", "seconds", "reference", "ratio")
+    row("monitor run wall time (median)", f"{wall:.2f}", "60 s interval", f"{wall / 60:.0%}")
+    row("monitor run wall time (max)", f"{max(walls):.2f}", "60 s interval", f"{max(walls) / 60:.0%}")
+    row("  of which sampling (median)", f"{statistics.median(sampling):.2f}", "", "")
+    row("per-cluster sample time, median", f"{statistics.median(per_cluster):.3f}", "", "")
+    row("per-cluster sample time, p95", f"{per_cluster[max(int(0.95 * len(per_cluster)) - 1, 0)]:.3f}", "", "")
+    row("per-cluster sample time, max", f"{per_cluster[-1]:.3f}", "", "")
+    return wall
+
+
+def fleet_figures(box, n: int, repeat: int, firing: bool) -> None:
     from flows.alert_monitor import alert_monitor
 
     started = time.perf_counter()
@@ -75,29 +115,38 @@ def fleet_figures(box, n: int, repeat: int) -> None:
     report = alert_monitor(cluster_blocks=[], cluster_group="fleet-")  # creates the per-cluster locks
     print(f"first run: {time.perf_counter() - first:.1f} s; phases "
           f"{report.phase_seconds}", flush=True)
-    walls, per_cluster, sampling = [], [], []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        report = alert_monitor(cluster_blocks=[], cluster_group="fleet-")
-        walls.append(time.perf_counter() - t)
-        sampling.append(report.sample_seconds)
-        per_cluster += [c.seconds for c in report.clusters]
-        print(f"run: {walls[-1]:.1f} s; phases {report.phase_seconds}", flush=True)
-        assert len(report.clusters) == n, report.summary
+    quiet = fleet_runs(n, repeat)
     raw_t = time.perf_counter()
     raw_fleet(box, n)
     raw = time.perf_counter() - raw_t
-    wall = statistics.median(walls)
-    per_cluster.sort()
-    print(f"\nmonitor over {n} clusters, {repeat} runs")
-    row("figure", "seconds", "reference", "ratio")
-    row("monitor run wall time (median)", f"{wall:.2f}", "60 s interval", f"{wall / 60:.0%}")
-    row("monitor run wall time (max)", f"{max(walls):.2f}", "60 s interval", f"{max(walls) / 60:.0%}")
-    row("  of which sampling (median)", f"{statistics.median(sampling):.2f}", "", "")
-    row("per-cluster sample time, median", f"{statistics.median(per_cluster):.3f}", "", "")
-    row("per-cluster sample time, p95", f"{per_cluster[int(0.95 * len(per_cluster)) - 1]:.3f}", "", "")
-    row("per-cluster sample time, max", f"{per_cluster[-1]:.3f}", "", "")
+    wall = fleet_table(f"monitor over {n} clusters, quiet fleet, {repeat} runs", *quiet)
     row("raw SQL, sequential, all clusters", f"{raw:.2f}", "", f"monitor/raw {wall / raw:.1f}x")
+    if firing:
+        firing_figures(n, repeat, wall)
+
+
+def firing_figures(n: int, repeat: int, quiet_wall: float) -> None:
+    """Every cluster fires (connection_limit above 0 % for 0s): one run where all N fire at once (each takes
+    its lock, posts FIRING to the fake Slack, writes its state), then runs where all N stay firing."""
+    from tasks.alert_monitor import MonitorParams
+    from tests.helpers import save_slack_block
+    from tests.slack_server import start_fake_slack
+
+    fake = start_fake_slack()
+    save_slack_block(fake, "bench-fleet-slack", "xoxb-ok-fleet")
+    rules = Path(tempfile.mkdtemp()) / "firing.yaml"
+    rules.write_text(FIRING_RULES)
+    kwargs = {"slack_block": "bench-fleet-slack", "params": MonitorParams(rules_file=str(rules))}
+    try:
+        onset = fleet_runs(n, 1, **kwargs)
+        posted = sum(1 for c in fake.calls("chat.postMessage") if "FIRING" in str(c.body))
+        steady = fleet_runs(n, repeat, **kwargs)
+    finally:
+        fake.stop()
+    print(f"\nall {n} clusters fire at once (one run, {posted} FIRING messages): {onset[0][0]:.2f} s wall, "
+          f"{onset[0][0] / 60:.0%} of the 60 s interval")
+    wall = fleet_table(f"monitor over {n} clusters, every cluster firing (rule > 0 % for 0s), {repeat} runs", *steady)
+    row("firing fleet vs quiet fleet (median)", f"{wall:.2f}", f"{quiet_wall:.2f} quiet", f"{wall / quiet_wall:.1f}x")
 
 
 def latency_figures(box, interval: float) -> None:
@@ -166,9 +215,11 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--firing", action="store_true",
+                        help="also measure the fleet with every cluster in firing alert state")
     args = parser.parse_args()
     with fresh_sandbox() as box, prefect_api():
-        fleet_figures(box, args.clusters, args.repeat)
+        fleet_figures(box, args.clusters, args.repeat, args.firing)
         latency_figures(box, args.interval)
 
 

@@ -7,7 +7,7 @@ revision: if another run moved it on, the evaluation is redone on that state), s
 of alerts that fired, delivers due Slack messages and saves. Quiet clusters cost no lock and no write.
 """
 
-import math
+import time
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, runtime, unmapped
@@ -62,7 +62,7 @@ def alert_monitor(
         scaler_block: Each cluster's pool scaler for connection remediation (e.g. 'pgbouncer-pool-scaler/{cluster}');
             a cluster without one is never scaled.
         scaler_blocks: Explicit cluster block -> scaler block (wins over scaler_block).
-        params: The rules file, sampling deadline and fleet concurrency.
+        params: The rules file, the per-cluster deadline and the fleet's sampling budget.
         evaluated_at: The evaluation time (replays and tests); default now.
     """
     logger = get_run_logger()
@@ -76,7 +76,8 @@ def alert_monitor(
             logger.warning(warning)
     scalers = {b: block_for(b, scaler_block, scaler_blocks, len(blocks), "scaler_block") for b in blocks}
 
-    sampled = sample_fleet(blocks, host_sources(blocks, metrics_block, metrics_blocks), params.deadline_seconds)
+    sampled = sample_fleet(blocks, host_sources(blocks, metrics_block, metrics_blocks), params.deadline_seconds,
+                           params.fleet_budget_seconds)
     report.sample_seconds = report.phase_seconds["sample"] = (datetime.now(UTC) - report.started_at).total_seconds()
     report.evaluated_at = evaluated_at or datetime.now(UTC)
 
@@ -121,11 +122,15 @@ def alert_monitor(
     return report
 
 
-def sample_fleet(blocks: list[str], sources: dict[str, BlockChoice], deadline: float) -> dict[str, ClusterSamples]:
-    """Sample every cluster concurrently; a cluster past its deadline is no data, the others go on."""
-    futures = sample_cluster.map(blocks, [sources[b] for b in blocks], unmapped(deadline))
-    waves = math.ceil(len(blocks) / WORKERS) if blocks else 1
-    done, _ = wait(list(futures), timeout=deadline * waves + 2)
+def sample_fleet(blocks: list[str], sources: dict[str, BlockChoice], deadline: float,
+                 budget: float) -> dict[str, ClusterSamples]:
+    """Sample every cluster concurrently, each within its deadline and all within the fleet's budget: a cluster
+    past either is no data (timed out) and the others go on. Its hung work is abandoned (daemon threads), and
+    tasks not started by the end of the budget are cancelled, so the run ends on time."""
+    started = time.time()
+    until = started + budget
+    futures = sample_cluster.map(blocks, [sources[b] for b in blocks], unmapped(deadline), unmapped(until))
+    done, _ = wait(list(futures), timeout=budget + 1)  # each task returns by `until`; 1 s for Prefect's bookkeeping
     out = {}
     for block, future in zip(blocks, futures, strict=True):
         if future in done:
@@ -135,9 +140,11 @@ def sample_fleet(blocks: list[str], sources: dict[str, BlockChoice], deadline: f
             except Exception as exc:  # noqa: BLE001 - the task itself failed: no data
                 reason = f"sampling failed: {type(exc).__name__}: {exc}"[:300]
         else:
-            reason = f"no answer within the {deadline:.0f} s deadline"
+            getattr(future, "wrapped_future", future).cancel()  # not started yet: never start it
+            reason = f"timed out: not sampled within the fleet's {budget:g} s sampling budget"
         out[block] = ClusterSamples(cluster=block, samples=no_data(DB_METRICS, reason) +
-                                    unsampled_host(sources[block], reason), seconds=deadline, error=reason)
+                                    unsampled_host(sources[block], reason), seconds=time.time() - started,
+                                    error=reason)
     return out
 
 

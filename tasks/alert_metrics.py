@@ -187,18 +187,66 @@ def _get(reading: Any, name: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-@task(name="sample-cluster", cache_policy=NO_CACHE, task_run_name="sample-{cluster_block}")
-def sample_cluster(cluster_block: str, metrics_source: BlockChoice | str | None,
-                   deadline_seconds: float) -> ClusterSamples:
-    """Every sample of one cluster; never raises (a failure is no data with its reason)."""
-    import time
+class _Progress:
+    """What one cluster's sampling thread has finished so far (read by the task when the deadline passes)."""
 
-    started = time.perf_counter()
+    def __init__(self) -> None:
+        self.step = "loading its PostgresCluster block"
+        self.cluster: str | None = None
+        self.db: list[Sample] | None = None
+        self.host: list[Sample] | None = None
+        self.error: str | None = None
+
+
+def _sample_into(progress: _Progress, cluster_block: str, source: BlockChoice | str | None,
+                 deadline_seconds: float) -> None:
+    """Block load, then the database, then the metrics source; each result recorded as soon as it is known."""
     try:
         cluster = PostgresCluster.load(cluster_block)
     except Exception as exc:  # noqa: BLE001
-        reason = f"cannot load PostgresCluster block {cluster_block!r}: {type(exc).__name__}"
-        return ClusterSamples(cluster=cluster_block, samples=no_data(DB_METRICS, reason) + host_samples(metrics_source),
-                              seconds=time.perf_counter() - started, error=reason)
-    samples = database_samples(cluster, deadline_seconds) + host_samples(metrics_source)
-    return ClusterSamples(cluster=cluster.cluster_name, samples=samples, seconds=time.perf_counter() - started)
+        progress.error = f"cannot load PostgresCluster block {cluster_block!r}: {type(exc).__name__}"
+        progress.db = no_data(DB_METRICS, progress.error)
+    else:
+        progress.cluster, progress.step = cluster.cluster_name, "the database"
+        progress.db = database_samples(cluster, deadline_seconds)
+    progress.step = "the metrics source"
+    progress.host = host_samples(source)
+
+
+def sample_within(cluster_block: str, source: BlockChoice | str | None, deadline_seconds: float,
+                  fleet_until: float | None = None) -> ClusterSamples:
+    """Every sample of one cluster, its whole sampling (block load, database, metrics source) bounded by one
+    deadline, cut short by the fleet's budget (`fleet_until`, epoch seconds). Never raises, never waits past
+    the bound: the work runs in a daemon thread that is abandoned if it hangs (what it finished is kept;
+    the rest is no data, timed out)."""
+    import contextvars
+    import threading
+    import time
+
+    started = time.perf_counter()
+    limit, bound = deadline_seconds, f"the {deadline_seconds:g} s per-cluster deadline"
+    if fleet_until is not None and fleet_until - time.time() < limit:
+        limit, bound = max(0.0, fleet_until - time.time()), "the fleet's sampling budget"
+    progress = _Progress()
+    if limit > 0:
+        worker = threading.Thread(target=contextvars.copy_context().run, name=f"sample-{cluster_block}",
+                                  args=(_sample_into, progress, cluster_block, source, deadline_seconds), daemon=True)
+        worker.start()
+        worker.join(limit)
+    host, db = progress.host, progress.db  # host first: once it is set, db is too
+    if host is not None and db is not None:
+        return ClusterSamples(cluster=progress.cluster or cluster_block, samples=db + host,
+                              seconds=time.perf_counter() - started, error=progress.error)
+    reason = (f"timed out: {progress.step} did not answer within {bound}" if limit > 0 else
+              "timed out: not sampled before the fleet's sampling budget was spent")
+    db = db if db is not None else no_data(DB_METRICS, reason)
+    return ClusterSamples(cluster=progress.cluster or cluster_block, error=reason,
+                          samples=db + unsampled_host(source, reason),
+                          seconds=time.perf_counter() - started)
+
+
+@task(name="sample-cluster", cache_policy=NO_CACHE, task_run_name="sample-{cluster_block}")
+def sample_cluster(cluster_block: str, metrics_source: BlockChoice | str | None,
+                   deadline_seconds: float, fleet_until: float | None = None) -> ClusterSamples:
+    """Every sample of one cluster within its deadline and the fleet's budget (sample_within)."""
+    return sample_within(cluster_block, metrics_source, deadline_seconds, fleet_until)

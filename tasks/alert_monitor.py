@@ -36,7 +36,11 @@ class MonitorParams(BaseModel):
 
     rules_file: str | None = Field(default=None, description="YAML rule file; empty: the runbook's four rules.")
     deadline_seconds: float = Field(default=10, ge=1, le=50,
-                                    description="Per-cluster deadline for connecting and reading its metrics.")
+                                    description="Per-cluster deadline for its whole sampling: loading its block, "
+                                                "the database and the metrics source.")
+    fleet_budget_seconds: float = Field(default=45, ge=1, le=600,
+                                        description="Sampling budget of the whole fleet (below the 60 s interval): "
+                                                    "a cluster not sampled by then is no data (timed out).")
     lock_timeout_seconds: float = Field(default=30, ge=1, le=300,
                                         description="Wait this long for another monitor run's state lock.")
     dispatch_actions: bool = Field(default=True, description="Start the actions of firing alerts.")

@@ -244,6 +244,66 @@ def test_a_hanging_cluster_is_no_data_and_the_others_are_evaluated(sandbox, pref
     assert 'no_data{metric="connection_usage_percent"}' in state.alerts  # pending no-data alert, never "ok"
 
 
+@contextlib.contextmanager
+def black_hole_prometheus(name):
+    """A host-metrics-source block of kind prometheus whose server accepts TCP and never answers (HTTP timeout
+    60 s, far past any deadline here)."""
+    from blocks.metrics_source import MetricsSource
+
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen(64)  # the kernel completes the handshake; nobody ever reads the request
+    MetricsSource(kind="prometheus", prometheus_url=f"http://{HOST}:{listener.getsockname()[1]}",
+                  instance="db1:9100", timeout_seconds=60).save(name, overwrite=True)
+    try:
+        yield name
+    finally:
+        listener.close()
+
+
+def test_a_hanging_metrics_source_is_bounded_by_the_cluster_deadline(sandbox, prefect_api):
+    """The deadline covers the cluster's whole sampling, not only its database: a Prometheus that never
+    answers is no data (timed out) after the deadline, what was read before it is kept, and a healthy
+    cluster in the same run is sampled normally."""
+    good, slow = fresh_block(sandbox, "alert-dl-good"), fresh_block(sandbox, "alert-dl-slow")
+    with black_hole_prometheus("alert-dl-slow-host") as source:
+        started = time.perf_counter()
+        report = alert_monitor(cluster_blocks=[good, slow], metrics_blocks={slow: source},
+                               params=MonitorParams(deadline_seconds=2))
+        wall = time.perf_counter() - started
+    by_block = {c.block: c for c in report.clusters}
+    hung = {s.rule: s for s in by_block[slow].series}
+    assert hung["high_cpu"].state == hung["disk_usage"].state == "nodata"
+    assert "timed out: the metrics source did not answer within the 2 s per-cluster deadline" in \
+        hung["high_cpu"].summary
+    assert hung["connection_limit"].state == "inactive"  # read before the source hung: kept
+    assert 2 <= by_block[slow].seconds < 3
+    assert {s.rule: s.state for s in by_block[good].series}["connection_limit"] == "inactive"
+    assert by_block[good].seconds < 2
+    assert wall < 2 + 10  # a correctness bound on the deadline (the source would hang 60 s), not a benchmark
+
+
+def test_the_fleet_budget_ends_sampling_and_the_run_saves_its_state(sandbox, prefect_api):
+    """A fleet budget below the per-cluster deadline: at the budget the hung cluster is no data (timed out)
+    with that reason, its abandoned thread does not hold the run, and its state is saved."""
+    good, slow = fresh_block(sandbox, "alert-fb-good"), fresh_block(sandbox, "alert-fb-slow")
+    with black_hole_prometheus("alert-fb-slow-host") as source:
+        started = time.perf_counter()
+        report = alert_monitor(cluster_blocks=[good, slow], metrics_blocks={slow: source},
+                               params=MonitorParams(deadline_seconds=30, fleet_budget_seconds=3))
+        wall = time.perf_counter() - started
+    by_block = {c.block: c for c in report.clusters}
+    hung = {s.rule: s for s in by_block[slow].series}
+    assert hung["high_cpu"].state == "nodata"
+    assert "timed out: the metrics source did not answer within the fleet's sampling budget" in \
+        hung["high_cpu"].summary
+    assert {s.rule: s.state for s in by_block[good].series}["connection_limit"] == "inactive"
+    assert report.sample_seconds < 3 + 2
+    assert wall < 3 + 10  # a correctness bound on the budget, not a benchmark
+    state = load_states([slow])[slow]
+    assert 'no_data{metric="cpu_usage_percent"}' in state.alerts  # pending no-data alert, saved
+
+
 def test_invalid_rule_file_keeps_the_previous_rules(sandbox, prefect_api, slack, tmp_path):
     block = fresh_block(sandbox, "alert-rules")
     path = rules_file(tmp_path, threshold=99, name="live.yaml")
