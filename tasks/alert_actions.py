@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from tasks.alert_eval import AlertContext, AlertInstance, series_key
 from tasks.alert_rules import AlertRule
-from tasks.alert_sources import BlockChoice, block_exists
+from tasks.alert_sources import BlockChoice, usable_block
 from tasks.alert_state import action_lock_name, ensure_limits
 
 log = logging.getLogger("pg_runbooks.alerts")
@@ -80,15 +80,6 @@ def idempotency_key(cluster: str, alert: AlertInstance) -> str:
     return f"alert:{cluster}:{series_key(alert.rule, alert.labels)}:{fired}"
 
 
-def scaler_for(choice: BlockChoice | None) -> str | None:
-    """The scaler block this cluster's remediation may use: a templated name that does not exist is none."""
-    if choice is None or not choice.block:
-        return None
-    if choice.optional and not block_exists(choice.block):
-        return None
-    return choice.block
-
-
 def start_action(rule: AlertRule, cluster_block: str, cluster: str, alert: AlertInstance,
                  slack_block: str | None, monitor_run: str | None, scaler: BlockChoice | None = None) -> ActionStart:
     """Start the runbook of `rule.action` for this alert; never raises (a failure is retried next time).
@@ -102,7 +93,7 @@ def start_action(rule: AlertRule, cluster_block: str, cluster: str, alert: Alert
                                   "alert": context.model_dump(mode="json")}
     try:
         if rule.action in SCALED_ACTIONS:
-            parameters["scaler_block"] = scaler_for(scaler)
+            parameters["scaler_block"] = usable_block(scaler)
         ensure_limits([action_lock_name(cluster, rule.action)])
         name = f"{flow_name}/{deployment}"
         if _deployment_exists(name):

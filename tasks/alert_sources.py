@@ -68,10 +68,20 @@ def block_exists(name: str, block_type_slug: str | None = None) -> bool:
         return True
 
 
+def usable_block(choice: BlockChoice | None) -> str | None:
+    """The block of `choice`, or None when it names none or a templated block that does not exist."""
+    if choice is None or not choice.block:
+        return None
+    if choice.optional and not block_exists(choice.block):
+        return None
+    return choice.block
+
+
 def this_clusters_block(cluster_block: str, spec: str | None) -> tuple[str | None, str]:
     """The block a single-cluster run uses for `spec` ('<type-slug>/<name>', `{cluster}` filled with
     cluster_block), or None when the template names a block that does not exist; and why, in words."""
     choice = block_for(cluster_block, spec, None, 1)
-    if choice.optional and choice.block and not block_exists(choice.block):
+    block = usable_block(choice)
+    if choice.block and block is None:
         return None, f"no block {choice.block!r}"
-    return choice.block, choice.note
+    return block, choice.note
