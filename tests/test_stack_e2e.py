@@ -43,10 +43,13 @@ def api(stack, path):
 
 
 def post(stack, path, body):
-    """Filters are reads: retried on a busy SQLite server. Other POSTs go once, as the trigger script's do."""
+    """Filters (reads) and resumes are retried on a busy SQLite server's 503 (its transaction rolled back, so
+    nothing happened; a resume of a run no longer paused is refused, not repeated). Other POSTs go once."""
     from tools.trigger_runbook import _request
 
-    return _filter(stack, path, body) if path.endswith("/filter") else _request(stack.api_url, "POST", path, body)
+    if path.endswith(("/filter", "/resume")):
+        return _filter(stack, path, body)
+    return _request(stack.api_url, "POST", path, body)
 
 
 def _filter(stack, path, body, method="POST"):
