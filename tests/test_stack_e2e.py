@@ -30,6 +30,7 @@ def stack():
                    sandbox_dir=Path(tempfile.mkdtemp(prefix="pgrb-stack-sbx-")), sandbox_ports=ports)
     try:
         s.up()
+        _hold_schedules(s)
         yield s
     finally:
         s.down()
@@ -67,6 +68,31 @@ def _filter(stack, path, body, method="POST"):
             if exc.code != 503 or attempt == 4:
                 raise
             time.sleep(0.5 * 2 ** attempt)
+
+
+ACTIVE = ["PENDING", "RUNNING", "CANCELLING"]
+
+
+def _hold_schedules(stack) -> None:
+    """The e2e tier starts every run itself: the scheduled deployments are paused (their schedules stay
+    deployed, and checked below; their auto-scheduled runs are deleted by the server), and a scheduled run
+    already picked up is let finish. Otherwise the every-minute monitor holds its deployment's one slot
+    (CANCEL_NEW) at random moments and cancels the runs the tests start, as seen on a slow CI machine."""
+    scheduled = [d["id"] for d in post(stack, "/deployments/filter", {"limit": 200}) if d["schedules"]]
+    for deployment_id in scheduled:
+        _filter(stack, f"/deployments/{deployment_id}/pause_deployment", None)
+    _wait_quiet(stack, scheduled)
+
+
+def _wait_quiet(stack, deployment_ids: list[str], timeout: float = 360) -> None:
+    """Until no run of these deployments is pending or running (a deployment slot lease is 300 s at most)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    query = {"flow_runs": {"deployment_id": {"any_": deployment_ids}, "state": {"type": {"any_": ACTIVE}}}}
+    while post(stack, "/flow_runs/filter", query):
+        assert time.monotonic() < deadline, "scheduled runs still active after pausing their deployments"
+        time.sleep(1)
 
 
 def test_every_deployment_of_prefect_yaml_is_deployed_with_its_schedule(stack):
@@ -123,6 +149,7 @@ def _run_to_end(stack, deployment: str, parameters: dict, key: str) -> dict:
         done = wait_for(stack.api_url, run["id"], timeout=300)
         if not _cancelled_by_schedule(done["state"]):
             return done
+        _wait_quiet(stack, [run["deployment_id"]])  # the run holding the slot ends (or its lease expires)
     raise AssertionError(f"every run of {deployment} was cancelled by a scheduled one")
 
 
