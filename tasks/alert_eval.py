@@ -23,6 +23,10 @@ from tasks.findings import human_seconds
 SeriesState = Literal["inactive", "pending", "firing", "nodata"]
 MAX_OUTBOX = 8  # undelivered resolved messages kept per cluster (~300 characters each, in a 5,000-character Variable)
 NO_DATA_RULE = "no_data"
+# Alertmanager-style inhibition: while the cluster's database gives no data (down, unreachable, timed out),
+# the cluster's other no-data alerts (per replica, host metrics) are the same incident. They are listed in
+# this alert's message, not sent alone; one still firing after it resolves is sent then.
+INHIBITOR = 'no_data{metric="connection_usage_percent"}'
 NO_DATA_RESPONSE = [
     "Check that the cluster answers (health-check flow) and that the monitor's role can log in.",
     "Check the metrics source (host agent or Prometheus) if only CPU or disk is missing.",
@@ -59,6 +63,8 @@ class AlertInstance(BaseModel):
     action_url: str | None = None
     action_note: str | None = None
     no_data_since: datetime | None = None
+    inhibited_by: str | None = Field(default=None, description="The firing alert whose message stands for this "
+                                                                 "one (Alertmanager inhibition); not sent alone.")
 
 
 class ResolvedNotice(BaseModel):
@@ -177,9 +183,23 @@ def evaluate(rules: RuleSet, samples: list[Sample], state: ClusterAlertState, no
             _resolve(alert, None, now, new, result,
                      "recovered: its series is no longer reported" if rule is not None and rule.name == NO_DATA_RULE
                      else "its series is no longer measured (rule or node removed)")
+    _inhibit(new, result)
     new.updated_at = now
     new.revision += 1
     return result
+
+
+def _inhibit(state: ClusterAlertState, result: Evaluation) -> None:
+    """Mark the firing no-data alerts that the database's own no-data alert stands for (see INHIBITOR)."""
+    source = state.alerts.get(INHIBITOR)
+    active = source is not None and source.status == "firing"
+    for key, alert in state.alerts.items():
+        inhibited = active and key != INHIBITOR and alert.rule == NO_DATA_RULE and alert.status == "firing"
+        if inhibited and alert.inhibited_by is None:
+            result.transitions.append(f"{key} notification inhibited: {INHIBITOR} is firing (same incident).")
+        elif not inhibited and alert.inhibited_by is not None and alert.notify_due:
+            result.transitions.append(f"{key} no longer inhibited: its own message is due.")
+        alert.inhibited_by = INHIBITOR if inhibited else None
 
 
 def _step(rule: AlertRule, labels: dict[str, str], key: str, value: float | None, breached: bool,
@@ -239,6 +259,11 @@ def _no_value(rule: AlertRule, labels: dict[str, str], key: str, sample: Sample,
 
 def _resolve(alert: AlertInstance, value: float | None, now: datetime, state: ClusterAlertState,
              result: Evaluation, reason: str) -> None:
+    if alert.inhibited_by and alert.notified_at is None and alert.thread_ts is None:
+        # Never sent on its own (its inhibitor's message listed it): no resolved message of its own either.
+        result.transitions.append(f"{series_key(alert.rule, alert.labels)} RESOLVED: {reason} "
+                                  f"(was inhibited by {alert.inhibited_by}: no message).")
+        return
     state.outbox.append(ResolvedNotice(rule=alert.rule, labels=alert.labels, fired_at=alert.fired_at,
                                        resolved_at=now, value=value, reason=reason,
                                        thread_ts=alert.thread_ts, channel=alert.channel))

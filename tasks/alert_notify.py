@@ -89,16 +89,16 @@ def deliver(notifier: SlackNotifier | None, cluster: str, rules: RuleSet, state:
             logger.info("%s (no Slack notifier: logged only)", resolved_message(cluster, None, notice)[2])
         state.outbox, state.outbox_dropped = [], 0
         return outcome
-    for alert in state.alerts.values():
+    for key, alert in state.alerts.items():
         if alert.status != "firing" or alert.notify_due is None:
             continue
         rule = rule_for(alert.rule, alert.labels, rules)
-        if rule is None:
+        if rule is None or alert.inhibited_by:  # an inhibited alert is listed in its inhibitor's message
             continue
         renotify = alert.notify_due == "renotify" and alert.thread_ts is not None
         title, lines, text = fire_message(cluster, rule, alert, now, notifier.mention_groups.get(rule.action),
                                           renotify)
-        lines += dropped_lines(state)
+        lines += inhibited_lines(state, key) + dropped_lines(state)
         thread = SlackThread(notifier, NotificationOutcome())
         if renotify:
             thread.outcome.parent_ts = alert.thread_ts
@@ -144,6 +144,20 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return log
+
+
+def inhibited_lines(state: ClusterAlertState, key: str) -> list[str]:
+    """The alerts this one stands for (Alertmanager inhibition), named in its message."""
+    held = [a for a in state.alerts.values() if a.inhibited_by == key]
+    if not held:
+        return []
+    names = "; ".join(f"{a.labels.get('metric', a.rule)} ({_labels(_without_metric(a.labels))})" for a in held)
+    return [f"Also without data, the same incident (not sent separately while this fires; any still firing "
+            f"after it resolves gets its own message): {names}."]
+
+
+def _without_metric(labels: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in labels.items() if k != "metric"}
 
 
 def dropped_lines(state: ClusterAlertState) -> list[str]:

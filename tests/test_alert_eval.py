@@ -208,3 +208,53 @@ def test_renotification_is_a_broadcast_reply_in_the_thread(slack):
     assert call.body.get("thread_ts") == "1700000000.000001"
     assert str(call.body.get("reply_broadcast")).lower() == "true"
     assert "STILL FIRING" in str(call.body)
+
+
+def _unreachable(reason="connection refused"):
+    """What the monitor samples for a cluster whose database does not answer (two replicas, host source down)."""
+    return ([Sample(metric=m, no_data=reason) for m in ("connection_usage_percent", "cpu_usage_percent")]
+            + [Sample(metric="replication_lag_seconds", labels={"replica": r}, no_data=reason) for r in ("r1", "r2")])
+
+
+def _down_for(minutes):
+    state = ClusterAlertState(cluster="c1")
+    for minute in range(minutes):
+        state = evaluate(RULES, _unreachable(), state, T0 + timedelta(minutes=minute)).state
+    return state
+
+
+def test_an_unreachable_cluster_sends_one_message_that_names_the_alerts_it_inhibits(slack):
+    state = _down_for(3)
+    source = state.alerts['no_data{metric="connection_usage_percent"}']
+    others = [a for k, a in state.alerts.items() if k != 'no_data{metric="connection_usage_percent"}']
+    assert source.status == "firing" and source.inhibited_by is None
+    assert len(others) == 3 and all(a.status == "firing" and a.inhibited_by for a in others)
+    sent = deliver(_notifier(slack, "xoxb-ok-inhibit"), "c1", RULES, state, T0 + timedelta(minutes=2))
+    posts = slack.calls("chat.postMessage", token="xoxb-ok-inhibit")
+    assert sent.delivered == 1 and len(posts) == 1  # not 1 + 2 replicas + CPU
+    text = str(posts[0].body)
+    for needle in ("connection_usage_percent", "replication_lag_seconds (replica=r1)",
+                   "replication_lag_seconds (replica=r2)", "cpu_usage_percent (none)", "same incident"):
+        assert needle in text, needle
+    # the cluster comes back: one resolved message (in the thread), none for the alerts never sent alone
+    back = [Sample(metric="connection_usage_percent", value=10), Sample(metric="cpu_usage_percent", value=10)] + [
+        Sample(metric="replication_lag_seconds", labels={"replica": r}, value=0) for r in ("r1", "r2")]
+    result = evaluate(RULES, back, state, T0 + timedelta(minutes=3))
+    assert result.state.alerts == {}
+    assert [n.labels for n in result.state.outbox] == [{"metric": "connection_usage_percent"}]
+    assert sum("was inhibited by" in t for t in result.transitions) == 3
+
+
+def test_an_inhibited_alert_still_firing_after_its_inhibitor_resolves_gets_its_own_message(slack):
+    state = _down_for(3)
+    state.alerts['no_data{metric="connection_usage_percent"}'].notify_due = None  # its message went out
+    r2_gone = [Sample(metric="connection_usage_percent", value=10), Sample(metric="cpu_usage_percent", value=10),
+               Sample(metric="replication_lag_seconds", labels={"replica": "r1"}, value=0),
+               Sample(metric="replication_lag_seconds", labels={"replica": "r2"}, no_data="not in pg_stat_replication")]
+    state = evaluate(RULES, r2_gone, state, T0 + timedelta(minutes=3)).state
+    r2 = state.alerts['no_data{metric="replication_lag_seconds",replica="r2"}']
+    assert r2.status == "firing" and r2.inhibited_by is None and r2.notify_due == "fire"
+    deliver(_notifier(slack, "xoxb-ok-uninhibit"), "c1", RULES, state, T0 + timedelta(minutes=3))
+    posts = [str(c.body) for c in slack.calls("chat.postMessage", token="xoxb-ok-uninhibit")]
+    assert any("FIRING: no_data on c1" in p and "replica=r2" in p for p in posts), posts
+    assert not any("replica=r1" in p for p in posts)  # r1 recovered while inhibited: nothing to say

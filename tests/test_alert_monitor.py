@@ -489,3 +489,25 @@ def test_high_cpu_and_disk_usage_fire_and_resolve_on_real_host_metrics(sandbox, 
     assert len(resolved_in) == 2  # one each, in the thread of its FIRING message
     assert resolved_in[state.alerts["high_cpu{}"].thread_ts].startswith(f"RESOLVED: high_cpu on {block}")
     assert resolved_in[disk.thread_ts].startswith(f"RESOLVED: disk_usage on {block}")
+
+
+def test_a_cluster_that_is_down_sends_one_no_data_message_naming_its_replicas(prefect_api, slack):
+    """A real refused connection (nothing listens) on a cluster with two replicas: the database's no-data alert
+    fires and stands for the replicas' (Alertmanager inhibition): one Slack message, not three."""
+    from sandbox.cluster import free_port
+
+    dead = free_port()
+    PostgresCluster(cluster_name="alert-down", nodes=[PostgresNode(name=n, host=HOST, port=dead)
+                                                      for n in ("pg-1", "pg-2", "pg-3")],
+                    primary_node="pg-1", password=SecretStr("x"), sslmode="disable").save("alert-down", overwrite=True)
+    save_slack_block(slack, "slack-down", "xoxb-ok-down")
+    t0 = datetime.now(UTC)
+    reports = [alert_monitor(cluster_blocks=["alert-down"], slack_block="slack-down",
+                             evaluated_at=t0 + timedelta(seconds=s)) for s in (0, 61, 121, 181)]
+    firing = {s.summary.split(" ")[0] for s in reports[2].firing()}
+    lag = 'no_data{metric="replication_lag_seconds",replica="%s"}'
+    assert firing == {'no_data{metric="connection_usage_percent"}', lag % "pg-2", lag % "pg-3"}, firing
+    posts = slack.calls("chat.postMessage", token="xoxb-ok-down")
+    assert len(posts) == 1, [str(p.body)[:200] for p in posts]
+    text = str(posts[0].body)
+    assert "FIRING: no_data on alert-down" in text and "replica=pg-2" in text and "replica=pg-3" in text
