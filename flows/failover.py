@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, runtime
 from tasks import failover_hooks as hooks
 from tasks.failover_approval import await_approval
 from tasks.failover_dblock import database_lock
+from tasks.failover_followers import follow_new_primary, followers
 from tasks.failover_model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
 from tasks.failover_plan import data_loss, decide
 from tasks.failover_report import render_backup, render_markdown
@@ -135,9 +136,22 @@ def post_failover(run_key: str) -> None:
         raise hooks.endpoint_elsewhere(probe["port"], plan.candidate)
     run_step(ctx, 3, "update-cluster-block", "cluster", save_cluster_block, ctx.request.cluster_block,
              plan.candidate, plan.old_primary)
+    for node in followers(ctx.cluster, plan.old_primary, plan.candidate):
+        run_step(ctx, 3, "follow-new-primary", node, follow, ctx, node, plan.candidate)
     ctx.journal.status = "completed"
     ctx.phase_seconds["post-failover"] = time.perf_counter() - started
     reply_phase(ctx, 3, ctx.phase_seconds["post-failover"])
+
+
+def follow(ctx: RunContext, node: str, primary: str) -> str:
+    """One other standby follows the new primary; the journal keeps its outcome (a standby that cannot follow
+    is a warning with its action, not a failed failover)."""
+    result = follow_new_primary(ctx.cluster.target(node), ctx.cluster.target(primary),
+                                ctx.request.follow_timeout_seconds, ctx.journal.facts.get("switch_lsn"))
+    ctx.journal.facts.setdefault("followers", {})[node] = result.status
+    if result.status == "failed":
+        get_run_logger().warning(result.detail)
+    return f"{result.status}: {result.detail}"
 
 
 @flow(name="failover", on_crashed=[hooks.run_crashed], on_cancellation=[hooks.run_crashed])
@@ -198,6 +212,10 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
     else:
         summary = (f"{plan.cluster}: {plan.candidate} is the new primary (timeline {facts.get('new_timeline')}), "
                    f"{plan.old_primary} is fenced; {loss.sentence}")
+        stuck = sorted(n for n, status in facts.get("followers", {}).items() if status == "failed")
+        if stuck:
+            summary += (f"; WARNING: standby {', '.join(stuck)} does not follow the new primary (see its "
+                        "follow-new-primary step: rejoin it)")
     report = FailoverReport(
         cluster=plan.cluster, mode=plan.mode, status=status, summary=summary, old_primary=plan.old_primary,
         new_primary=plan.candidate if status == "completed" else None, resumed=plan.resumed, plan=plan,
@@ -205,6 +223,7 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
         data_loss=loss if status == "completed" else data_loss(plan.mode, None, None).model_copy(
             update={"sentence": "dry run: nothing promoted"}),
         backup_path=facts.get("backup_path"), journal_path=str(ctx.store.path(plan.cluster)),
+        followers=dict(facts.get("followers", {})),
         started_at=ctx.started_at, finished_at=datetime.now(UTC))
     post_progress(ctx, "DONE" if status == "completed" else "DRY RUN", summary)
     ctx.save()  # a dry run writes no journal (ctx.save), so it never archives one either

@@ -77,6 +77,9 @@ class FailoverRequest(BaseModel):
         default=30, ge=1, le=600, description="Wait this long for the candidate to replay the old primary's WAL."
     )
     promote_timeout_seconds: float = Field(default=30, ge=1, le=600, description="Wait this long for promotion.")
+    follow_timeout_seconds: float = Field(
+        default=30, ge=1, le=600, description="Wait this long for each other standby to stream from the new primary."
+    )
 
 
 class NodeState(BaseModel):
@@ -154,6 +157,8 @@ class FailoverReport(BaseModel):
     journal_path: str | None = None
     artifact_key: str | None = None
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
+    followers: dict[str, str] = Field(default_factory=dict, description="Each other standby: following, already, "
+                                      "skipped or failed (the steps say why and what to do).")
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

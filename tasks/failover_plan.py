@@ -107,7 +107,9 @@ def decide(
     return FailoverPlan(
         cluster=cluster.cluster_name, mode=request.mode, old_primary=old, candidate=cand.node, lag_bytes=lag,
         original_timeline=(primary.timeline if primary and primary.reachable else cand.timeline),
-        warnings=warnings, steps=plan_steps(request.mode, old, cand.node),
+        warnings=warnings, steps=plan_steps(request.mode, old, cand.node,
+                                            [n.name for n in cluster.nodes if n.name not in (old, cand.node)
+                                             and n.name not in cluster.fenced_nodes]),
     )
 
 
@@ -168,7 +170,7 @@ def rerun_mode_decision(plan: FailoverPlan, journaled: list[StepRecord], request
                       f"started phase 2: resuming it in {plan.mode} mode")
 
 
-def plan_steps(mode: str, old: str, cand: str) -> list[PlannedStep]:
+def plan_steps(mode: str, old: str, cand: str, followers: list[str] | tuple[str, ...] = ()) -> list[PlannedStep]:
     """Every step of phases 2 and 3, on which node, and why."""
     s = PlannedStep
     steps = []
@@ -191,6 +193,8 @@ def plan_steps(mode: str, old: str, cand: str) -> list[PlannedStep]:
         s(phase=2, step="resume-endpoint", node="endpoint", why="release the held clients onto the new primary"),
         s(phase=3, step="probe-application", node="endpoint", why="a write then a read through the endpoint"),
         s(phase=3, step="update-cluster-block", node="cluster", why=f"primary_node={cand}, {old} recorded as fenced"),
+        *[s(phase=3, step="follow-new-primary", node=n, why=f"its slot on {cand}, primary_conninfo aimed at {cand}, "
+            "reload; wait until it streams on the new timeline (else: rejoin it)") for n in followers],
         s(phase=3, step="notify", node="slack", why="final verdict with the data-loss evidence"),
     ]
     return steps
