@@ -48,11 +48,16 @@ def health_check(
     standbys = [n for n in up if probes[n][0].in_recovery]
     report.primary = cluster.primary_node if cluster.primary_node in primaries else next(iter(primaries), None)
 
+    receivers = dict(zip(standbys, gather([read_receiver.submit(up[n]) for n in standbys]), strict=True))
+    addresses = {n.name: (n.host, n.port) for n in cluster.nodes}
+    upstreams = {n: rules.upstream_of(row, addresses) for n, (row, err) in receivers.items() if err is None}
+    cascading = [n for n, source in upstreams.items() if source in standbys]
+
     if report.primary:
         target = up[report.primary]
         (replication, rep_err), (slots, slot_err) = gather(
             [read_replication.submit(target), read_slots.submit(target)])
-        expected = len(cluster.nodes) - 1 - len(cluster.fenced_nodes)
+        expected = len(cluster.nodes) - 1 - len(cluster.fenced_nodes) - len(cascading)
         report.checks += (rules.replication_checks(report.primary, replication, expected, thresholds)
                           if rep_err is None else [rules.skipped_check("replication", report.primary, rep_err)])
         report.checks += (rules.slot_checks(report.primary, slots, thresholds)
@@ -60,9 +65,13 @@ def health_check(
     else:
         report.checks.append(rules.skipped_check("replication", "cluster", "no reachable primary"))
 
-    for node, (row, err) in zip(standbys, gather([read_receiver.submit(up[n]) for n in standbys]), strict=True):
+    for node, (row, err) in receivers.items():
         report.checks.append(rules.receiver_check(node, row, thresholds) if err is None
                              else rules.skipped_check("wal-receiver", node, err))
+        source = rules.upstream_check(node, row, report.primary, upstreams.get(node), cluster.fenced_nodes) \
+            if err is None else None
+        if source is not None:
+            report.checks.append(source)
 
     nodes = list(up)
     long_futures = [find_long_queries.submit(up[n], thresholds.long_query_seconds) for n in nodes]

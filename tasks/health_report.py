@@ -169,6 +169,37 @@ def receiver_check(node: str, row: ReceiverRow, t: HealthThresholds) -> Check:
                          f"{human_bytes(row.replay_backlog_bytes)} received but not replayed; {last}.")
 
 
+def upstream_of(row: ReceiverRow, nodes: dict[str, tuple[str, int]]) -> str | None:
+    """Which node of the cluster this standby streams from: (host, port) as the block has it, else the only
+    node on that port (a name given as an address); None when it is not streaming or from elsewhere."""
+    if row.receiver_status != "streaming" or row.sender_port is None:
+        return None
+    exact = [n for n, (host, port) in nodes.items() if (host, port) == (row.sender_host, row.sender_port)]
+    same_port = [n for n, (_, port) in nodes.items() if port == row.sender_port]
+    return next(iter(exact), None) or (same_port[0] if len(same_port) == 1 else None)
+
+
+def upstream_check(node: str, row: ReceiverRow, primary: str | None, upstream: str | None,
+                   fenced: list[str]) -> Check | None:
+    """A standby that streams from somewhere other than the primary: cascading from another standby (fine,
+    said), from a fenced node or a server outside the cluster block (not fine). None when from the primary."""
+    if row.receiver_status != "streaming" or upstream == primary:
+        return None
+    source = f"{row.sender_host}:{row.sender_port}"
+    details = {"sender": source, "upstream": upstream, "primary": primary}
+    if upstream in fenced:
+        return Check(name="upstream", node=node, status="critical", details=details,
+                     summary=f"{node} streams from {upstream} ({source}), a FENCED former primary: it follows a "
+                             f"server that must not accept writes; point it at {primary or 'the primary'}.")
+    if upstream is None:
+        return Check(name="upstream", node=node, status="warning", details=details,
+                     summary=f"{node} streams from {source}, which is not a node of the cluster block: add that "
+                             "node to the block or repoint the standby.")
+    return Check(name="upstream", node=node, status="ok", details=details,
+                 summary=f"{node} is a cascading standby: it streams from the standby {upstream} ({source}), "
+                         f"not from the primary {primary or '(none found)'}.")
+
+
 _PASSWORD_LITERAL = re.compile(r"(password\s*)('(?:[^']|'')*'|\"[^\"]*\"|\S+)", re.IGNORECASE)
 
 

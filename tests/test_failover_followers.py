@@ -177,3 +177,41 @@ def _replayed_past(box: Sandbox, node_port: int, lsn: str) -> bool:
     with psycopg.connect(box.conninfo("primary").replace(f"port={box.config.primary_port}", f"port={node_port}"),
                          autocommit=True) as conn:
         return conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]
+
+
+def test_the_health_check_knows_a_cascading_standby(three):
+    """The third node streams from the other standby (cascading): the health check says so, and does not count
+    it as missing from the primary's pg_stat_replication."""
+    from flows.health_check import health_check
+    from tasks.health import ReceiverRow
+    from tasks.health_report import upstream_check, upstream_of
+
+    box, port, _ = three
+    assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK, node="primary")).status == "completed"
+    with box.connect("primary") as conn:  # the standby "primary" serves the third one a slot of its own
+        if not conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (THIRD,)).fetchone():
+            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (THIRD,))
+    with psycopg.connect(box.conninfo("primary").replace(f"port={box.config.primary_port}", f"port={port}"),
+                         autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(psycopg.sql.Literal(
+            f"host={HOST} port={box.config.primary_port} user={SUPERUSER} passfile={box.passfile} "
+            f"application_name={THIRD}")))
+        conn.execute("SELECT pg_reload_conf()")
+    wait_for(lambda: _receiver(box, port) == ("streaming", box.config.primary_port), timeout=30,
+             what="the third standby cascades from the standby 'primary'")
+
+    report = health_check(cluster_block=BLOCK)
+    assert report.primary == "replica"
+    upstream = [c for c in report.checks if c.name == "upstream"]
+    assert [(c.node, c.status) for c in upstream] == [(THIRD, "ok")] and "cascading" in upstream[0].summary
+    assert not [c for c in report.checks if "standby(s) connected" in c.summary], report.summary
+
+    row = ReceiverRow(receiver_status="streaming", sender_host="10.9.9.9", sender_port=5999, slot_name=None,
+                      receive_lsn=None, replay_lsn=None, replay_backlog_bytes=0, replay_paused=False,
+                      seconds_since_last_replay=None)
+    nodes = {"a": ("10.0.0.1", 5432), "b": ("10.0.0.2", 5432), "old": ("db-old", 5999)}
+    assert upstream_of(row, nodes) == "old"  # only node on that port (the block names it, the standby uses an IP)
+    assert upstream_check("b", row, "a", "old", ["old"]).status == "critical"
+    assert upstream_check("b", row, "a", None, []).status == "warning"
+    assert upstream_check("b", row.model_copy(update={"sender_port": 5432, "sender_host": "10.0.0.1"}), "a",
+                          "a", []) is None
