@@ -147,7 +147,8 @@ def follow(ctx: RunContext, node: str, primary: str) -> str:
     """One other standby follows the new primary; the journal keeps its outcome (a standby that cannot follow
     is a warning with its action, not a failed failover)."""
     result = follow_new_primary(ctx.cluster.target(node), ctx.cluster.target(primary),
-                                ctx.request.follow_timeout_seconds, ctx.journal.facts.get("switch_lsn"))
+                                ctx.request.follow_timeout_seconds, ctx.journal.facts.get("switch_lsn"),
+                                ctx.cluster.target(ctx.journal.plan.old_primary))
     ctx.journal.facts.setdefault("followers", {})[node] = result.status
     if result.status == "failed":
         get_run_logger().warning(result.detail)

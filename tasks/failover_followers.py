@@ -105,14 +105,23 @@ def _streams_from(src: _Source, host: str, port: int, timeline: int) -> bool:
             and (src.received_tli or 0) >= timeline)
 
 
+def _cascades(src: _Source, old_primary: ConnectionTarget | None) -> bool:
+    """Streaming, and not from the old primary (which no longer serves WAL after its fence)."""
+    if old_primary is None or src.receiver_status != "streaming":
+        return False
+    return (src.sender_host, src.sender_port) != (old_primary.host, old_primary.port)
+
+
 @task(name="follow-new-primary", **STEP)
 def follow_new_primary(standby: ConnectionTarget, primary: ConnectionTarget, timeout_s: float,
-                       fork_lsn: str | None = None) -> FollowResult:
+                       fork_lsn: str | None = None, old_primary: ConnectionTarget | None = None) -> FollowResult:
     """Point one standby at the new primary and wait until it streams on the new timeline; never raises for a
     standby that cannot follow (the failover stands): the result says what to do.
 
     `fork_lsn` is where the old timeline ended on the new primary: a standby that replayed past it holds WAL
-    the new primary never had, so it is left untouched and reported for a rejoin (pg_rewind)."""
+    the new primary never had, so it is left untouched and reported for a rejoin (pg_rewind). A cascading
+    standby (streaming from another live standby, not from `old_primary`) is left in its place: it follows the
+    new timeline through its upstream."""
     node = standby.node
     try:
         with connect(primary, purpose="failover-follow", statement_timeout_ms=10_000) as db:
@@ -125,6 +134,10 @@ def follow_new_primary(standby: ConnectionTarget, primary: ConnectionTarget, tim
                     "stop it now (split brain), then rejoin it"))
             if _streams_from(src, primary.host, primary.port, timeline):
                 return FollowResult(node=node, status="already", detail=f"{node} already streams from {primary.node}")
+            if _cascades(src, old_primary):
+                return FollowResult(node=node, status="already", detail=(
+                    f"{node} cascades from the standby at {src.sender_host}:{src.sender_port}: it follows the new "
+                    "timeline through it (left as it is)"))
             if fork_lsn and (lsn_int(src.replay_lsn) or 0) > (lsn_int(fork_lsn) or 0):
                 return FollowResult(node=node, status="failed", detail=(
                     f"{node} replayed to {src.replay_lsn}, past {fork_lsn} where {primary.node} left the old "

@@ -215,3 +215,15 @@ def test_the_health_check_knows_a_cascading_standby(three):
     assert upstream_check("b", row, "a", None, []).status == "warning"
     assert upstream_check("b", row.model_copy(update={"sender_port": 5432, "sender_host": "10.0.0.1"}), "a",
                           "a", []) is None
+
+
+def test_a_standby_cascading_from_a_live_standby_is_left_in_place():
+    from blocks.postgres_cluster import ConnectionTarget
+    from tasks.failover_followers import _cascades, _Source
+
+    old = ConnectionTarget(cluster="c", node="old", host="10.0.0.1", port=5432, database="postgres", user="u")
+    src = _Source(in_recovery=True, conninfo="host=10.0.0.3", slot="", replay_lsn="0/1", receiver_status="streaming",
+                  sender_host="10.0.0.3", sender_port=5432, received_tli=1)
+    assert _cascades(src, old)  # streams from another standby: it follows through it
+    assert not _cascades(src.model_copy(update={"sender_host": "10.0.0.1"}), old)  # from the old primary
+    assert not _cascades(src.model_copy(update={"receiver_status": "waiting"}), old)  # its upstream is gone
