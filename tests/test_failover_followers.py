@@ -8,6 +8,7 @@ Prefect API, pgbouncer as the endpoint.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -227,3 +228,51 @@ def test_a_standby_cascading_from_a_live_standby_is_left_in_place():
     assert _cascades(src, old)  # streams from another standby: it follows through it
     assert not _cascades(src.model_copy(update={"sender_host": "10.0.0.1"}), old)  # from the old primary
     assert not _cascades(src.model_copy(update={"receiver_status": "waiting"}), old)  # its upstream is gone
+
+
+def test_switchover_without_a_pooler_moves_libpq_multi_host_clients_and_loses_nothing(three):
+    """Endpoint `none`: applications list every node with target_session_attrs=read-write, so the fence is what
+    moves them. A writer that reconnects on error keeps every acknowledged row; afterwards it writes to the new
+    primary. The cascading third standby stays where it is and follows the new timeline through its upstream."""
+    import threading
+
+    from blocks.failover_adapters import EndpointControl
+
+    box, port, _ = three
+    EndpointControl(kind="none").save("fo-three-none", overwrite=True)
+    with box.connect("replica") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS multi_host_writes (v int PRIMARY KEY, port int)")
+    ports = f"{box.config.primary_port},{box.config.replica_port},{port}"
+    dsn = psycopg.conninfo.make_conninfo(box.conninfo("replica"), host=",".join([HOST] * 3), port=ports,
+                                         target_session_attrs="read-write", connect_timeout=2)
+    acked: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def writer():
+        i, conn = 0, None
+        while not stop.is_set():
+            try:
+                conn = conn or psycopg.connect(dsn, autocommit=True)
+                i += 1
+                row = conn.execute("INSERT INTO multi_host_writes VALUES (%s, inet_server_port()) RETURNING port",
+                                   (i,)).fetchone()
+                acked.append((i, row[0]))
+            except psycopg.Error:
+                conn = None
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    wait_for(lambda: len(acked) > 20, timeout=30, what="the writer writes before the switchover")
+    report = failover(_request(candidate="primary", endpoint_block="fo-three-none"))
+    assert report.status == "completed", report.summary
+    wait_for(lambda: acked[-1][1] == box.config.primary_port, timeout=30, what="the writer reaches the new primary")
+    stop.set()
+    thread.join(10)
+    with box.connect("primary") as conn:
+        stored = {v for (v,) in conn.execute("SELECT v FROM multi_host_writes")}
+    assert {v for v, _ in acked} <= stored  # zero acknowledged writes lost
+    assert {p for _, p in acked} == {box.config.replica_port, box.config.primary_port}
+    assert report.followers == {THIRD: "already"}
+    wait_for(lambda: _receiver(box, port) == ("streaming", box.config.primary_port), timeout=30,
+             what="the third standby streams on the new timeline from its upstream, now the primary")
