@@ -191,13 +191,26 @@ def cluster_turn(block: str, sampled: ClusterSamples, evaluation: Evaluation, ru
 
 
 def changed(before: ClusterAlertState, after: ClusterAlertState) -> bool:
-    keep = {"alerts", "outbox", "outbox_dropped"}
-    return before.model_dump(mode="json", include=keep) != after.model_dump(mode="json", include=keep)
+    return _material(before) != _material(after)
+
+
+def _material(state: ClusterAlertState) -> dict:
+    """What must be saved: everything but a firing alert's latest value and evaluation time. Nothing reads
+    those between turns (a pending alert's evaluation time restarts a stale timer, so it is kept), and leaving
+    them out is what lets a steadily firing fleet skip the lock and the write at every evaluation."""
+    data = state.model_dump(mode="json", include={"alerts", "outbox", "outbox_dropped"})
+    for alert in data.get("alerts", {}).values():
+        if alert["status"] == "firing":
+            alert.pop("last_eval", None)
+            alert.pop("value", None)
+    return data
 
 
 def needs_turn(before: ClusterAlertState, after: ClusterAlertState) -> bool:
-    """The state changed, or messages wait in the outbox (delivered, or retried, at every evaluation)."""
-    return bool(after.outbox) or changed(before, after)
+    """The state changed, a message or an action is due (retried at every evaluation until done), or messages
+    wait in the outbox."""
+    return (bool(after.outbox) or any(a.notify_due or a.action_due for a in after.alerts.values())
+            or changed(before, after))
 
 
 @task(name="save-alert-state", cache_policy=NO_CACHE, retries=0)

@@ -139,3 +139,27 @@ def test_every_cluster_is_saved_before_one_error_names_the_failures(prefect_api)
         save_alert_states.fn([before[0], huge, before[1]])
     stored = load_states(["save-ok-1", "save-ok-2"])
     assert stored["save-ok-1"].revision == 7 and stored["save-ok-2"].revision == 9  # the one after it too
+
+
+def test_a_steadily_firing_alert_needs_no_turn_but_a_pending_or_due_one_does():
+    """A firing alert whose only news is its latest value is neither locked nor rewritten (the firing fleet costs
+    what a quiet one does); a pending timer's evaluation time, a due message and a due action are saved."""
+    rules = load_rules_text(LAG_RULES)
+
+    def lag(v):
+        return [Sample(metric="replication_lag_seconds", labels={"replica": "r1"}, value=v)]
+
+    state = ClusterAlertState(cluster="c")
+    pending = evaluate(rules, lag(9), state, T0).state
+    assert needs_turn(state, pending)
+    again = evaluate(rules, lag(10), pending, T0 + timedelta(seconds=30)).state
+    assert needs_turn(pending, again)  # still pending: its evaluation time keeps the timer from going stale
+    fired = evaluate(rules, lag(11), again, T0 + timedelta(minutes=1)).state
+    assert needs_turn(again, fired)
+    alert = fired.alerts['lag{replica="r1"}']
+    assert alert.status == "firing" and alert.notify_due == "fire"
+    alert.notify_due, alert.notified_at = None, T0 + timedelta(minutes=1)  # delivered
+    steady = evaluate(rules, lag(12), fired, T0 + timedelta(minutes=2)).state
+    assert not needs_turn(fired, steady)
+    steady.alerts['lag{replica="r1"}'].action_due = True  # an action that has not started yet is retried
+    assert needs_turn(fired, steady)
