@@ -6,6 +6,7 @@ Read-only: it never resets statistics, vacuums or drops anything.
 """
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from prefect import flow, get_run_logger, runtime
 
@@ -13,12 +14,14 @@ from blocks.postgres_cluster import PostgresCluster
 from tasks import recommendations as recs
 from tasks.health_report import describe_error
 from tasks.outcomes import gather
+from tasks.perf_report import PerformanceReport
 from tasks.performance_rules import PerformanceRules, headline, performance_recommendations
 from tasks.publish import artifact_key, notify_slack, publish_markdown
 from tasks.recommendations import TroubleshootReport
 from tasks.report_cache import read_cache
 from tasks.report_deltas import cache_deltas, statements_delta
 from tasks.report_statements import read_statements
+from tasks.report_store import load_previous
 from tasks.table_stats import read_usage
 
 
@@ -27,6 +30,9 @@ def troubleshoot_performance(
     cluster_block: str = "sandbox",
     rules: PerformanceRules = PerformanceRules(),
     slack_block: str | None = None,
+    baseline: Literal["last_report", "stats_reset"] = "last_report",
+    report_state_dir: str = "~/.pg-runbooks/reports",
+    report_storage_block: str | None = None,
 ) -> TroubleshootReport:
     """Diagnose performance problems on the primary and rank what to fix first.
 
@@ -34,6 +40,10 @@ def troubleshoot_performance(
         cluster_block: Name of the PostgresCluster block to diagnose.
         rules: Thresholds that turn a statement, cache or table figure into a finding.
         slack_block: Name of a SlackNotifier block; none means no Slack message.
+        baseline: Count statement and cache figures since the last stored daily report (what is slow lately),
+            or since the statistics were last reset (cumulative). Without a stored report: since the reset.
+        report_state_dir: Where the daily report stores its snapshots (its params.state_dir).
+        report_storage_block: The daily report's filesystem block (its params.storage_block), if it uses one.
     """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
@@ -47,9 +57,12 @@ def troubleshoot_performance(
         if error is not None:
             report.failed_sections[name] = describe_error(error)
     statements, cache, usage = (outcomes[n][0] for n in names)
-    totals = statements_delta(statements, None) if statements and statements.available else None
+    previous, report.baseline = since_when(baseline, report_state_dir, report_storage_block, report.cluster)
+    totals = statements_delta(statements, previous.statements if previous else None) \
+        if statements and statements.available else None
     report.recommendations = performance_recommendations(
-        statements, totals, cache_deltas(cache, None) if cache else None, usage, rules)
+        statements, totals, cache_deltas(cache, previous.cache if previous else None) if cache else None, usage,
+        rules)
     report.figures = headline(statements, usage)
     recs.finish(report)
     report.finished_at = datetime.now(UTC)
@@ -60,3 +73,14 @@ def troubleshoot_performance(
                                            report.summary, recs.slack_lines(report), runtime.flow_run.ui_url)
     logger.info(report.summary)
     return report
+
+
+def since_when(baseline: str, state_dir: str, storage_block: str | None,
+               cluster: str) -> tuple[PerformanceReport | None, str]:
+    """The stored daily report to count from (or None: cumulative), and the sentence that says which."""
+    if baseline == "stats_reset":
+        return None, "since the statistics were last reset (cumulative)"
+    previous, why_not = load_previous(state_dir, storage_block, cluster, PerformanceReport)
+    if previous is None:
+        return None, why_not or "no stored daily report: since the statistics were last reset"
+    return previous, f"since the daily report of {previous.started_at:%Y-%m-%d %H:%M} UTC"

@@ -56,6 +56,7 @@ class TroubleshootReport(BaseModel):
     recommendations: list[Recommendation] = Field(default_factory=list)
     failed_sections: dict[str, str] = Field(default_factory=dict, description="Section -> why it failed.")
     figures: dict[str, Any] = Field(default_factory=dict, description="Headline figures of the diagnostics.")
+    baseline: str | None = Field(default=None, description="What statement and cache figures are counted since.")
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
     artifact_key: str | None = None
 
@@ -87,6 +88,8 @@ def finish(report: TroubleshootReport) -> TroubleshootReport:
 def render_markdown(report: TroubleshootReport) -> str:
     lines = [f"# {report.kind.capitalize()} troubleshooting of {md_cell(report.cluster)}: {report.status.upper()}",
              "", md_cell(report.summary), ""]
+    if report.baseline:
+        lines += [f"Statement and cache figures: {md_cell(report.baseline)}.", ""]
     if report.figures:
         lines += ["| figure | value |", "|---|---|"]
         lines += [f"| {md_cell(k)} | {md_cell(v)} |" for k, v in report.figures.items()]

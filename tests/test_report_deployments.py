@@ -15,10 +15,10 @@ OURS = {"performance-report": "params", "troubleshoot-connections": "rules", "tr
 def test_deployments_have_schedules_and_forms():
     deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
     assert deployments["performance-report"]["schedules"] == [{"cron": "0 6 * * *", "timezone": "UTC"}]
-    for kind in ("connections", "performance"):  # on demand, and daily after the report
+    for kind in ("connections", "performance"):  # on demand, and daily before the report (a day since the last)
         assert "schedules" not in deployments[f"troubleshoot-{kind}"]
         daily, on_demand = deployments[f"troubleshoot-{kind}-daily"], deployments[f"troubleshoot-{kind}"]
-        assert daily["schedules"] == [{"cron": "15 6 * * *", "timezone": "UTC"}]
+        assert daily["schedules"] == [{"cron": "45 5 * * *", "timezone": "UTC"}]
         assert daily["entrypoint"] == on_demand["entrypoint"]
     for name, model_param in OURS.items():
         flow = load_flow_from_entrypoint(str(ROOT / deployments[name]["entrypoint"]))

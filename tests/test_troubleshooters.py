@@ -140,7 +140,7 @@ def _truth(sandbox):
 def test_performance_troubleshooter_evidence_matches_postgres(request, sandbox, perf_tables, block):
     cluster = request.getfixturevalue(block)
     table, index_size, slow_calls = _truth(sandbox)
-    report = troubleshoot_performance(cluster_block=cluster, rules=PERF_RULES)
+    report = troubleshoot_performance(cluster_block=cluster, rules=PERF_RULES, baseline="stats_reset")
     assert report.failed_sections == {}
 
     seq = next(r for r in report.by_rule("seq-scan") if r.subject == "table public.ts_seq")
@@ -160,13 +160,41 @@ def test_performance_troubleshooter_evidence_matches_postgres(request, sandbox, 
     assert report.artifact_key == f"troubleshoot-performance-{cluster}"
 
 
+
+def test_performance_troubleshooter_counts_since_the_last_daily_report(sandbox, cluster_block, perf_tables, tmp_path):
+    """By default statements are ranked by what they did since the stored daily report, not since the last
+    statistics reset: the calls since, against pg_stat_statements' cumulative count (the ground truth)."""
+    from flows.performance_report import performance_report
+    from tasks.perf_report import ReportParams
+
+    def calls():  # the alias is not part of pg_stat_statements' query id: one entry for pg_sleep($1)
+        return psql(sandbox, "primary", "SELECT sum(calls) FROM pg_stat_statements "
+                                        "WHERE query LIKE 'SELECT pg_sleep($1) AS %%'")[0][0]
+
+    performance_report(cluster_block=cluster_block, params=ReportParams(state_dir=str(tmp_path)))
+    before = calls()
+    with sandbox.connect("primary") as conn:
+        for _ in range(4):
+            conn.execute("SELECT pg_sleep(%s) AS ts_since_report", (0.11,))
+    lately = troubleshoot_performance(cluster_block=cluster_block, rules=PERF_RULES, report_state_dir=str(tmp_path))
+    assert lately.baseline.startswith("since the daily report of"), lately.baseline
+    slow = next(r for r in lately.by_rule("slow-statement") if "pg_sleep" in r.evidence["query"])
+    assert slow.evidence["calls"] == 4 and before >= 3
+    cumulative = troubleshoot_performance(cluster_block=cluster_block, rules=PERF_RULES, baseline="stats_reset")
+    total = next(r for r in cumulative.by_rule("slow-statement") if "pg_sleep" in r.evidence["query"])
+    assert total.evidence["calls"] == calls() == before + 4 and "reset" in cumulative.baseline
+    empty = troubleshoot_performance(cluster_block=cluster_block, rules=PERF_RULES,
+                                     report_state_dir=str(tmp_path / "none-here"))
+    assert "no previous report" in empty.baseline and empty.by_rule("slow-statement")
+
+
 def test_performance_troubleshooter_without_pg_stat_statements(sandbox, prefect_api, perf_tables):
     db = "ts_noext_db"
     if not psql(sandbox, "primary", "SELECT 1 FROM pg_database WHERE datname = %s", (db,)):
         psql(sandbox, "primary", psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(db)))
     block = sandbox_cluster_block(sandbox, name="ts-noext")
     PostgresCluster.model_validate({**block.model_dump(), "database": db}).save("ts-noext", overwrite=True)
-    report = troubleshoot_performance(cluster_block="ts-noext", rules=PERF_RULES)
+    report = troubleshoot_performance(cluster_block="ts-noext", rules=PERF_RULES, baseline="stats_reset")
     missing = report.by_rule("pg-stat-statements-missing")[0]
     assert "CREATE EXTENSION pg_stat_statements" in missing.action
     assert report.failed_sections == {}
@@ -214,7 +242,7 @@ def test_performance_troubleshooter_io_cache_and_stale_statistics_match_postgres
     read_share = read_ms / total_ms
     rules = PerformanceRules(min_calls=3, max_statements=100, io_bound_min_read_ms=0,
                              io_bound_share=min(0.5, read_share / 2), table_cache_min_reads=1000)
-    report = troubleshoot_performance(cluster_block=cluster_block, rules=rules)
+    report = troubleshoot_performance(cluster_block=cluster_block, rules=rules, baseline="stats_reset")
     assert report.failed_sections == {}
 
     stale = next(r for r in report.by_rule("stale-statistics") if r.subject == "table public.ts_stale")
