@@ -20,7 +20,7 @@ from tasks.report_checkpoints import read_checkpoints
 from tasks.report_connections import read_connections
 from tasks.report_statements import read_statements
 from tasks.report_storage import read_storage
-from tasks.report_store import ReportStoreError, load_previous, store_report
+from tasks.report_store import ReportStoreError, load_previous, prune_history, store_report
 from tasks.report_wraparound import read_wraparound
 
 
@@ -83,6 +83,13 @@ def performance_report(
     except (ReportStoreError, OSError, ValueError) as exc:  # the report itself is still returned and published
         report.store_error = f"the report was not stored, so the next run cannot compute deltas: {exc}"
         logger.warning(report.store_error)
+    else:
+        try:
+            report.history = prune_history(params.state_dir, params.storage_block, report.cluster,
+                                           params.history_days, report.started_at)
+        except Exception as exc:  # noqa: BLE001 - old copies left behind never fail today's report
+            report.history = f"history not pruned: {type(exc).__name__}: {exc}"[:300]
+            logger.warning(report.history)
     logger.info(report.summary)
     return report
 

@@ -59,6 +59,8 @@ class ReportParams(BaseModel):
                                   "'<type-slug>/<name>' such as 'remote-file-system/reports'.")
     metrics_block: str | None = Field(
         default=None, description="A 'host-metrics-source' block for CPU and disk (none: not configured).")
+    history_days: int = Field(default=90, ge=0, le=36_500,
+                              description="Keep this many days of stored reports per cluster (0: keep them all).")
 
 
 class PerformanceReport(BaseModel):
@@ -90,6 +92,7 @@ class PerformanceReport(BaseModel):
                                    description="Sections the previous report lacks: totals since the stats reset.")
     stored_at: str | None = Field(default=None, description="Path of the stored copy in the report store.")
     store_error: str | None = None
+    history: str | None = Field(default=None, description="What pruning the stored history did, or why not.")
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
     artifact_key: str | None = None
 

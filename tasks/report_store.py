@@ -7,15 +7,19 @@ both go through the same WritableFileSystem API. Layout per cluster:
 
 from __future__ import annotations
 
+import posixpath
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prefect import task
 from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
-from prefect.filesystems import LocalFileSystem, WritableFileSystem
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from pydantic import BaseModel, ValidationError
+
+# A stored copy: <cluster>/<UTC timestamp>.json (latest.json and any other file are never pruned).
+HISTORY_FILE = re.compile(r"^(\d{8}T\d{6}Z)\.json$")
 
 # How a baseline note starts when a previous report exists (or may) but could not be read.
 UNREADABLE = "the previous report could not be read"
@@ -88,3 +92,36 @@ def store_report(state_dir: str, storage_block: str | None, cluster: str, report
     store.write_path(history, data)
     store.write_path(f"{_slug(cluster)}/latest.json", data)
     return history
+
+
+@task(name="prune-report-history", cache_policy=NO_CACHE)
+def prune_history(state_dir: str, storage_block: str | None, cluster: str, keep_days: int, now: datetime) -> str:
+    """Delete this cluster's timestamped copies older than `keep_days` (0 keeps all); says what it did.
+
+    Only files named like a stored copy are touched, never latest.json. Local directories and fsspec-backed
+    RemoteFileSystem blocks can list their files; other filesystem blocks are left as they are (said).
+    """
+    if keep_days <= 0:
+        return "history kept: history_days is 0"
+    store = open_store(state_dir, storage_block)
+    folder = _slug(cluster)
+    cutoff = (now - timedelta(days=keep_days)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if isinstance(store, LocalFileSystem):
+        root = Path(store.basepath or ".").expanduser() / folder
+        names = [p.name for p in root.iterdir()] if root.is_dir() else []
+
+        def remove(name: str) -> None:
+            (root / name).unlink(missing_ok=True)
+    elif isinstance(store, RemoteFileSystem):
+        fs, root = store.filesystem, f"{store.basepath.rstrip('/')}/{folder}"
+        names = [posixpath.basename(n.rstrip("/")) for n in fs.ls(root, detail=False)] if fs.exists(root) else []
+
+        def remove(name: str) -> None:
+            fs.rm(f"{root}/{name}")
+    else:
+        return f"history not pruned: a {type(store).__name__} block cannot list its files (prune it by its own rules)"
+    old = sorted(n for n in names if (m := HISTORY_FILE.match(n)) and m.group(1) < cutoff)
+    for name in old:
+        remove(name)
+    kept = sum(1 for n in names if HISTORY_FILE.match(n)) - len(old)
+    return f"{len(old)} stored report(s) older than {keep_days} days removed, {kept} kept"

@@ -103,6 +103,8 @@ def test_statement_calls_and_idle_transactions_match_postgres(sandbox, cluster_b
         truth_idle = {r[0] for r in psql(sandbox, "primary",
                       "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' "
                       "AND application_name = 'perf-idle-tx'")}
+        ancient = Path(state_dir) / "test-sandbox" / "20200101T000000Z.json"  # a copy past history_days (90)
+        ancient.write_text((Path(state_dir) / first.stored_at).read_text())
         second = performance_report(cluster_block=cluster_block, params=params(state_dir, top_n=50))
     finally:
         for conn in idle:
@@ -128,7 +130,8 @@ def test_statement_calls_and_idle_transactions_match_postgres(sandbox, cluster_b
     # stored for the next run, published in the UI
     stored = json.loads((Path(state_dir) / "test-sandbox" / "latest.json").read_text())
     assert stored["started_at"].startswith(second.started_at.isoformat()[:19])
-    assert (Path(state_dir) / second.stored_at).exists()
+    assert (Path(state_dir) / second.stored_at).exists() and (Path(state_dir) / first.stored_at).exists()
+    assert not ancient.exists() and second.history.startswith("1 stored report(s) older than 90 days removed")
     markdown = asyncio.run(_artifacts("performance-test-sandbox"))
     assert markdown and "Performance report of test-sandbox" in markdown[0].data
     assert "Top statements by total time" in markdown[0].data
