@@ -16,6 +16,8 @@ class PostgresNode(BaseModel):
     name: str = Field(description="Short unique name of the node, e.g. 'pg-1'.", min_length=1)
     host: str = Field(description="Host name or IP address.", min_length=1)
     port: int = Field(default=5432, ge=1, le=65535, description="TCP port.")
+    upstream: str | None = Field(
+        default=None, description="A cascading standby: the node it streams from. Empty: the primary.")
 
 
 class Endpoint(BaseModel):

@@ -79,7 +79,7 @@ def database_samples(cluster: PostgresCluster, deadline_seconds: float) -> list[
     target = cluster.primary_target().model_copy(update={
         "connect_timeout": max(1, min(cluster.connect_timeout, int(deadline_seconds))),
         "statement_timeout_ms": max(100, int(deadline_seconds * 1000))})
-    replicas = [n.name for n in cluster.nodes if n.name != cluster.primary_node and n.name not in cluster.fenced_nodes]
+    replicas = direct_standbys(cluster)
     try:
         with connect(target, purpose="alert-monitor") as db:
             usage = db.fetch_one(CONNECTIONS_SQL, None, ConnectionUsage)
@@ -94,6 +94,13 @@ def database_samples(cluster: PostgresCluster, deadline_seconds: float) -> list[
             Sample(metric="replication_lag_seconds", labels={"replica": r}, no_data=reason) for r in replicas]
     samples = [Sample(metric="connection_usage_percent", value=round(usage.percent, 2))]
     return samples + replica_lag_samples(rows, replicas)
+
+
+def direct_standbys(cluster: PostgresCluster) -> list[str]:
+    """The standbys expected in the primary's pg_stat_replication: not fenced, and not cascading from another
+    standby (a node whose declared upstream is the primary, or was promoted to it, counts)."""
+    return [n.name for n in cluster.nodes if n.name != cluster.primary_node and n.name not in cluster.fenced_nodes
+            and n.upstream in (None, cluster.primary_node)]
 
 
 def replica_lag_samples(rows: list[ReplicationRow], replicas: list[str]) -> list[Sample]:
