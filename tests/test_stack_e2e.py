@@ -517,3 +517,36 @@ def test_failover_after_a_crash_via_the_cli_then_rejoin_restores_streaming(stack
             time.sleep(0.05)
         else:
             raise AssertionError(f"{old} never replayed the write made on {cand}")
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed (./run install)")
+def test_ui_form_runs_a_real_switchover_then_rejoin(stack):
+    """An on-call engineer submits the failover form as it opens (switchover, no dry run) on the real worker: the
+    primary moves, pgbouncer follows, and the rejoin deployment makes the old primary a standby again."""
+    old = _primary_in_block(stack)
+    cand = next(n for n in ("primary", "replica") if n != old)
+    stack.sandbox.wait_streaming(old)
+    dep = api(stack, "/deployments/name/failover/failover")
+    before = {r["id"] for r in post(stack, "/flow_runs/filter", {"limit": 200})}
+    pw, browser, context = _browser()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{stack.port}/v2/deployments/deployment/{dep['id']}/run",
+                  wait_until="networkidle")
+        page.get_by_label("Max Lag Bytes (Optional)").wait_for(timeout=30_000)
+        assert page.get_by_role("switch", name="Dry Run (Optional)").get_attribute("aria-checked") == "false"
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_url("**/deployments/deployment/**tab=Runs", timeout=30_000)
+    finally:
+        context.close()
+        browser.close()
+        pw.stop()
+    new = [r for r in post(stack, "/flow_runs/filter", {"limit": 200}) if r["id"] not in before]
+    assert new and not new[0]["parameters"]["request"].get("dry_run")
+    done = wait_for(stack.api_url, new[0]["id"], timeout=180)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert _primary_in_block(stack) == cand and _block_data(stack)["fenced_nodes"] == [old]
+    with stack.sandbox.connect("pgbouncer") as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone()[0] == stack.sandbox.node_port(cand)
+    node, summary = _rejoin_via_rest(stack, "rejoin-after-ui-switchover")
+    assert node == old and "no rewind needed" in summary, summary
