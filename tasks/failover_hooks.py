@@ -22,6 +22,7 @@ from tasks.notify import SlackThread, load_notifier, section_blocks
 
 log = logging.getLogger("pg_runbooks.failover")
 PHASE_OF_FLOW = {"failover-pre": 1, "failover-switch": 2, "failover-post": 3}
+CRASH_ALERTED = "crash_alerted"  # journal fact: the run's own hook posted its crash alert
 
 
 def unclean_shutdown(node: str, state: str | None) -> FailoverStepFailed:
@@ -135,6 +136,9 @@ def run_crashed(flow, flow_run, state) -> None:
         if ctx is not None:
             ctx.thread.reply(f"Failover {what}", section_blocks(f"Failover {what}", [crash_line(ctx.journal, what)]))
             post_progress(ctx, what, crash_line(ctx.journal, what))
+            if ctx.journal is not None:  # the server-side backstop (failover-crash-alert) then stays quiet
+                ctx.journal.facts[CRASH_ALERTED] = what
+                ctx.save()
             return
         request = (flow_run.parameters or {}).get("request") or {}
         journal = saved_journal(request, str(flow_run.id))
@@ -144,8 +148,11 @@ def run_crashed(flow, flow_run, state) -> None:
         if journal is not None and journal.slack_parent_ts:
             thread.outcome.parent_ts = journal.slack_parent_ts
             thread.reply(f"Failover {what}", section_blocks(f"Failover {what}", [line]))
-            return
-        thread.post(f"Failover of {request.get('cluster_block')} {what}: {line}")
+        else:
+            thread.post(f"Failover of {request.get('cluster_block')} {what}: {line}")
+        if journal is not None:
+            journal.facts[CRASH_ALERTED] = what
+            JournalStore(FailoverRequest.model_validate(request).journal_dir).save(journal)
     except Exception:  # noqa: BLE001
         log.exception("failover crash hook failed")
 

@@ -56,6 +56,11 @@ def test_deployment_keys_are_known(deployment):
     if isinstance(limit, dict):
         assert not _unknown(limit, ConcurrencyLimitSpec)
         assert limit["collision_strategy"] in {"ENQUEUE", "CANCEL_NEW"}
+    for trigger in deployment.get("triggers") or []:  # the trigger models ignore unknown keys: check them here
+        from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+        assert not _unknown(trigger, DeploymentEventTrigger), _unknown(trigger, DeploymentEventTrigger)
+        DeploymentEventTrigger.model_validate(trigger)
     DeploymentConfig.model_validate(deployment)
 
 
@@ -82,3 +87,20 @@ def test_every_run_form_field_has_a_description(deployment):
 def test_deployment_names_are_unique():
     names = [(load_flow(d["entrypoint"]).name, d["name"]) for d in DEPLOYMENTS]
     assert len(names) == len(set(names))
+
+
+def test_the_failover_backstop_watches_failover_runs_heartbeats():
+    """A failover run heartbeats every 30 s; the backstop fires when one goes silent for 90 s (three beats)."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    by_name = {d["name"]: d for d in DEPLOYMENTS}
+    assert by_name["failover"]["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
+    silent, crashed = by_name["failover-crash-alert"]["triggers"]
+    model = DeploymentEventTrigger.model_validate(silent)
+    assert model.posture == "Proactive" and model.within.total_seconds() == 90
+    assert model.after == {"prefect.flow-run.heartbeat"} and "prefect.flow-run.Completed" in model.expect
+    reactive = DeploymentEventTrigger.model_validate(crashed)
+    assert reactive.posture == "Reactive" and reactive.expect == {"prefect.flow-run.Crashed"}
+    for trigger in (silent, crashed):
+        assert trigger["match_related"] == {"prefect.resource.role": "flow", "prefect.resource.name": "failover"}
+        assert trigger["parameters"]["flow_run_id"] == "{{ event.resource.id }}"

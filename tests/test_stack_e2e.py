@@ -550,3 +550,81 @@ def test_ui_form_runs_a_real_switchover_then_rejoin(stack):
         assert conn.execute("SELECT inet_server_port()").fetchone()[0] == stack.sandbox.node_port(cand)
     node, summary = _rejoin_via_rest(stack, "rejoin-after-ui-switchover")
     assert node == old and "no rewind needed" in summary, summary
+
+
+def _flow_run_pids(run_id: str) -> list[int]:
+    """The processes running this flow run (the process worker passes its id in their environment)."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_failover_killed_mid_phase_is_alerted_by_the_server_then_a_rerun_resumes(stack):
+    """SIGKILL the failover run's process in phase 2: its worker marks it Crashed and runs its on_crashed hook,
+    the server's trigger in prefect.yaml starts the failover-crash-alert deployment, which finds the alert already
+    sent (journal) and stays quiet; a rerun resumes from the journal and completes; the rejoin deployment restores
+    streaming. (A whole worker lost is the proactive trigger's case: tests/test_failover_backstop.py runs that
+    flow on a run left RUNNING.)"""
+    import os
+    import signal
+
+    from tasks.failover_run import HANG_ENV
+    from tasks.journal import JournalStore
+
+    old = _primary_in_block(stack)
+    cand = next(n for n in ("primary", "replica") if n != old)
+    stack.sandbox.wait_streaming(old)
+    dep = api(stack, "/deployments/name/failover/failover")
+    body = {"parameters": _failover_params(require_approval=False), "idempotency_key": "worker-dies-1",
+            "job_variables": {"env": {HANG_ENV: "checkpoint", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}}
+    run = post(stack, f"/deployments/{dep['id']}/create_flow_run", body)
+    started = time.monotonic()
+
+    def heartbeats() -> list:
+        found = post(stack, "/events/filter", {"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                                                          "resource": {"id": [f"prefect.flow-run.{run['id']}"]}},
+                                               "limit": 5})
+        return found.get("events", [])
+
+    def checkpointed() -> bool:  # the run's journal (on the worker's disk) has its phase-2 CHECKPOINT done
+        journal = JournalStore(stack.state / "runbooks" / "failover").load("sandbox")
+        return journal is not None and journal.run_id == run["id"] and any(
+            s.step == "checkpoint" and s.status == "done" for s in journal.steps)
+
+    while not (heartbeats() and checkpointed() and _flow_run_pids(run["id"])):
+        assert time.monotonic() - started < 180, "the failover never reached its hang after the checkpoint"
+        time.sleep(1)
+    for pid in _flow_run_pids(run["id"]):
+        os.kill(pid, signal.SIGKILL)  # the worker's flow-run process dies: no hook runs
+
+    crashed = wait_for(stack.api_url, run["id"], timeout=300)
+    assert crashed["state"]["type"] == "CRASHED", crashed["state"]
+    deadline = time.monotonic() + 120
+    while not (alerts := [r for r in post(stack, "/flow_runs/filter", {"limit": 50, "flow_runs": {
+            "tags": {"all_": ["backstop"]}}}) if run["id"] in json.dumps(r["parameters"])]):
+        assert time.monotonic() < deadline, "the server never started failover-crash-alert"
+        time.sleep(1)
+    alert = wait_for(stack.api_url, alerts[0]["id"], timeout=120)
+    assert alert["state"]["type"] == "COMPLETED", alert["state"]
+    def said() -> list[str]:  # the run's own log lines reach the API in batches, after its final state
+        logs = post(stack, "/logs/filter", {"logs": {"flow_run_id": {"any_": [alert["id"]]}}, "limit": 200})
+        return [entry["message"] for entry in logs]
+
+    deadline = time.monotonic() + 60  # its worker runs the run's on_crashed hook, so the backstop stays quiet
+    while not any("already CRASHED" in line and ("already alerted by its own hook" in line or "alert:" in line)
+                  for line in said()):
+        assert time.monotonic() < deadline, "\n".join(said())
+        time.sleep(1)
+
+    again = create_run(stack.api_url, "failover/failover", _failover_params(require_approval=False),
+                       "worker-dies-rerun")
+    done = wait_for(stack.api_url, again["id"], timeout=180)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert _primary_in_block(stack) == cand and _block_data(stack)["fenced_nodes"] == [old]
+    node, _ = _rejoin_via_rest(stack, "rejoin-after-worker-died")
+    assert node == old
