@@ -16,9 +16,9 @@ from prefect import flow, get_run_logger, runtime
 from tasks import failover_hooks as hooks
 from tasks.failover_approval import await_approval
 from tasks.failover_dblock import database_lock
-from tasks.failover_followers import follow_new_primary, followers
+from tasks.failover_followers import follow_new_primary
 from tasks.failover_model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
-from tasks.failover_plan import data_loss, decide
+from tasks.failover_plan import data_loss, decide, followers
 from tasks.failover_report import render_backup, render_markdown
 from tasks.failover_run import RunContext, close_context, context, open_context, post_progress, reply_phase, run_step
 from tasks.failover_run import skip_step as skip

@@ -18,7 +18,7 @@ import psycopg
 from prefect import task
 from pydantic import BaseModel
 
-from blocks.postgres_cluster import ConnectionTarget, PostgresCluster
+from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import connect
 from tasks.errors import RunbookDBError
 from tasks.failover_plan import lsn_int
@@ -84,12 +84,6 @@ class FollowResult(BaseModel):
     node: str
     status: str  # following | already | skipped | failed
     detail: str
-
-
-def followers(cluster: PostgresCluster, old_primary: str, candidate: str) -> list[str]:
-    """The standbys that must follow the new primary: every node but the two that swapped and the fenced."""
-    return [n.name for n in cluster.nodes
-            if n.name not in (old_primary, candidate) and n.name not in cluster.fenced_nodes]
 
 
 def repointed_conninfo(conninfo: str, host: str, port: int) -> str:

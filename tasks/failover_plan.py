@@ -107,9 +107,7 @@ def decide(
     return FailoverPlan(
         cluster=cluster.cluster_name, mode=request.mode, old_primary=old, candidate=cand.node, lag_bytes=lag,
         original_timeline=(primary.timeline if primary and primary.reachable else cand.timeline),
-        warnings=warnings, steps=plan_steps(request.mode, old, cand.node,
-                                            [n.name for n in cluster.nodes if n.name not in (old, cand.node)
-                                             and n.name not in cluster.fenced_nodes]),
+        warnings=warnings, steps=plan_steps(request.mode, old, cand.node, followers(cluster, old, cand.node)),
     )
 
 
@@ -168,6 +166,12 @@ def rerun_mode_decision(plan: FailoverPlan, journaled: list[StepRecord], request
                              "as requested")
     return "resume", (f"mode {requested_mode} was requested, but unfinished {plan.mode} run {run_id} already "
                       f"started phase 2: resuming it in {plan.mode} mode")
+
+
+def followers(cluster: PostgresCluster, old_primary: str, candidate: str) -> list[str]:
+    """The standbys that must follow the new primary: every node but the two that swapped and the fenced."""
+    return [n.name for n in cluster.nodes
+            if n.name not in (old_primary, candidate) and n.name not in cluster.fenced_nodes]
 
 
 def plan_steps(mode: str, old: str, cand: str, followers: list[str] | tuple[str, ...] = ()) -> list[PlannedStep]:

@@ -246,14 +246,7 @@ def test_block_types_register_with_the_prefect_cli(stack):
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed (./run install)")
 def test_ui_failover_form_shows_typed_parameters_and_a_dry_run_completes(stack):
-    dep = api(stack, "/deployments/name/failover/failover")
-    before = {r["id"] for r in post(stack, "/flow_runs/filter", {"limit": 200})}
-    pw, browser, context = _browser()
-    try:
-        page = context.new_page()
-        page.goto(f"http://127.0.0.1:{stack.port}/v2/deployments/deployment/{dep['id']}/run",
-                  wait_until="networkidle")
-        page.get_by_label("Max Lag Bytes (Optional)").wait_for(timeout=30_000)
+    def fill(page):
         for label in ("Candidate (Optional)", "Cluster Block (Optional)", "Mode (Optional)", "Force (Optional)",
                       "Require Approval (Optional)"):
             assert page.get_by_text(label, exact=True).count() >= 1, label
@@ -262,16 +255,31 @@ def test_ui_failover_form_shows_typed_parameters_and_a_dry_run_completes(stack):
         assert dry_run.get_attribute("aria-checked") == "true"
         assert page.get_by_role("switch", name="Force (Optional)").get_attribute("aria-checked") == "false"
         page.screenshot(path=str(SHOTS / "failover-run-form.png"), full_page=True)
+
+    new = _submit_failover_form(stack, fill)
+    assert new and new[0]["parameters"]["request"]["dry_run"] is True
+    done = wait_for(stack.api_url, new[0]["id"], timeout=120)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+
+
+def _submit_failover_form(stack, fill) -> list[dict]:
+    """Open the failover deployment's run form in a real browser, let `fill` set it, submit; the new runs."""
+    dep = api(stack, "/deployments/name/failover/failover")
+    before = {r["id"] for r in post(stack, "/flow_runs/filter", {"limit": 200})}
+    pw, browser, context = _browser()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{stack.port}/v2/deployments/deployment/{dep['id']}/run",
+                  wait_until="networkidle")
+        page.get_by_label("Max Lag Bytes (Optional)").wait_for(timeout=30_000)
+        fill(page)
         page.get_by_role("button", name="Submit").click()
         page.wait_for_url("**/deployments/deployment/**tab=Runs", timeout=30_000)
     finally:
         context.close()
         browser.close()
         pw.stop()
-    new = [r for r in post(stack, "/flow_runs/filter", {"limit": 200}) if r["id"] not in before]
-    assert new and new[0]["parameters"]["request"]["dry_run"] is True
-    done = wait_for(stack.api_url, new[0]["id"], timeout=120)
-    assert done["state"]["type"] == "COMPLETED", done["state"]
+    return [r for r in post(stack, "/flow_runs/filter", {"limit": 200}) if r["id"] not in before]
 
 
 def _failover_params(**request):
@@ -526,22 +534,10 @@ def test_ui_form_runs_a_real_switchover_then_rejoin(stack):
     old = _primary_in_block(stack)
     cand = next(n for n in ("primary", "replica") if n != old)
     stack.sandbox.wait_streaming(old)
-    dep = api(stack, "/deployments/name/failover/failover")
-    before = {r["id"] for r in post(stack, "/flow_runs/filter", {"limit": 200})}
-    pw, browser, context = _browser()
-    try:
-        page = context.new_page()
-        page.goto(f"http://127.0.0.1:{stack.port}/v2/deployments/deployment/{dep['id']}/run",
-                  wait_until="networkidle")
-        page.get_by_label("Max Lag Bytes (Optional)").wait_for(timeout=30_000)
+    def as_it_opens(page):
         assert page.get_by_role("switch", name="Dry Run (Optional)").get_attribute("aria-checked") == "false"
-        page.get_by_role("button", name="Submit").click()
-        page.wait_for_url("**/deployments/deployment/**tab=Runs", timeout=30_000)
-    finally:
-        context.close()
-        browser.close()
-        pw.stop()
-    new = [r for r in post(stack, "/flow_runs/filter", {"limit": 200}) if r["id"] not in before]
+
+    new = _submit_failover_form(stack, as_it_opens)
     assert new and not new[0]["parameters"]["request"].get("dry_run")
     done = wait_for(stack.api_url, new[0]["id"], timeout=180)
     assert done["state"]["type"] == "COMPLETED", done["state"]
