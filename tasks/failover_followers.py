@@ -23,6 +23,7 @@ from tasks.db import connect
 from tasks.errors import RunbookDBError
 from tasks.failover_plan import lsn_int
 from tasks.failover_steps import STEP
+from tasks.rejoin import create_slot
 
 # Is this node a standby, where does it stream from, and with which slot?
 STANDBY_SOURCE_SQL = """
@@ -37,12 +38,6 @@ SELECT pg_catalog.pg_is_in_recovery()                        AS in_recovery,
   FROM (SELECT 1) AS one
   LEFT JOIN pg_catalog.pg_stat_wal_receiver AS r ON true
 """
-
-# Does this physical slot exist on the new primary?
-SLOT_EXISTS_SQL = "SELECT count(*) AS n FROM pg_catalog.pg_replication_slots WHERE slot_name = %(slot)s"
-
-# Create the standby's slot on the new primary, reserving WAL from now on.
-CREATE_SLOT_SQL = "SELECT slot_name FROM pg_catalog.pg_create_physical_replication_slot(%(slot)s, true)"
 
 # Apply the new primary_conninfo: the WAL receiver restarts with it.
 RELOAD_SQL = "SELECT pg_catalog.pg_reload_conf() AS reloaded"
@@ -62,14 +57,6 @@ class _Source(BaseModel):
     sender_host: str | None
     sender_port: int | None
     received_tli: int | None
-
-
-class _Count(BaseModel):
-    n: int
-
-
-class _Name(BaseModel):
-    slot_name: str
 
 
 class _Ok(BaseModel):
@@ -140,9 +127,7 @@ def follow_new_primary(standby: ConnectionTarget, primary: ConnectionTarget, tim
             if not src.conninfo.strip():
                 return FollowResult(node=node, status="skipped", detail=(
                     f"{node} has no primary_conninfo (WAL from an archive only?): not repointed"))
-            slot_note = ""
-            if src.slot:
-                slot_note = _ensure_slot(primary, src.slot)
+            slot_note = f" ({create_slot.fn(primary, src.slot)})" if src.slot else ""  # rejoin's own slot step
             conninfo = repointed_conninfo(src.conninfo, primary.host, primary.port)
             # A utility statement takes no bind parameters: the value is composed as a quoted literal.
             db.execute(psycopg.sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(psycopg.sql.Literal(conninfo)))
@@ -163,12 +148,4 @@ def follow_new_primary(standby: ConnectionTarget, primary: ConnectionTarget, tim
             "(or run the rejoin flow)"))
     return FollowResult(node=node, status="following", detail=(
         f"{node} streams from {primary.node} on timeline {timeline}{slot_note}"))
-
-
-def _ensure_slot(primary: ConnectionTarget, slot: str) -> str:
-    with connect(primary, purpose="failover-follow", statement_timeout_ms=10_000) as db:
-        if db.fetch_one(SLOT_EXISTS_SQL, {"slot": slot}, _Count).n:
-            return f" (slot {slot} already on {primary.node})"
-        db.fetch_one(CREATE_SLOT_SQL, {"slot": slot}, _Name)
-    return f" (slot {slot} created on {primary.node})"
 
