@@ -79,11 +79,9 @@ def _request(**kw) -> FailoverRequest:
                               "follow_timeout_seconds": 20, **kw})
 
 
-def _third_streams_from(box: Sandbox, third_port: int, upstream: str) -> bool:
-    with psycopg.connect(box.conninfo("primary").replace(f"port={box.config.primary_port}", f"port={third_port}"),
-                         autocommit=True) as conn:
-        row = conn.execute("SELECT status, sender_port FROM pg_stat_wal_receiver").fetchone()
-    return row == ("streaming", box.node_port(upstream))
+def _at(box: Sandbox, node_port: int) -> str:
+    """The sandbox superuser's connection string, for a node the sandbox does not name (the third one)."""
+    return psycopg.conninfo.make_conninfo(box.conninfo("primary"), port=node_port)
 
 
 def test_the_other_standby_follows_the_new_primary(three):
@@ -96,14 +94,14 @@ def test_the_other_standby_follows_the_new_primary(three):
     assert report.followers == {THIRD: "following"} and "WARNING" not in report.summary
     step = next(s for s in report.steps if s.step == "follow-new-primary" and s.status == "done")
     assert f"slot {THIRD} created on replica" in step.detail and "password" not in step.detail
-    assert _third_streams_from(box, port, "replica")
+    assert _receiver(box, port) == ("streaming", box.config.replica_port)
     with box.connect("replica") as conn:  # ground truth on the new primary: the follower and its slot
         assert conn.execute("SELECT state FROM pg_stat_replication WHERE application_name = %s",
                             (THIRD,)).fetchone() == ("streaming",)
         assert conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (THIRD,)).fetchone() == (
             True,)
         conn.execute("CREATE TABLE after_switch AS SELECT 42 AS answer")
-    third = box.conninfo("primary").replace(f"port={box.config.primary_port}", f"port={port}")
+    third = _at(box, port)
 
     def replicated():
         with psycopg.connect(third, autocommit=True) as conn:
@@ -169,14 +167,12 @@ def test_after_a_crash_a_standby_ahead_of_the_candidate_is_left_alone_for_a_rejo
 
 
 def _receiver(box: Sandbox, node_port: int):
-    with psycopg.connect(box.conninfo("primary").replace(f"port={box.config.primary_port}", f"port={node_port}"),
-                         autocommit=True) as conn:
+    with psycopg.connect(_at(box, node_port), autocommit=True) as conn:
         return conn.execute("SELECT status, sender_port FROM pg_stat_wal_receiver").fetchone()
 
 
 def _replayed_past(box: Sandbox, node_port: int, lsn: str) -> bool:
-    with psycopg.connect(box.conninfo("primary").replace(f"port={box.config.primary_port}", f"port={node_port}"),
-                         autocommit=True) as conn:
+    with psycopg.connect(_at(box, node_port), autocommit=True) as conn:
         return conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]
 
 
@@ -192,8 +188,7 @@ def test_the_health_check_knows_a_cascading_standby(three):
     with box.connect("primary") as conn:  # the standby "primary" serves the third one a slot of its own
         if not conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (THIRD,)).fetchone():
             conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (THIRD,))
-    with psycopg.connect(box.conninfo("primary").replace(f"port={box.config.primary_port}", f"port={port}"),
-                         autocommit=True) as conn:
+    with psycopg.connect(_at(box, port), autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(psycopg.sql.Literal(
             f"host={HOST} port={box.config.primary_port} user={SUPERUSER} passfile={box.passfile} "
             f"application_name={THIRD}")))
