@@ -29,9 +29,9 @@ import psycopg  # noqa: E402
 from blocks.postgres_cluster import PostgresCluster  # noqa: E402
 from sandbox.blocks import save_failover_blocks  # noqa: E402
 from sandbox.cluster import Sandbox  # noqa: E402
-from tasks.endpoint import rewrite_ini  # noqa: E402
-from tasks.failover_plan import lsn_int  # noqa: E402
-from tasks.node_control import parse_controldata  # noqa: E402
+from tasks.failover.endpoint import rewrite_ini  # noqa: E402
+from tasks.failover.node_control import parse_controldata  # noqa: E402
+from tasks.failover.plan import lsn_int  # noqa: E402
 
 BLOCK = "bench-failover"
 
@@ -127,7 +127,7 @@ def main() -> None:
 
     from flows.failover import failover
     from flows.rejoin import rejoin
-    from tasks.failover_model import FailoverRequest, RejoinRequest
+    from tasks.failover.model import FailoverRequest, RejoinRequest
 
     box = Sandbox.ephemeral("pgrb-bench-failover-")
     journal = tempfile.mkdtemp(prefix="pgrb-bench-journal-")

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from bench.common import fresh_sandbox, prefect_api, row, timed
-from tasks import health
+from tasks.health import checks as health
 
 TABLES = 10_000
 

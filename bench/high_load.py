@@ -141,7 +141,7 @@ def main() -> None:
 
     from flows.high_load_response import high_load_response
     from sandbox.blocks import save_sandbox_blocks
-    from tasks.high_load_plan import HighLoadParams
+    from tasks.emergency.high_load_plan import HighLoadParams
 
     box = Sandbox.ephemeral("pgrb-bench-")
     try:

@@ -66,8 +66,8 @@ def make_fleet(box, n: int) -> list[str]:
 
 
 def raw_fleet(box, n: int) -> None:
-    from tasks.alert_metrics import CONNECTIONS_SQL
-    from tasks.health import REPLICATION_SQL
+    from tasks.alerts.metrics import CONNECTIONS_SQL
+    from tasks.health.checks import REPLICATION_SQL
 
     for i in range(n):
         with psycopg.connect(box.conninfo("primary", dbname=f"fleet_{i:03d}"), autocommit=True,
@@ -128,7 +128,7 @@ def fleet_figures(box, n: int, repeat: int, firing: bool) -> None:
 def firing_figures(n: int, repeat: int, quiet_wall: float) -> None:
     """Every cluster fires (connection_limit above 0 % for 0s): one run where all N fire at once (each takes
     its lock, posts FIRING to the fake Slack, writes its state), then runs where all N stay firing."""
-    from tasks.alert_monitor import MonitorParams
+    from tasks.alerts.monitor import MonitorParams
     from tests.helpers import save_slack_block
     from tests.slack_server import start_fake_slack
 
@@ -152,7 +152,7 @@ def firing_figures(n: int, repeat: int, quiet_wall: float) -> None:
 def latency_figures(box, interval: float) -> None:
     from flows.alert_monitor import alert_monitor
     from sandbox.blocks import sandbox_cluster_block
-    from tasks.alert_monitor import MonitorParams
+    from tasks.alerts.monitor import MonitorParams
     from tests.helpers import save_slack_block
     from tests.slack_server import start_fake_slack
 

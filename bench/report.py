@@ -26,15 +26,13 @@ from psycopg import sql  # noqa: E402
 
 from sandbox.blocks import sandbox_cluster_block  # noqa: E402
 from sandbox.cluster import Sandbox  # noqa: E402
-from tasks import (  # noqa: E402
-    report_cache,
-    report_checkpoints,
-    report_connections,
-    report_statements,
-    report_storage,
-    report_wraparound,
-)
-from tasks.server_capabilities import capabilities  # noqa: E402
+from tasks.core.server_capabilities import capabilities  # noqa: E402
+from tasks.report import cache as report_cache  # noqa: E402
+from tasks.report import checkpoints as report_checkpoints  # noqa: E402
+from tasks.report import connections as report_connections  # noqa: E402
+from tasks.report import statements as report_statements  # noqa: E402
+from tasks.report import storage as report_storage  # noqa: E402
+from tasks.report import wraparound as report_wraparound  # noqa: E402
 
 BATCH = 500  # tables per transaction (each takes locks on the table, its TOAST table and its index)
 
@@ -121,7 +119,7 @@ def main() -> None:
         from prefect.testing.utilities import prefect_test_harness
 
         from flows.performance_report import performance_report
-        from tasks.perf_report import ReportParams
+        from tasks.report.performance import ReportParams
 
         with prefect_test_harness(server_startup_timeout=120):
             sandbox_cluster_block(box, name="bench").save("bench", overwrite=True)

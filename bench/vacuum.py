@@ -74,7 +74,7 @@ def vacuumdb(box: Sandbox, *args: str) -> float:
 
 def run_flow(one_connection: bool = False) -> tuple[float, int]:
     from flows.vacuum import vacuum
-    from tasks.vacuum_plan import VacuumParams
+    from tasks.maintenance.vacuum_plan import VacuumParams
 
     t0 = time.monotonic()
     report = vacuum(cluster_block="bench", params=VacuumParams(
@@ -87,8 +87,15 @@ def run_flow(one_connection: bool = False) -> tuple[float, int]:
 def estimate_seconds(box: Sandbox, min_pages: int) -> tuple[float, float, int]:
     """Median wall time of the tier-1 catalog reads (SQL) and of the whole estimate (reads, row models,
     per-relation estimate), and how many tables it covered."""
-    from tasks.bloat import CATALOG_INFO_SQL, INDEX_STATS_SQL, TABLE_STATS_SQL, CatalogInfo, IndexStats, TableStats
-    from tasks.bloat_report import BloatParams, estimate_index, estimate_table
+    from tasks.maintenance.bloat import (
+        CATALOG_INFO_SQL,
+        INDEX_STATS_SQL,
+        TABLE_STATS_SQL,
+        CatalogInfo,
+        IndexStats,
+        TableStats,
+    )
+    from tasks.maintenance.bloat_report import BloatParams, estimate_index, estimate_table
 
     sql_times, times, n = [], [], 0
     p = BloatParams(min_pages=min_pages)

@@ -1,5 +1,5 @@
-"""Failover adapters as blocks (configuration only; the logic lives in tasks/node_control.py
-and tasks/endpoint.py): how to stop/start a node, and how clients reach the primary."""
+"""Failover adapters as blocks (configuration only; the logic lives in tasks/failover/node_control.py
+and tasks/failover/endpoint.py): how to stop/start a node, and how clients reach the primary."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Three kinds, chosen by which block the flow is given (`<block-type-slug>/<name>`
   no-scaler              records that no scaler is configured
   webhook-scaler         POSTs a JSON request to a URL (provider APIs, internal tooling)
   pgbouncer-pool-scaler  raises pgbouncer's default_pool_size through its admin console, within a maximum
-The acting code lives in tasks/scale.py; only these blocks read their secrets.
+The acting code lives in tasks/emergency/scale.py; only these blocks read their secrets.
 """
 
 from __future__ import annotations

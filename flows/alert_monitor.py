@@ -14,8 +14,8 @@ from prefect import flow, get_run_logger, runtime, unmapped
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.alert_metrics import DB_METRICS, ClusterSamples, host_sources, no_data, sample_cluster, unsampled_host
-from tasks.alert_monitor import (
+from tasks.alerts.metrics import DB_METRICS, ClusterSamples, host_sources, no_data, sample_cluster, unsampled_host
+from tasks.alerts.monitor import (
     MonitorParams,
     MonitorReport,
     Phases,
@@ -30,10 +30,10 @@ from tasks.alert_monitor import (
     rules_in_force,
     save_alert_states,
 )
-from tasks.alert_sources import BlockChoice, block_for, one_block_for_many
-from tasks.alert_state import locked
-from tasks.notify import load_notifier
-from tasks.publish import artifact_key, notify_slack, publish_markdown
+from tasks.alerts.sources import BlockChoice, block_for, one_block_for_many
+from tasks.alerts.state import locked
+from tasks.core.notify import load_notifier
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown
 
 WORKERS = 32
 

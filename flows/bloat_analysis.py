@@ -11,16 +11,16 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks import bloat_report as rules
-from tasks.bloat import (
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown
+from tasks.maintenance import bloat_report as rules
+from tasks.maintenance.bloat import (
     measure_relations,
     read_catalog_info,
     read_index_stats,
     read_largest_btree_indexes,
     read_table_stats,
 )
-from tasks.bloat_report import BloatParams, BloatReport
-from tasks.publish import artifact_key, notify_slack, publish_markdown
+from tasks.maintenance.bloat_report import BloatParams, BloatReport
 
 
 @flow(name="bloat-analysis", log_prints=False)

@@ -11,16 +11,16 @@ from prefect import flow, get_run_logger, runtime
 from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget, PostgresCluster
-from tasks.alert_eval import AlertContext
-from tasks.alert_sources import this_clusters_block
-from tasks.alert_state import action_lock_name, exclusive
-from tasks.findings import human_seconds, md_cell
-from tasks.high_load_plan import ActionResult
-from tasks.notify import NotificationOutcome
-from tasks.publish import artifact_key, notify_slack, publish_markdown
-from tasks.remediation import RemediationParams, StaleSession, find_stale_sessions, plan_terminations
-from tasks.scale import ScaleRequest, scale_up
-from tasks.signal import SignalStepFailed, signal_sessions
+from tasks.alerts.evaluate import AlertContext
+from tasks.alerts.sources import this_clusters_block
+from tasks.alerts.state import action_lock_name, exclusive
+from tasks.core.findings import human_seconds, md_cell
+from tasks.core.notify import NotificationOutcome
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown
+from tasks.emergency.high_load_plan import ActionResult
+from tasks.emergency.remediation import RemediationParams, StaleSession, find_stale_sessions, plan_terminations
+from tasks.emergency.scale import ScaleRequest, scale_up
+from tasks.emergency.signal import SignalStepFailed, signal_sessions
 
 
 class RemediationFailed(Exception):

@@ -9,12 +9,18 @@ from prefect import flow, get_run_logger, runtime
 from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks.alert_eval import AlertContext
-from tasks.alert_state import action_lock_name, exclusive
-from tasks.disk_pressure import DiskPressureParams, SpaceSurvey, drop_inactive_slot, recommendations, survey_space
-from tasks.findings import human_bytes, md_cell
-from tasks.notify import NotificationOutcome
-from tasks.publish import artifact_key, notify_slack, publish_markdown
+from tasks.alerts.evaluate import AlertContext
+from tasks.alerts.state import action_lock_name, exclusive
+from tasks.core.findings import human_bytes, md_cell
+from tasks.core.notify import NotificationOutcome
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown
+from tasks.emergency.disk_pressure import (
+    DiskPressureParams,
+    SpaceSurvey,
+    drop_inactive_slot,
+    recommendations,
+    survey_space,
+)
 
 
 class DiskPressureReport(BaseModel):

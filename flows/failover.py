@@ -13,17 +13,18 @@ from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, runtime
 
-from tasks import failover_hooks as hooks
-from tasks.failover_approval import await_approval
-from tasks.failover_dblock import database_lock
-from tasks.failover_followers import follow_new_primary
-from tasks.failover_model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
-from tasks.failover_plan import data_loss, decide, followers
-from tasks.failover_report import render_backup, render_markdown
-from tasks.failover_run import RunContext, close_context, context, open_context, post_progress, reply_phase, run_step
-from tasks.failover_run import skip_step as skip
-from tasks.failover_slot import cluster_slot
-from tasks.failover_steps import (
+from tasks.core.publish import artifact_key, publish_markdown
+from tasks.failover import hooks
+from tasks.failover.approval import await_approval
+from tasks.failover.dblock import database_lock
+from tasks.failover.followers import follow_new_primary
+from tasks.failover.model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
+from tasks.failover.plan import data_loss, decide, followers
+from tasks.failover.report import render_backup, render_markdown
+from tasks.failover.run import RunContext, close_context, context, open_context, post_progress, reply_phase, run_step
+from tasks.failover.run import skip_step as skip
+from tasks.failover.slot import cluster_slot
+from tasks.failover.steps import (
     application_target,
     checkpoint,
     fence_node,
@@ -41,8 +42,7 @@ from tasks.failover_steps import (
     resume_endpoint,
     verify_promotion,
 )
-from tasks.failover_wiring import resume_plan, save_cluster_block, start_journal
-from tasks.publish import artifact_key, publish_markdown
+from tasks.failover.wiring import resume_plan, save_cluster_block, start_journal
 
 
 @flow(name="failover-pre", on_failure=[hooks.phase_failed])

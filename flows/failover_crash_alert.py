@@ -1,6 +1,6 @@
 """Backstop of the failover runbook: a failover run whose worker died is marked Crashed and alerted.
 
-Started by the server, not by people (tasks/failover_backstop.py, prefect.yaml): when a failover run goes silent
+Started by the server, not by people (tasks/failover/backstop.py, prefect.yaml): when a failover run goes silent
 (no heartbeat, no final state: the whole worker is gone) or becomes Crashed (its process was killed). Such a run
 runs no hook of its own; this flow says so in the run's Slack thread, with the last journaled step and who is
 writable now. Rerunning the failover resumes it.
@@ -8,8 +8,8 @@ writable now. Rerunning the failover resumes it.
 
 from prefect import flow, get_run_logger
 
-from tasks.failover_backstop import already_alerted, cluster_now, mark_crashed, post_crash_alert, run_id_of
-from tasks.failover_model import FailoverRequest
+from tasks.failover.backstop import already_alerted, cluster_now, mark_crashed, post_crash_alert, run_id_of
+from tasks.failover.model import FailoverRequest
 
 
 @flow(name="failover-crash-alert", log_prints=False)

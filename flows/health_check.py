@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks import health_report as rules
-from tasks.health import find_long_queries, probe_node, read_receiver, read_replication, read_slots
-from tasks.health_report import HealthReport, HealthThresholds
-from tasks.outcomes import gather
-from tasks.publish import artifact_key, notify_slack, publish_markdown
+from tasks.core.outcomes import gather
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown
+from tasks.health import report as rules
+from tasks.health.checks import find_long_queries, probe_node, read_receiver, read_replication, read_slots
+from tasks.health.report import HealthReport, HealthThresholds
 
 
 @flow(name="health-check", log_prints=False)

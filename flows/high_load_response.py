@@ -16,17 +16,17 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks import high_load_plan as plan
-from tasks import high_load_report as rules
-from tasks.alert_eval import AlertContext
-from tasks.alert_sources import this_clusters_block
-from tasks.high_load_notify import notify_high_load
-from tasks.high_load_plan import ActionResult, HighLoadParams, PlannedAction
-from tasks.high_load_report import HighLoadReport
-from tasks.publish import artifact_key, publish_markdown, publish_table
-from tasks.scale import ScaleRequest, scale_up
-from tasks.sessions import survey_sessions
-from tasks.signal import signal_sessions
+from tasks.alerts.evaluate import AlertContext
+from tasks.alerts.sources import this_clusters_block
+from tasks.core.publish import artifact_key, publish_markdown, publish_table
+from tasks.core.sessions import survey_sessions
+from tasks.emergency import high_load_plan as plan
+from tasks.emergency import high_load_report as rules
+from tasks.emergency.high_load_notify import notify_high_load
+from tasks.emergency.high_load_plan import ActionResult, HighLoadParams, PlannedAction
+from tasks.emergency.high_load_report import HighLoadReport
+from tasks.emergency.scale import ScaleRequest, scale_up
+from tasks.emergency.signal import signal_sessions
 
 
 class HighLoadStepsFailed(Exception):

@@ -12,22 +12,22 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks import bloat_report
-from tasks import index_report as rules
-from tasks.bloat import measure_relations, read_catalog_info, read_index_stats, read_largest_btree_indexes
-from tasks.bloat_report import BloatParams
-from tasks.index_report import IndexParams, IndexReport
-from tasks.indexes import (
+from tasks.core.outcomes import gather
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
+from tasks.core.relations import RelationRef
+from tasks.maintenance import bloat_report
+from tasks.maintenance import index_report as rules
+from tasks.maintenance.bloat import measure_relations, read_catalog_info, read_index_stats, read_largest_btree_indexes
+from tasks.maintenance.bloat_report import BloatParams
+from tasks.maintenance.index_report import IndexParams, IndexReport
+from tasks.maintenance.indexes import (
     check_index_grants,
     read_index_inventory,
     read_index_scans,
     resolve_indexes,
     run_index_action,
 )
-from tasks.maintenance_log import MaintenanceLogFailed, write_maintenance_log
-from tasks.outcomes import gather
-from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
-from tasks.relations import RelationRef
+from tasks.maintenance.maintenance_log import MaintenanceLogFailed, write_maintenance_log
 
 
 @flow(name="index-maintenance", log_prints=False)

@@ -10,18 +10,18 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks import perf_report as rules
-from tasks.host_metrics import sample_host
-from tasks.outcomes import gather
-from tasks.perf_report import PerformanceReport, ReportParams
-from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
-from tasks.report_cache import read_cache
-from tasks.report_checkpoints import read_checkpoints
-from tasks.report_connections import read_connections
-from tasks.report_statements import read_statements
-from tasks.report_storage import read_storage
-from tasks.report_store import ReportStoreError, load_previous, prune_history, store_report
-from tasks.report_wraparound import read_wraparound
+from tasks.core.host_metrics import sample_host
+from tasks.core.outcomes import gather
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
+from tasks.report import performance as rules
+from tasks.report.cache import read_cache
+from tasks.report.checkpoints import read_checkpoints
+from tasks.report.connections import read_connections
+from tasks.report.performance import PerformanceReport, ReportParams
+from tasks.report.statements import read_statements
+from tasks.report.storage import read_storage
+from tasks.report.store import ReportStoreError, load_previous, prune_history, store_report
+from tasks.report.wraparound import read_wraparound
 
 
 @flow(name="performance-report", log_prints=False)

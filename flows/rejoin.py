@@ -10,10 +10,10 @@ from prefect import flow, get_run_logger, runtime
 
 from blocks.failover_adapters import NodeControl
 from blocks.postgres_cluster import PostgresCluster
-from tasks import rejoin as steps
-from tasks.failover_model import FailoverStepFailed, RejoinReport, RejoinRequest
-from tasks.failover_steps import read_node_state
-from tasks.publish import artifact_key, notify_slack, publish_markdown
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown
+from tasks.failover import rejoin as steps
+from tasks.failover.model import FailoverStepFailed, RejoinReport, RejoinRequest
+from tasks.failover.steps import read_node_state
 
 
 @flow(name="rejoin")

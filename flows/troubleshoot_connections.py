@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks import recommendations as recs
-from tasks.connection_churn import sample_churn
-from tasks.connection_rules import ConnectionRules, connection_recommendations
-from tasks.health_report import describe_error
-from tasks.outcomes import gather
-from tasks.publish import artifact_key, notify_slack, publish_markdown
-from tasks.recommendations import TroubleshootReport
-from tasks.report_connections import read_connections
+from tasks.core import recommendations as recs
+from tasks.core.outcomes import gather
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown
+from tasks.core.recommendations import TroubleshootReport
+from tasks.health.report import describe_error
+from tasks.report.connection_churn import sample_churn
+from tasks.report.connection_rules import ConnectionRules, connection_recommendations
+from tasks.report.connections import read_connections
 
 
 @flow(name="troubleshoot-connections", log_prints=False)

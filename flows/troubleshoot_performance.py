@@ -11,18 +11,18 @@ from typing import Literal
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks import recommendations as recs
-from tasks.health_report import describe_error
-from tasks.outcomes import gather
-from tasks.perf_report import PerformanceReport
-from tasks.performance_rules import PerformanceRules, headline, performance_recommendations
-from tasks.publish import artifact_key, notify_slack, publish_markdown
-from tasks.recommendations import TroubleshootReport
-from tasks.report_cache import read_cache
-from tasks.report_deltas import cache_deltas, statements_delta
-from tasks.report_statements import read_statements
-from tasks.report_store import load_previous
-from tasks.table_stats import read_usage
+from tasks.core import recommendations as recs
+from tasks.core.outcomes import gather
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown
+from tasks.core.recommendations import TroubleshootReport
+from tasks.core.table_stats import read_usage
+from tasks.health.report import describe_error
+from tasks.report.cache import read_cache
+from tasks.report.deltas import cache_deltas, statements_delta
+from tasks.report.performance import PerformanceReport
+from tasks.report.performance_rules import PerformanceRules, headline, performance_recommendations
+from tasks.report.statements import read_statements
+from tasks.report.store import load_previous
 
 
 @flow(name="troubleshoot-performance", log_prints=False)

@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks import vacuum_plan as plan
-from tasks.bounded import run_bounded
-from tasks.maintenance_log import MaintenanceLogFailed, write_maintenance_log
-from tasks.publish import artifact_key, notify_slack, publish_markdown, publish_table
-from tasks.vacuum import VacuumResult, read_vacuum_candidates, resolve_tables, vacuum_tables
-from tasks.vacuum_plan import VacuumParams, VacuumReport
+from tasks.core.bounded import run_bounded
+from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
+from tasks.maintenance import vacuum_plan as plan
+from tasks.maintenance.maintenance_log import MaintenanceLogFailed, write_maintenance_log
+from tasks.maintenance.vacuum import VacuumResult, read_vacuum_candidates, resolve_tables, vacuum_tables
+from tasks.maintenance.vacuum_plan import VacuumParams, VacuumReport
 
 
 @flow(name="vacuum", log_prints=False)

@@ -13,7 +13,7 @@ def main() -> int:
     box.start()
     save_sandbox_blocks(box)
     from flows.health_check import health_check
-    from tasks.health_report import render_markdown
+    from tasks.health.report import render_markdown
 
     report = health_check(cluster_block="sandbox")
     print()

@@ -403,7 +403,7 @@ def test_monitor_on_the_worker_starts_its_action_as_a_deployment_run(stack):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from sandbox.blocks import sandbox_cluster_block, sandbox_pool_scaler_block
-    from tasks.alert_state import variable_name
+    from tasks.alerts.state import variable_name
 
     cluster = "e2e-alert-action"
     with temporary_settings({PREFECT_API_URL: stack.api_url}):  # the stack sandbox under a name of its own
@@ -480,7 +480,7 @@ def test_failover_after_a_crash_via_the_cli_then_rejoin_restores_streaming(stack
     """The incident path: the primary dies (immediate stop), incident tooling triggers mode=failover without
     approval; the standby is promoted, pgbouncer follows, the block fences the dead node, the report gives the
     LSN gap; then the rejoin deployment (pg_rewind if needed) makes the dead node a streaming standby again."""
-    from tasks.failover_plan import lsn_int
+    from tasks.failover.plan import lsn_int
 
     box = stack.sandbox
     if _block_data(stack)["fenced_nodes"]:  # the switchover above left its old primary fenced and stopped
@@ -578,13 +578,13 @@ def test_a_failover_killed_mid_phase_is_alerted_by_the_server_then_a_rerun_resum
     """SIGKILL the failover run's process in phase 2: its worker marks it Crashed and runs its on_crashed hook,
     the server's trigger in prefect.yaml starts the failover-crash-alert deployment, which finds the alert already
     sent (journal) and stays quiet; a rerun resumes from the journal and completes; the rejoin deployment restores
-    streaming. (A whole worker lost is the proactive trigger's case: tests/test_failover_backstop.py runs that
+    streaming. (A whole worker lost is the proactive trigger's case: tests/failover/test_failover_backstop.py runs that
     flow on a run left RUNNING.)"""
     import os
     import signal
 
-    from tasks.failover_run import HANG_ENV
-    from tasks.journal import JournalStore
+    from tasks.failover.journal import JournalStore
+    from tasks.failover.run import HANG_ENV
 
     old = _primary_in_block(stack)
     cand = next(n for n in ("primary", "replica") if n != old)

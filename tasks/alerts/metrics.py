@@ -1,0 +1,259 @@
+"""What the monitor measures on one cluster, with one short-lived connection to its primary.
+
+connection_usage_percent: client backends against the slots ordinary roles can use
+  (max_connections - superuser_reserved_connections - reserved_connections on PG16+;
+  https://www.postgresql.org/docs/current/runtime-config-connection.html).
+replication_lag_seconds: per replica, the primary's pg_stat_replication.replay_lag, NULL counted
+  as 0 only when no byte is behind (tasks.health.report.effective_replay_lag_seconds).
+cpu_usage_percent / disk_usage_percent: from the cluster's own host-metrics-source block (issue 4;
+  which one: tasks.alerts.sources); with none, or one of kind "none", "no data: metrics source not
+  configured" (no alert).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from blocks.postgres_cluster import PostgresCluster
+from tasks.alerts.evaluate import Sample
+from tasks.alerts.sources import BlockChoice, block_for
+from tasks.core.db import connect
+from tasks.health.checks import REPLICATION_SQL, ReplicationRow
+from tasks.health.report import describe_error, effective_replay_lag_seconds
+
+DB_METRICS = ("connection_usage_percent", "replication_lag_seconds")
+HOST_METRICS = ("cpu_usage_percent", "disk_usage_percent")
+SOURCE_TYPE = "host-metrics-source"
+
+
+class ConnectionUsage(BaseModel):
+    in_recovery: bool
+    server_version_num: int
+    client_backends: int
+    max_connections: int
+    superuser_reserved: int
+    reserved: int
+
+    @property
+    def usable(self) -> int:
+        return max(self.max_connections - self.superuser_reserved - self.reserved, 1)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.client_backends / self.usable
+
+
+# How many client connections are open, and how many slots can ordinary roles use?
+CONNECTIONS_SQL = """
+SELECT pg_catalog.pg_is_in_recovery()                                   AS in_recovery,
+       current_setting('server_version_num')::int                       AS server_version_num,
+       (SELECT count(*)
+          FROM pg_catalog.pg_stat_activity
+         WHERE backend_type = 'client backend')::int                    AS client_backends,
+       current_setting('max_connections')::int                          AS max_connections,
+       current_setting('superuser_reserved_connections')::int           AS superuser_reserved,
+       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved
+"""
+
+
+class ClusterSamples(BaseModel):
+    """The samples of one cluster and how long reading them took."""
+
+    cluster: str
+    samples: list[Sample]
+    seconds: float
+    error: str | None = None
+
+
+def no_data(metrics: tuple[str, ...] | list[str], reason: str, labels: dict[str, str] | None = None,
+            unconfigured: bool = False) -> list[Sample]:
+    return [Sample(metric=m, labels=labels or {}, no_data=reason, unconfigured=unconfigured) for m in metrics]
+
+
+def database_samples(cluster: PostgresCluster, deadline_seconds: float) -> list[Sample]:
+    """Connection usage and per-replica lag from the primary (one connection, two queries)."""
+    target = cluster.primary_target().model_copy(update={
+        "connect_timeout": max(1, min(cluster.connect_timeout, int(deadline_seconds))),
+        "statement_timeout_ms": max(100, int(deadline_seconds * 1000))})
+    replicas = direct_standbys(cluster)
+    try:
+        with connect(target, purpose="alert-monitor") as db:
+            usage = db.fetch_one(CONNECTIONS_SQL, None, ConnectionUsage)
+            rows = db.fetch_all(REPLICATION_SQL, None, ReplicationRow) if not usage.in_recovery else []
+    except Exception as exc:  # noqa: BLE001 - an unreachable cluster is no data, not a crash
+        reason = f"{target.node} {describe_error(exc)}"
+        return no_data(["connection_usage_percent"], reason) + [
+            Sample(metric="replication_lag_seconds", labels={"replica": r}, no_data=reason) for r in replicas]
+    if usage.in_recovery:
+        reason = f"{target.node} is in recovery: the cluster block's primary_node is stale"
+        return no_data(["connection_usage_percent"], reason) + [
+            Sample(metric="replication_lag_seconds", labels={"replica": r}, no_data=reason) for r in replicas]
+    samples = [Sample(metric="connection_usage_percent", value=round(usage.percent, 2))]
+    return samples + replica_lag_samples(rows, replicas)
+
+
+def direct_standbys(cluster: PostgresCluster) -> list[str]:
+    """The standbys expected in the primary's pg_stat_replication: not fenced, and not cascading from another
+    standby (a node whose declared upstream is the primary, or was promoted to it, counts)."""
+    return [n.name for n in cluster.nodes if n.name != cluster.primary_node and n.name not in cluster.fenced_nodes
+            and n.upstream in (None, cluster.primary_node)]
+
+
+def replica_lag_samples(rows: list[ReplicationRow], replicas: list[str]) -> list[Sample]:
+    """One lag sample per expected replica (matched by application_name), plus unexpected standbys."""
+    by_name = {r.application_name: r for r in rows}
+    samples = []
+    for name in replicas + sorted(set(by_name) - set(replicas)):
+        row = by_name.get(name)
+        if row is None:
+            samples.append(Sample(metric="replication_lag_seconds", labels={"replica": name},
+                                  no_data=f"{name} is not connected to the primary (not in pg_stat_replication)"))
+            continue
+        lag = effective_replay_lag_seconds(row)
+        samples.append(Sample(metric="replication_lag_seconds", labels={"replica": name}, value=lag,
+                              no_data=None if lag is not None else
+                              f"replay_lag is unknown while {row.replay_lag_bytes} bytes are behind"))
+    return samples
+
+
+def host_sources(blocks: list[str], spec: str | None, overrides: dict[str, str] | None) -> dict[str, BlockChoice]:
+    """The host-metrics source of every cluster (tasks.alerts.sources), with one API read of the existing
+    source blocks: a templated name with no block, or a block of kind "none", is "not configured"."""
+    choices = {b: block_for(b, spec, overrides, len(blocks)) for b in blocks}
+    if not any(c.block for c in choices.values()):
+        return choices
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            docs = client.read_block_documents_by_type(SOURCE_TYPE, include_secrets=False)
+        kinds = {d.name: (d.data or {}).get("kind", "none") for d in docs if d.name}
+    except Exception:  # noqa: BLE001 - unknown: each task loads its block and reports what fails
+        return choices
+    for block, choice in choices.items():
+        if choice.block and choice.block not in kinds and choice.optional:
+            choices[block] = BlockChoice(note=f"not configured: no {SOURCE_TYPE} block {choice.block!r}")
+        elif choice.block and kinds.get(choice.block) == "none":
+            choices[block] = BlockChoice(note=f"not configured: {SOURCE_TYPE} block {choice.block!r} is kind none")
+    return choices
+
+
+def _choice(source: BlockChoice | str | None) -> BlockChoice:
+    return source if isinstance(source, BlockChoice) else BlockChoice(block=source or None)
+
+
+def unsampled_host(source: BlockChoice | str | None, reason: str) -> list[Sample]:
+    """Host samples of a cluster whose sampling did not finish: no data only if a source is configured."""
+    choice = _choice(source)
+    if not choice.block:
+        return no_data(HOST_METRICS, f"metrics source {choice.note}", unconfigured=True)
+    return no_data(HOST_METRICS, reason)
+
+
+def host_samples(source: BlockChoice | str | None) -> list[Sample]:
+    """CPU and disk usage through this cluster's host-metrics-source block, if one is configured."""
+    choice = _choice(source)
+    if not choice.block:
+        return no_data(HOST_METRICS, f"metrics source {choice.note}", unconfigured=True)
+    name = choice.block
+    try:
+        source_block = _load_metrics_source(name)
+        if source_block.kind == "none":
+            return no_data(HOST_METRICS, f"metrics source not configured: {name!r} is kind none", unconfigured=True)
+        reading = source_block.sample()
+    except ImportError:
+        return no_data(HOST_METRICS, "metrics source not configured (blocks.metrics_source is not installed)",
+                       unconfigured=True)
+    except Exception as exc:  # noqa: BLE001 - a failing source is no data, and its own alert
+        if choice.optional and "Unable to find block document" in str(exc):
+            return no_data(HOST_METRICS, f"metrics source not configured: no {SOURCE_TYPE} block {name!r}",
+                           unconfigured=True)
+        return no_data(HOST_METRICS, f"metrics source {name!r} failed: {type(exc).__name__}: {exc}"[:300])
+    samples = []
+    for metric, names in (("cpu_usage_percent", ("cpu_percent", "cpu_usage_percent", "cpu")),
+                          ("disk_usage_percent", ("disk_used_percent", "disk_percent", "disk_usage_percent", "disk"))):
+        value = next((_get(reading, n) for n in names if _get(reading, n) is not None), None)
+        samples.append(Sample(metric=metric, value=value,
+                              no_data=None if value is not None else f"metrics source gave no {metric}"))
+    return samples
+
+
+def _load_metrics_source(block_name: str) -> Any:
+    """The one place that knows the metrics-source block (issue 4)."""
+    from blocks.metrics_source import MetricsSource
+
+    return MetricsSource.load(block_name)
+
+
+def _get(reading: Any, name: str) -> float | None:
+    value = reading.get(name) if isinstance(reading, dict) else getattr(reading, name, None)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class _Progress:
+    """What one cluster's sampling thread has finished so far (read by the task when the deadline passes)."""
+
+    def __init__(self) -> None:
+        self.step = "loading its PostgresCluster block"
+        self.cluster: str | None = None
+        self.db: list[Sample] | None = None
+        self.host: list[Sample] | None = None
+        self.error: str | None = None
+
+
+def _sample_into(progress: _Progress, cluster_block: str, source: BlockChoice | str | None,
+                 deadline_seconds: float) -> None:
+    """Block load, then the database, then the metrics source; each result recorded as soon as it is known."""
+    try:
+        cluster = PostgresCluster.load(cluster_block)
+    except Exception as exc:  # noqa: BLE001
+        progress.error = f"cannot load PostgresCluster block {cluster_block!r}: {type(exc).__name__}"
+        progress.db = no_data(DB_METRICS, progress.error)
+    else:
+        progress.cluster, progress.step = cluster.cluster_name, "the database"
+        progress.db = database_samples(cluster, deadline_seconds)
+    progress.step = "the metrics source"
+    progress.host = host_samples(source)
+
+
+def sample_within(cluster_block: str, source: BlockChoice | str | None, deadline_seconds: float,
+                  fleet_until: float | None = None) -> ClusterSamples:
+    """Every sample of one cluster, its whole sampling (block load, database, metrics source) bounded by one
+    deadline, cut short by the fleet's budget (`fleet_until`, epoch seconds). Never raises, never waits past
+    the bound: the work runs in a daemon thread that is abandoned if it hangs (what it finished is kept;
+    the rest is no data, timed out)."""
+    import contextvars
+    import threading
+    import time
+
+    started = time.perf_counter()
+    limit, bound = deadline_seconds, f"the {deadline_seconds:g} s per-cluster deadline"
+    if fleet_until is not None and fleet_until - time.time() < limit:
+        limit, bound = max(0.0, fleet_until - time.time()), "the fleet's sampling budget"
+    progress = _Progress()
+    if limit > 0:
+        worker = threading.Thread(target=contextvars.copy_context().run, name=f"sample-{cluster_block}",
+                                  args=(_sample_into, progress, cluster_block, source, deadline_seconds), daemon=True)
+        worker.start()
+        worker.join(limit)
+    host, db = progress.host, progress.db  # host first: once it is set, db is too
+    if host is not None and db is not None:
+        return ClusterSamples(cluster=progress.cluster or cluster_block, samples=db + host,
+                              seconds=time.perf_counter() - started, error=progress.error)
+    reason = (f"timed out: {progress.step} did not answer within {bound}" if limit > 0 else
+              "timed out: not sampled before the fleet's sampling budget was spent")
+    db = db if db is not None else no_data(DB_METRICS, reason)
+    return ClusterSamples(cluster=progress.cluster or cluster_block, error=reason,
+                          samples=db + unsampled_host(source, reason),
+                          seconds=time.perf_counter() - started)
+
+
+@task(name="sample-cluster", cache_policy=NO_CACHE, task_run_name="sample-{cluster_block}")
+def sample_cluster(cluster_block: str, metrics_source: BlockChoice | str | None,
+                   deadline_seconds: float, fleet_until: float | None = None) -> ClusterSamples:
+    """Every sample of one cluster within its deadline and the fleet's budget (sample_within)."""
+    return sample_within(cluster_block, metrics_source, deadline_seconds, fleet_until)

@@ -1,0 +1,55 @@
+"""Publishing results to the Prefect UI (artifacts) and to Slack."""
+
+from __future__ import annotations
+
+import re
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.core.notify import NotificationOutcome, open_thread, section_blocks
+
+
+def artifact_key(kind: str, cluster: str) -> str:
+    """A stable artifact key per runbook and cluster (lowercase letters, digits, dashes)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{kind}-{cluster}".lower()).strip("-")
+    return slug[:100] or kind
+
+
+@task(name="publish-markdown-artifact", cache_policy=NO_CACHE)
+def publish_markdown(key: str, markdown: str, description: str) -> str:
+    """Show a report in the Prefect UI under a stable key (history per key)."""
+    create_markdown_artifact(key=key, markdown=markdown, description=description)
+    return key
+
+
+@task(name="publish-table-artifact", cache_policy=NO_CACHE)
+def publish_table(key: str, rows: list[dict], description: str) -> str:
+    create_table_artifact(key=key, table=rows, description=description)
+    return key
+
+
+@task(name="notify-slack", cache_policy=NO_CACHE)
+def notify_slack(
+    slack_block: str | None,
+    title: str,
+    summary: str,
+    detail_lines: list[str],
+    link: str | None = None,
+) -> NotificationOutcome:
+    """Parent message with the verdict, details as a thread reply, parent updated with the link.
+
+    Never raises: failures are in the returned outcome.
+    """
+    thread = open_thread(slack_block)
+    if not thread.enabled:
+        return thread.outcome
+    thread.post(f"{title}: {summary}", section_blocks(title, [summary]))
+    thread.reply(f"Details of {title}", section_blocks("Details", detail_lines))
+    footer = f"<{link}|Flow run in Prefect>" if link else None
+    thread.update(
+        f"{title}: {summary}",
+        section_blocks(title, [summary, f"{len(detail_lines)} finding(s) in the thread."], footer),
+    )
+    return thread.outcome

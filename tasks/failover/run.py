@@ -1,0 +1,142 @@
+"""The live context of one failover run: blocks, journal, Slack thread, and the journaled step runner.
+
+Phase subflows and their hooks find the context by the parent run's id (`run_key`). Every step
+is journaled (started / done / failed, with its duration) before and after it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from blocks.failover_adapters import EndpointControl, NodeControl
+from blocks.postgres_cluster import PostgresCluster
+from tasks.core.findings import md_cell
+from tasks.core.notify import SlackThread, open_thread, section_blocks
+from tasks.failover.journal import Journal, JournalStore
+from tasks.failover.model import FailoverRequest, StepRecord
+
+FAULT_ENV = "PG_RUNBOOKS_FAILOVER_FAIL_AFTER"  # test hook: raise right after the named step
+HANG_ENV = "PG_RUNBOOKS_FAILOVER_HANG_AFTER"  # test hook: block right after the named step (to kill the worker)
+PHASES = {1: "pre-failover", 2: "failover", 3: "post-failover"}
+
+
+class InjectedFault(RuntimeError):
+    """Raised after a named step when PG_RUNBOOKS_FAILOVER_FAIL_AFTER asks for it (tests, drills)."""
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    request: FailoverRequest
+    cluster: PostgresCluster
+    node_control: NodeControl
+    endpoint: EndpointControl
+    store: JournalStore
+    thread: SlackThread
+    journal: Journal | None = None
+    ui_url: str | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    paused_at: float | None = None
+    write_pause_ms: float | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    progress: list[str] = field(default_factory=list)
+    supersedes: tuple[str, str] | None = None  # (run id, why) of an unfinished run this one replaces
+
+    @property
+    def clients_paused(self) -> bool:
+        return self.paused_at is not None
+
+    def save(self) -> None:
+        """Persist the journal; a dry run never writes it (an unfinished run's journal must survive it)."""
+        if self.journal is not None and not self.request.dry_run:
+            self.journal.slack_parent_ts = self.thread.outcome.parent_ts or self.journal.slack_parent_ts
+            self.store.save(self.journal)
+
+
+_CONTEXTS: dict[str, RunContext] = {}
+
+
+def open_context(request: FailoverRequest, run_id: str, ui_url: str | None) -> RunContext:
+    """Load the blocks of a run (a missing block is a clear error before anything changes)."""
+    thread = open_thread(request.slack_block)
+    ctx = RunContext(
+        run_id=run_id, request=request, cluster=PostgresCluster.load(request.cluster_block),
+        node_control=NodeControl.load(request.node_control_block),
+        endpoint=EndpointControl.load(request.endpoint_block),
+        store=JournalStore(request.journal_dir), thread=thread, ui_url=ui_url)
+    _CONTEXTS[run_id] = ctx
+    return ctx
+
+
+def context(run_key: str) -> RunContext | None:
+    return _CONTEXTS.get(run_key)
+
+
+def close_context(run_key: str) -> None:
+    _CONTEXTS.pop(run_key, None)
+
+
+def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Journal the step, run it, journal its outcome; re-raise its error after recording it."""
+    journal = ctx.journal
+    started = time.perf_counter()
+    journal.steps.append(StepRecord(phase=phase, step=step, node=node, status="started", at=datetime.now(UTC)))
+    ctx.save()
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        _record(ctx, phase, step, node, "failed", _sentence(exc), started)
+        raise
+    detail = result if isinstance(result, str) else ""
+    _record(ctx, phase, step, node, "done", detail, started)
+    if os.environ.get(FAULT_ENV) == step:
+        raise InjectedFault(f"injected fault after step {step} ({FAULT_ENV})")
+    while os.environ.get(HANG_ENV) == step:
+        time.sleep(1)
+    return result
+
+
+def skip_step(ctx: RunContext, phase: int, step: str, node: str, why: str) -> None:
+    _record(ctx, phase, step, node, "skipped", why, time.perf_counter())
+
+
+def _record(ctx: RunContext, phase: int, step: str, node: str, status: str, detail: str, started: float) -> None:
+    ctx.journal.steps.append(StepRecord(
+        phase=phase, step=step, node=node, status=status, detail=detail[:500], at=datetime.now(UTC),
+        duration_ms=round((time.perf_counter() - started) * 1000, 1)))
+    ctx.save()
+
+
+def _sentence(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+
+
+# ---------------------------------------------------------------- Slack
+def headline(ctx: RunContext, status: str) -> str:
+    plan = ctx.journal.plan if ctx.journal else None
+    what = f"{plan.old_primary} → {plan.candidate}" if plan else "deciding"
+    return f"Failover {ctx.cluster.cluster_name} ({ctx.request.mode}) {what}: {status}"
+
+
+def post_progress(ctx: RunContext, status: str, line: str | None = None) -> None:
+    """Update the run's parent message in place (posted on first use)."""
+    if line:
+        ctx.progress.append(line)
+    footer = f"<{ctx.ui_url}|Flow run in Prefect>" if ctx.ui_url else None
+    ctx.thread.post(headline(ctx, status), section_blocks(headline(ctx, status), ctx.progress or [status], footer))
+    ctx.save()
+
+
+def phase_lines(ctx: RunContext, phase: int) -> list[str]:
+    steps = [s for s in ctx.journal.steps if s.phase == phase and s.status != "started"] if ctx.journal else []
+    return [f"• `{s.step}` on {s.node}: {s.status} in {s.duration_ms:.0f} ms — {md_cell(s.detail)}" for s in steps]
+
+
+def reply_phase(ctx: RunContext, phase: int, seconds: float) -> None:
+    title = f"Phase {phase}/3 {PHASES[phase]}: done in {seconds:.2f} s"
+    ctx.thread.reply(title, section_blocks(title, phase_lines(ctx, phase) or ["no steps"]))

@@ -1,0 +1,77 @@
+"""The server-side backstop of a failover run whose worker died: the run is marked Crashed and its Slack thread
+gets the alert (last journaled step, who is writable, whether clients are held). Real parts: the Prefect API
+(a flow run left RUNNING, as a SIGKILLed worker leaves it), the sandbox, pgbouncer's admin console, the fake Slack.
+The server's proactive trigger that starts this flow is declared in prefect.yaml (tests/test_prefect_yaml.py)."""
+
+from datetime import UTC, datetime
+
+from prefect.client.orchestration import get_client
+from prefect.states import Running
+
+from blocks.postgres_cluster import PostgresCluster
+from flows.failover import failover
+from flows.failover_crash_alert import failover_crash_alert
+from sandbox.blocks import sandbox_endpoint_block
+from tasks.failover.journal import Journal, JournalStore
+from tasks.failover.model import FailoverPlan, StepRecord
+from tests.helpers import save_slack_block
+
+PARENT_TS = "1700000000.000100"
+
+
+def test_a_silent_failover_run_is_marked_crashed_and_alerted_in_its_thread(sandbox, cluster_block, slack, tmp_path):
+    save_slack_block(slack, "slack-backstop", "xoxb-ok-backstop")
+    sandbox_endpoint_block(sandbox).save("backstop", overwrite=True)
+    request = {"cluster_block": cluster_block, "endpoint_block": "backstop", "slack_block": "slack-backstop",
+               "journal_dir": str(tmp_path), "mode": "switchover"}
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(failover, parameters={"request": request}, state=Running())
+    name, now = PostgresCluster.load(cluster_block).cluster_name, datetime.now(UTC)
+    plan = FailoverPlan(cluster=name, mode="switchover", old_primary="primary", candidate="replica", lag_bytes=0,
+                        original_timeline=1)
+    JournalStore(tmp_path).save(Journal(
+        cluster=name, run_id=str(run.id), plan=plan, started_at=now, updated_at=now, slack_parent_ts=PARENT_TS,
+        steps=[StepRecord(phase=2, step="checkpoint", node="primary", status="done", at=now)]))
+
+    out = failover_crash_alert(flow_run_id=f"prefect.flow-run.{run.id}")  # as the trigger passes it
+    assert out.startswith(f"failover run {run.id} marked CRASHED (it was RUNNING"), out
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run.id).state
+    assert state.type.value == "CRASHED" and "no heartbeat for 90 s" in state.message
+    (reply,) = slack.calls("chat.postMessage", token="xoxb-ok-backstop")
+    assert reply.body.get("thread_ts") == PARENT_TS
+    text = str(reply.body)
+    for needle in ("Failover CRASHED (worker lost)", "after step `checkpoint` (done)", "writable: primary",
+                   "standby: replica", "clients not paused", "rerun the failover"):
+        assert needle in text, needle
+
+    again = failover_crash_alert(flow_run_id=str(run.id))  # the Crashed it set fires the reactive trigger too
+    assert again.endswith("already alerted by an earlier failover-crash-alert run"), again
+    assert len(slack.calls("chat.postMessage", token="xoxb-ok-backstop")) == 1
+    assert failover_crash_alert().startswith("no flow run given")
+
+
+def test_a_run_its_worker_marked_crashed_is_alerted_once_and_never_after_its_own_hook(sandbox, cluster_block,
+                                                                                       slack, tmp_path):
+    from prefect.states import Crashed
+
+    from tasks.failover.hooks import CRASH_ALERTED
+
+    save_slack_block(slack, "slack-backstop2", "xoxb-ok-backstop2")
+    sandbox_endpoint_block(sandbox).save("backstop", overwrite=True)
+    request = {"cluster_block": cluster_block, "endpoint_block": "backstop", "slack_block": "slack-backstop2",
+               "journal_dir": str(tmp_path)}
+    name, now = PostgresCluster.load(cluster_block).cluster_name, datetime.now(UTC)
+    plan = FailoverPlan(cluster=name, mode="switchover", old_primary="primary", candidate="replica", lag_bytes=0,
+                        original_timeline=1)
+    store = JournalStore(tmp_path)
+    with get_client(sync_client=True) as client:  # its worker saw the process die and marked it Crashed
+        run = client.create_flow_run(failover, parameters={"request": request}, state=Crashed(message="exit -9"))
+    store.save(Journal(cluster=name, run_id=str(run.id), plan=plan, started_at=now, updated_at=now))
+    out = failover_crash_alert(flow_run_id=str(run.id))
+    assert "already CRASHED" in out and "1 Slack message(s) delivered" in out, out
+    assert store.load(name).facts[CRASH_ALERTED] == "backstop"
+    assert failover_crash_alert(flow_run_id=str(run.id)).endswith("an earlier failover-crash-alert run")
+    assert len(slack.calls("chat.postMessage", token="xoxb-ok-backstop2")) == 1  # once, not per firing
+    store.save(store.load(name).model_copy(update={"facts": {CRASH_ALERTED: "CRASHED"}}))  # as the hook records
+    assert failover_crash_alert(flow_run_id=str(run.id)).endswith("already alerted by its own hook")

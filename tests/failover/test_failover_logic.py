@@ -1,0 +1,264 @@
+"""The failover's pure decisions and parsers (no servers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.testing.standard_test_suites import BlockStandardTestSuite
+from pydantic import SecretStr
+
+from blocks.failover_adapters import EndpointControl, NodeControl
+from blocks.postgres_cluster import PostgresCluster, PostgresNode
+from tasks.failover.endpoint import ini_targets, rewrite_ini
+from tasks.failover.model import FailoverRefused, FailoverRequest, NodeState, RejoinRequest
+from tasks.failover.node_control import parse_controldata, parse_wal_end
+from tasks.failover.plan import data_loss, decide, lsn_int
+from tasks.failover.rejoin import needs_rewind, slot_name
+from tasks.failover.steps import _redact, switch_point
+
+CLUSTER = PostgresCluster(
+    cluster_name="c", primary_node="a", password=SecretStr("pw"),
+    nodes=[PostgresNode(name="a", host="h", port=1), PostgresNode(name="b", host="h", port=2),
+           PostgresNode(name="c", host="h", port=3)])
+
+
+def primary(**kw):
+    return NodeState(node="a", reachable=True, in_recovery=False, timeline=1, current_lsn="0/3000000", **kw)
+
+
+def standby(node, replay="0/3000000", status="streaming", paused=False, tl=1):
+    return NodeState(node=node, reachable=True, in_recovery=True, timeline=tl, receive_lsn=replay,
+                     replay_lsn=replay, replay_paused=paused, receiver_status=status)
+
+
+def test_lsn_arithmetic_matches_pg_wal_lsn_diff():
+    assert lsn_int("16/B374D848") - lsn_int("16/B3740000") == 0xD848
+    assert lsn_int("1/0") - lsn_int("0/FFFFFFFF") == 1
+
+
+def test_healthiest_candidate_is_streaming_unpaused_least_lag():
+    states = {"a": primary(), "b": standby("b", "0/2FF0000"), "c": standby("c", "0/2FFF000")}
+    plan = decide(FailoverRequest(), CLUSTER, states, None)
+    assert plan.candidate == "c" and plan.lag_bytes == 0x1000
+    states["c"] = standby("c", "0/2FFF000", paused=True)
+    assert decide(FailoverRequest(), CLUSTER, states, None).candidate == "b"
+
+
+def test_every_refusal_reason_is_given_at_once():
+    states = {"a": primary(), "b": standby("b", "0/1000000", status="startup", paused=True, tl=2),
+              "c": standby("c")}
+    with pytest.raises(FailoverRefused) as exc:
+        decide(FailoverRequest(candidate="b", max_lag_bytes=1024), CLUSTER, states, "pgbouncer is down")
+    text = str(exc.value)
+    for part in ("endpoint is unusable", "replay paused", "not streaming", "timeline 2", "more than max_lag_bytes"):
+        assert part in text
+
+
+def test_force_turns_the_lag_guard_into_a_warning():
+    states = {"a": primary(), "b": standby("b", "0/1000000"), "c": standby("c", "0/1000000")}
+    plan = decide(FailoverRequest(candidate="b", max_lag_bytes=1024, force=True), CLUSTER, states, None)
+    assert plan.candidate == "b" and "force" in plan.warnings[0]
+
+
+def test_switchover_needs_a_live_primary_failover_does_not():
+    states = {"a": NodeState(node="a", reachable=False, error="is unreachable"), "b": standby("b", status=None),
+              "c": standby("c", "0/2000000", status=None)}
+    with pytest.raises(FailoverRefused, match="use mode 'failover'"):
+        decide(FailoverRequest(), CLUSTER, states, None)
+    plan = decide(FailoverRequest(mode="failover"), CLUSTER, states, None)
+    assert plan.candidate == "b" and plan.steps[0].step == "pause-endpoint"
+
+
+def test_candidate_that_is_a_primary_or_unknown_is_refused():
+    states = {"a": primary(), "b": standby("b"), "c": standby("c")}
+    with pytest.raises(FailoverRefused, match="actually a primary"):
+        decide(FailoverRequest(candidate="a"), CLUSTER, states, None)
+    with pytest.raises(FailoverRefused, match="not a node"):
+        decide(FailoverRequest(candidate="zz"), CLUSTER, states, None)
+    states["c"] = NodeState(node="c", reachable=True, in_recovery=False, timeline=2, current_lsn="0/3")
+    with pytest.raises(FailoverRefused, match="split brain"):
+        decide(FailoverRequest(candidate="b"), CLUSTER, states, None)
+
+
+def test_request_bounds_are_enforced():
+    with pytest.raises(ValueError):
+        FailoverRequest(max_lag_bytes=-1)
+    with pytest.raises(ValueError):
+        FailoverRequest(mode="yolo")
+    with pytest.raises(ValueError):
+        RejoinRequest(streaming_timeout_seconds=0)
+
+
+def test_data_loss_sentences():
+    assert data_loss("switchover", "0/3000060", "0/30000D8").gap_bytes == 0
+    crash = data_loss("failover", "0/30265F8", "0/3026000")
+    assert crash.gap_bytes == 0x5F8 and "LSN gap 1528 bytes" in crash.sentence
+    assert data_loss("failover", None, "0/1").gap_bytes is None
+    assert data_loss("failover", "0/1000", "0/2000").gap_bytes is None  # inconsistent: never claims 0
+
+
+def test_pgbouncer_ini_rewrite_touches_only_databases():
+    ini = ("[databases]\n* = host=127.0.0.1 port=5432\napp = host=10.0.0.1 port=5433 dbname=app\n"
+           ";old = host=x port=1\n[pgbouncer]\nlisten_port = 6432\n")
+    new = rewrite_ini(ini, "10.0.0.9", 5499)
+    assert ini_targets(new) == {("10.0.0.9", 5499)}
+    assert "listen_port = 6432" in new and ";old = host=x port=1" in new and "dbname=app" in new
+
+
+def test_parsers():
+    assert parse_wal_end("pg_waldump: error: error in WAL record at 0/30265D0: invalid record length at "
+                         "0/30265F8: wanted 24, got 0") == "0/30265F8"
+    assert parse_controldata("Latest checkpoint location:           0/2000060\n")["Latest checkpoint location"] \
+        == "0/2000060"
+    history = "1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tno recovery target specified\n"
+    assert switch_point(history, 1) == "0/3000148"
+    assert switch_point(history) == "0/5000000"  # the promotion that created the current timeline
+    assert needs_rewind("shut down", "0/3000060", 1, "0/30000D8") is False
+    assert needs_rewind("in production", "0/3000060", 1, "0/30000D8") is True
+    assert slot_name("pg-1.East") == "pg_1_east"
+    assert _redact({"setting": "host=x password=s3cret user=r"})["setting"] == "host=x password=******** user=r"
+
+
+def test_prefect_yaml_deploys_failover_one_at_a_time():
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in config["deployments"]}
+    assert deployments["failover"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert "schedules" not in deployments["failover"] and "schedules" not in deployments["rejoin"]
+    FailoverRequest(**deployments["failover"]["parameters"]["request"])
+    RejoinRequest(**deployments["rejoin"]["parameters"]["request"])
+
+
+def test_the_ui_form_is_one_model_with_bounds():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.failover import failover
+
+    schema = parameter_schema(failover).model_dump_for_openapi()
+    model = schema["definitions"]["FailoverRequest"]["properties"]
+    assert model["mode"]["enum"] == ["switchover", "failover"]
+    assert model["max_lag_bytes"]["minimum"] == 0 and model["max_lag_bytes"]["default"] == 1024 * 1024
+    assert {"candidate", "force", "dry_run", "lsn_gate_timeout_seconds"} <= set(model)
+
+
+class TestNodeControlStandard(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self):
+        return NodeControl
+
+    def test_has_a_valid_image(self, block):
+        pytest.skip("no logo: the network is closed here")
+
+
+class TestEndpointControlStandard(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self):
+        return EndpointControl
+
+    def test_has_a_valid_image(self, block):
+        pytest.skip("no logo: the network is closed here")
+
+
+def test_endpoint_password_is_read_only_for_the_admin_connection():
+    block = EndpointControl(admin_password=SecretStr("adm1n-pw"), ini_path="/x/pgbouncer.ini")
+    assert "adm1n-pw" not in repr(block) and "adm1n-pw" not in block.model_dump_json()
+    assert block.admin_connect_kwargs()["password"] == "adm1n-pw"
+
+
+def test_shell_templates_fill_placeholders_without_a_shell():
+    from tasks.failover.node_control import _argv
+
+    control = NodeControl(kind="shell", data_dirs={"a": "/srv/pg a"},
+                          stop_command="ssh {host} pg_ctl stop -m {mode} -D '{data_dir}'")
+    assert _argv(control, control.stop_command, "pg_ctl", [], node="a", host="db1", mode="fast",
+                 data_dir="/srv/pg a") == ["ssh", "db1", "pg_ctl", "stop", "-m", "fast", "-D", "/srv/pg a"]
+
+
+def test_a_crashed_or_cancelled_run_alerts_its_thread(slack, tmp_path):
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from prefect.states import Cancelled, Crashed
+
+    from blocks.slack_notifier import SlackNotifier
+    from tasks.core.notify import SlackThread
+    from tasks.failover import hooks as failover_hooks
+    from tasks.failover import run as failover_run
+    from tasks.failover.journal import Journal, JournalStore
+    from tasks.failover.model import FailoverPlan, StepRecord
+
+    notifier = SlackNotifier(bot_token=SecretStr("xoxb-ok-crash"), channel="#db", base_url=slack.base_url)
+    now = datetime.now(UTC)
+    plan = FailoverPlan(cluster="c", mode="switchover", old_primary="a", candidate="b", lag_bytes=0,
+                        original_timeline=1)
+    ctx = failover_run.RunContext(
+        run_id="run-1", request=FailoverRequest(), cluster=CLUSTER,
+        node_control=NodeControl(data_dirs={"a": "/x"}), endpoint=EndpointControl(),
+        store=JournalStore(tmp_path), thread=SlackThread(notifier),
+        journal=Journal(cluster="c", run_id="run-1", plan=plan, started_at=now, updated_at=now,
+                        steps=[StepRecord(phase=2, step="promote", node="b", status="done", at=now)]))
+    failover_run._CONTEXTS["run-1"] = ctx
+    try:
+        failover_hooks.run_crashed(None, SimpleNamespace(id="run-1", parameters={}), Crashed())
+        failover_hooks.run_crashed(None, SimpleNamespace(id="run-1", parameters={}), Cancelled())
+    finally:
+        failover_run.close_context("run-1")
+    raw = "\n".join(c.raw for c in slack.calls(token="xoxb-ok-crash"))
+    assert "CRASHED after step `promote`" in raw and "CANCELLED after step `promote`" in raw
+    assert "rerun the failover" in raw
+
+
+def test_accept_unconfirmed_fence_is_refused_without_a_pooler():
+    states = {"a": primary(), "b": standby("b"), "c": standby("c")}
+    req = FailoverRequest(accept_unconfirmed_fence=True, force=True)
+    with pytest.raises(FailoverRefused, match="refused with endpoint kind 'none'"):
+        decide(req, CLUSTER, states, None, "none")
+    plan = decide(req, CLUSTER, states, None, "pgbouncer")
+    assert any("accept_unconfirmed_fence" in w for w in plan.warnings)
+    assert "it never skips the fence" in FailoverRequest.model_fields["force"].description
+
+
+def test_resume_point_names_the_last_step_and_where_a_resume_starts():
+    from datetime import UTC, datetime
+
+    from tasks.failover.model import StepRecord
+    from tasks.failover.plan import resume_point
+
+    plan = decide(FailoverRequest(), CLUSTER, {"a": primary(), "b": standby("b"), "c": standby("c")}, None)
+
+    def rec(step, status):
+        return StepRecord(phase=2, step=step, node="x", status=status, at=datetime.now(UTC))
+
+    done = [rec("checkpoint", "started"), rec("checkpoint", "done"), rec("promote", "started"), rec("promote", "done"),
+            rec("read-shutdown-checkpoint", "done")]
+    assert resume_point(plan, done) == ("promote (done)", "verify-promotion")
+    assert resume_point(plan, [*done, rec("verify-promotion", "started")]) == (
+        "verify-promotion (started)", "verify-promotion")
+    assert resume_point(plan, []) == (None, "checkpoint")
+
+
+def test_a_failover_rerun_supersedes_a_switchover_only_before_any_promotion():
+    from datetime import UTC, datetime
+
+    from tasks.failover.model import StepRecord
+    from tasks.failover.plan import rerun_mode_decision
+
+    def rec(step, status="done"):
+        return StepRecord(phase=2, step=step, node="x", status=status, at=datetime.now(UTC))
+
+    switchover = decide(FailoverRequest(mode="switchover"), CLUSTER, {"a": primary(), "b": standby("b")}, None)
+    fenced = [rec("checkpoint"), rec("pause-endpoint"), rec("fence"), rec("read-shutdown-checkpoint", "failed")]
+    # same mode: resume, nothing to say
+    assert rerun_mode_decision(switchover, fenced, "switchover", "r1") == ("resume", None)
+    # failover requested, the candidate never asked to promote: a fresh failover replaces the switchover
+    action, note = rerun_mode_decision(switchover, fenced, "failover", "r1")
+    assert action == "supersede" and "run r1" in note and "never asked b to promote" in note
+    # once pg_promote was requested (whatever its outcome), only a resume: never two promotions
+    for status in ("started", "failed", "done", "skipped"):
+        action, note = rerun_mode_decision(switchover, [*fenced, rec("promote", status)], "failover", "r1")
+        assert action == "resume" and "never two promotions" in note and "already asked b to promote" in note
+    # a failover that started phase 2 is never turned back into a switchover (its old primary may be gone)
+    crash = decide(FailoverRequest(mode="failover"), CLUSTER, {"a": primary(), "b": standby("b")}, None)
+    action, note = rerun_mode_decision(crash, [rec("pause-endpoint")], "switchover", "r2")
+    assert action == "resume" and "resuming it in failover mode" in note
