@@ -10,10 +10,10 @@ from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core import recommendations as recs
+from tasks.core.errors import describe_error
 from tasks.core.outcomes import gather
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown
 from tasks.core.recommendations import TroubleshootReport
-from tasks.health.report import describe_error
 from tasks.report.connection_churn import sample_churn
 from tasks.report.connection_rules import ConnectionRules, connection_recommendations
 from tasks.report.connections import read_connections

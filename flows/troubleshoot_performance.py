@@ -12,11 +12,11 @@ from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core import recommendations as recs
+from tasks.core.errors import describe_error
 from tasks.core.outcomes import gather
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown
 from tasks.core.recommendations import TroubleshootReport
 from tasks.core.table_stats import read_usage
-from tasks.health.report import describe_error
 from tasks.report.cache import read_cache
 from tasks.report.deltas import cache_deltas, statements_delta
 from tasks.report.performance import PerformanceReport

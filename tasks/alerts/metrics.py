@@ -22,8 +22,9 @@ from blocks.postgres_cluster import PostgresCluster
 from tasks.alerts.evaluate import Sample
 from tasks.alerts.sources import BlockChoice, block_for
 from tasks.core.db import connect
+from tasks.core.errors import describe_error
 from tasks.health.checks import REPLICATION_SQL, ReplicationRow
-from tasks.health.report import describe_error, effective_replay_lag_seconds
+from tasks.health.report import effective_replay_lag_seconds
 
 DB_METRICS = ("connection_usage_percent", "replication_lag_seconds")
 HOST_METRICS = ("cpu_usage_percent", "disk_usage_percent")

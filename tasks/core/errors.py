@@ -221,6 +221,13 @@ def retry_if_transient(task, task_run, state) -> bool:
 _LIBPQ_PREFIX = re.compile(r'^(connection failed: )?connection to server at "[^"]*"(, port \d+)? failed: ')
 
 
+def describe_error(exc: BaseException | None) -> str:
+    """A failed read as a phrase following the node name."""
+    if isinstance(exc, RunbookDBError):
+        return exc.sentence
+    return f"failed: {type(exc).__name__}: {exc}"
+
+
 def _first_line(exc: BaseException) -> str:
     text = _LIBPQ_PREFIX.sub("", str(exc).strip()) or type(exc).__name__
     text = text.replace("FATAL:  ", "")

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from tasks.core.findings import human_seconds
+from tasks.core.redact import redact_sql
 from tasks.core.sessions import SessionRow, Survey
-from tasks.health.report import redact_sql
 
 Action = Literal["cancel", "terminate", "cancel_then_terminate"]
 Step = Literal["long-queries", "idle-in-transaction", "lock-chains", "stale-connections"]

@@ -5,14 +5,14 @@ Pure functions over what the reads returned: no connection, no cursor.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from tasks.core.errors import RunbookDBError
+from tasks.core.errors import describe_error
 from tasks.core.findings import Check, Status, human_bytes, human_seconds, md_cell, worst
 from tasks.core.notify import STATUS_EMOJI, NotificationOutcome
+from tasks.core.redact import redact_sql
 from tasks.health.checks import LongQuery, NodeProbe, ReceiverRow, ReplicationRow, SlotRow
 
 MiB = 1024 * 1024
@@ -66,13 +66,6 @@ def _grade(value: float | None, warning: float, critical: float) -> Status:
     if value >= warning:
         return "warning"
     return "ok"
-
-
-def describe_error(exc: BaseException | None) -> str:
-    """A failed read as a phrase following the node name."""
-    if isinstance(exc, RunbookDBError):
-        return exc.sentence
-    return f"failed: {type(exc).__name__}: {exc}"
 
 
 def connectivity_check(node: str, believed_primary: bool, probe: NodeProbe | None,
@@ -198,15 +191,6 @@ def upstream_check(node: str, row: ReceiverRow, primary: str | None, upstream: s
     return Check(name="upstream", node=node, status="ok", details=details,
                  summary=f"{node} is a cascading standby: it streams from the standby {upstream} ({source}), "
                          f"not from the primary {primary or '(none found)'}.")
-
-
-_PASSWORD_LITERAL = re.compile(r"(password\s*)('(?:[^']|'')*'|\"[^\"]*\"|\S+)", re.IGNORECASE)
-
-
-def redact_sql(query: str, limit: int = 300) -> str:
-    """Shorten a query text and mask password literals (ALTER ROLE ... PASSWORD '...')."""
-    text = _PASSWORD_LITERAL.sub(r"\1'***'", " ".join(query.split()))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def long_query_check(node: str, queries: list[LongQuery], t: HealthThresholds) -> Check:

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from tasks.core.findings import human_seconds
 from tasks.core.recommendations import Recommendation
-from tasks.health.report import redact_sql
+from tasks.core.redact import redact_sql
 from tasks.report.connection_churn import ChurnSample
 from tasks.report.connections import ConnectionsSnapshot
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, connect
+from tasks.core.redact import redact_sql
 from tasks.core.server_capabilities import capabilities
-from tasks.health.report import redact_sql
 
 
 class SlotLimits(BaseModel):

@@ -10,9 +10,10 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from blocks.metrics_source import HostMetrics
+from tasks.core.errors import describe_error
 from tasks.core.findings import Check, Status, human_bytes, human_seconds, md_cell, worst
 from tasks.core.notify import STATUS_EMOJI, NotificationOutcome
-from tasks.health.report import describe_error, redact_sql
+from tasks.core.redact import redact_sql
 from tasks.report.cache import CacheSnapshot
 from tasks.report.checkpoints import CheckpointSnapshot
 from tasks.report.connections import ConnectionsSnapshot

@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 
 from tasks.core.findings import human_bytes, human_seconds
 from tasks.core.recommendations import Recommendation
+from tasks.core.redact import redact_sql
 from tasks.core.table_stats import TableUsage, UsageSnapshot
-from tasks.health.report import redact_sql
 from tasks.report.deltas import RatioRow, StatementDelta, StatementsDelta, ratio
 from tasks.report.statements import StatementsSnapshot
 

@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, connect
 from tasks.core.errors import RunbookDBError
+from tasks.core.redact import redact_sql
 from tasks.core.server_capabilities import StatementsColumns, capabilities
-from tasks.health.report import redact_sql
 
 ENABLE_HINT = (
     "add pg_stat_statements to shared_preload_libraries (restart needed), then run "
