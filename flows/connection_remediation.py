@@ -11,10 +11,10 @@ from prefect import flow, get_run_logger, runtime
 from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget, PostgresCluster
-from tasks.alerts.evaluate import AlertContext
 from tasks.alerts.sources import this_clusters_block
-from tasks.alerts.state import action_lock_name, exclusive
+from tasks.core.alert_context import AlertContext
 from tasks.core.findings import human_seconds, md_cell
+from tasks.core.limits import action_lock_name, exclusive
 from tasks.core.notify import NotificationOutcome
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown
 from tasks.emergency.high_load_plan import ActionResult

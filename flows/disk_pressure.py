@@ -9,9 +9,9 @@ from prefect import flow, get_run_logger, runtime
 from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks.alerts.evaluate import AlertContext
-from tasks.alerts.state import action_lock_name, exclusive
+from tasks.core.alert_context import AlertContext
 from tasks.core.findings import human_bytes, md_cell
+from tasks.core.limits import action_lock_name, exclusive
 from tasks.core.notify import NotificationOutcome
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown
 from tasks.emergency.disk_pressure import (

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks.alerts.evaluate import AlertContext
 from tasks.alerts.sources import this_clusters_block
+from tasks.core.alert_context import AlertContext
 from tasks.core.publish import artifact_key, publish_markdown, publish_table
 from tasks.core.sessions import survey_sessions
 from tasks.emergency import high_load_plan as plan

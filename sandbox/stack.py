@@ -33,7 +33,8 @@ def global_limits(cluster: str) -> dict[str, int]:
     (`concurrency()` on a missing limit excludes nothing; the runbooks also create them on first use).
 
     `cluster` is the cluster_name (the sandbox's blocks use the block name as cluster_name)."""
-    from tasks.alerts.state import action_lock_name, failover_lock_name, lock_name
+    from tasks.alerts.state import lock_name
+    from tasks.core.limits import action_lock_name, failover_lock_name
 
     return {
         failover_lock_name(cluster): 1,  # one failover per cluster

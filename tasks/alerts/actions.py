@@ -16,10 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.alerts.evaluate import AlertContext, AlertInstance, series_key
+from tasks.alerts.evaluate import AlertInstance, series_key
 from tasks.alerts.rules import AlertRule
 from tasks.alerts.sources import BlockChoice, usable_block
-from tasks.alerts.state import action_lock_name, ensure_limits
+from tasks.core.alert_context import AlertContext
+from tasks.core.limits import action_lock_name, ensure_limits
 
 log = logging.getLogger("pg_runbooks.alerts")
 

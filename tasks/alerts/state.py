@@ -11,16 +11,14 @@ empty state would reset every pending timer and re-send every firing alert.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 
-import httpx
 from prefect.client.orchestration import get_client
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.types import MAX_VARIABLE_VALUE_LENGTH
 
 from tasks.alerts.evaluate import ClusterAlertState
+from tasks.core.limits import LimitsUnavailable, ensure_limits, short_error, slug
 
 STATE_PREFIX = "alert-state-"
 PAGE = 200
@@ -36,44 +34,12 @@ class StateStoreError(RuntimeError):
             "check that the Prefect API is reachable and retry")
 
 
-def slug(cluster: str) -> str:
-    return re.sub(r"[^a-z0-9_-]+", "-", cluster.lower()).strip("-")[:200] or "cluster"
-
-
 def variable_name(cluster: str) -> str:
     return STATE_PREFIX + slug(cluster)
 
 
 def lock_name(cluster: str) -> str:
     return variable_name(cluster)
-
-
-def ensure_limits(names: list[str], limit: int = 1) -> int:
-    """Create the global concurrency limits that do not exist yet (a missing limit excludes nothing).
-
-    Returns how many were created.
-    """
-    wanted = set(names)
-    try:
-        with get_client(sync_client=True) as client:
-            existing: set[str] = set()
-            offset = 0
-            while True:
-                page = client.read_global_concurrency_limits(limit=PAGE, offset=offset)
-                existing |= {lim.name for lim in page}
-                if len(page) < PAGE:
-                    break
-                offset += PAGE
-            from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-            from prefect.exceptions import ObjectAlreadyExists
-
-            missing = sorted(wanted - existing)
-            for name in missing:
-                with contextlib.suppress(ObjectAlreadyExists):
-                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            return len(missing)
-    except Exception as exc:  # noqa: BLE001 - any API failure is a store failure
-        raise StateStoreError("creating the per-cluster locks", _short(exc)) from exc
 
 
 LOCK_CHUNK = 90  # one acquisition call per 90 clusters (Prefect events carry at most 100 related resources)
@@ -84,7 +50,10 @@ def locked(clusters: list[str], timeout_seconds: float = 30) -> Iterator[None]:
     """Hold the state lock of every cluster, acquired in sorted chunks (two runs cannot deadlock)."""
     names = sorted({lock_name(c) for c in clusters})
     if names:
-        ensure_limits(names)
+        try:
+            ensure_limits(names)
+        except LimitsUnavailable as exc:
+            raise StateStoreError("creating the per-cluster locks", exc.detail) from exc
     with contextlib.ExitStack() as stack:
         for start in range(0, len(names), LOCK_CHUNK):
             chunk = names[start:start + LOCK_CHUNK]
@@ -95,7 +64,7 @@ def locked(clusters: list[str], timeout_seconds: float = 30) -> Iterator[None]:
                 raise StateStoreError("locking", f"another monitor run held the state of some of {len(names)} "
                                                  f"cluster(s) for more than {timeout_seconds:.0f} s") from exc
             except Exception as exc:  # noqa: BLE001
-                raise StateStoreError("locking", _short(exc)) from exc
+                raise StateStoreError("locking", short_error(exc)) from exc
         yield
 
 
@@ -114,7 +83,7 @@ def load_states(clusters: list[str]) -> dict[str, ClusterAlertState]:
                     cluster = by_name[var["name"]]
                     found[cluster] = ClusterAlertState.model_validate(var["value"])
     except Exception as exc:  # noqa: BLE001
-        raise StateStoreError("reading", _short(exc)) from exc
+        raise StateStoreError("reading", short_error(exc)) from exc
     return {c: found.get(c) or ClusterAlertState(cluster=c) for c in clusters}
 
 
@@ -153,46 +122,4 @@ def save_state(state: ClusterAlertState) -> None:
     except StateStoreError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise StateStoreError("writing", _short(exc)) from exc
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def action_lock_name(cluster: str, action: str) -> str:
-    """The global concurrency limit that keeps one action from running twice for one cluster."""
-    return f"alert-action-{slug(cluster)}-{action.replace('_', '-')}"
-
-
-def failover_lock_name(cluster: str) -> str:
-    """The global concurrency limit that allows one failover per cluster (the stack creates it, the flow holds it)."""
-    return f"failover-{slug(cluster)}"
-
-
-@contextlib.contextmanager
-def exclusive(name: str, timeout_seconds: float = 30) -> Iterator[bool]:
-    """Hold the single slot of limit `name`; yields False (and holds nothing) if another run holds it.
-
-    One attempt, no waiting in line: only the server's 423 "slot taken" answer means "another run has it".
-    A slow API is waited for (up to `timeout_seconds`) and an unreachable one raises, so a busy server never
-    passes for a busy slot.
-    """
-    ensure_limits([name])
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=timeout_seconds, max_retries=0,
-                                            strict=True, lease_duration=300))
-        except ConcurrencySlotAcquisitionError as exc:
-            if not _slot_taken(exc):
-                raise
-            yield False
-            return
-        yield True
-
-
-def _slot_taken(exc: BaseException) -> bool:
-    """Did the server answer 423 LOCKED: the limit exists and its slot is held?"""
-    cause = exc.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+        raise StateStoreError("writing", short_error(exc)) from exc

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.alerts.evaluate import AlertContext
+from tasks.core.alert_context import AlertContext
 from tasks.core.errors import RunbookDBError
 from tasks.core.findings import human_seconds, md_cell
 from tasks.core.notify import NotificationOutcome

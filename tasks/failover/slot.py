@@ -1,5 +1,5 @@
 """One failover per cluster through Prefect: the single slot of the global concurrency limit
-`failover-<cluster>` (tasks.alerts.state.failover_lock_name), held for the whole run.
+`failover-<cluster>` (tasks.core.limits.failover_lock_name), held for the whole run.
 
 A worker killed with SIGKILL keeps its slot until the lease expires; a resume must not wait for
 that. The holder writes its lease id next to the journal's lock file, and only a run that holds
@@ -20,7 +20,7 @@ from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.concurrency._sync import acquire_concurrency_slots_with_lease, release_concurrency_slots_with_lease
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 
-from tasks.alerts.state import _short, _slot_taken, ensure_limits, failover_lock_name
+from tasks.core.limits import ensure_limits, failover_lock_name, short_error, slot_taken
 from tasks.failover.journal import JournalStore, _slug
 from tasks.failover.model import FailoverRefused
 
@@ -38,7 +38,7 @@ def _acquire(name: str) -> UUID | None:
         return acquire_concurrency_slots_with_lease([name], 1, timeout_seconds=30, max_retries=0, strict=True,
                                                     lease_duration=LEASE_SECONDS).lease_id
     except ConcurrencySlotAcquisitionError as exc:
-        if _slot_taken(exc):
+        if slot_taken(exc):
             return None
         raise
 
@@ -69,7 +69,7 @@ def cluster_slot(cluster: str, store: JournalStore) -> Iterator[str]:
         lease = _acquire(name) or _reclaim(path, name)
     except Exception as exc:  # noqa: BLE001 - no slot, no failover: nothing has changed yet
         raise FailoverRefused([f"could not take the failover slot {name} (Prefect global concurrency limit): "
-                               f"{_short(exc.__cause__ or exc)}; check that the Prefect API is reachable and "
+                               f"{short_error(exc.__cause__ or exc)}; check that the Prefect API is reachable and "
                                "rerun"]) from exc
     if lease is None:
         raise FailoverRefused([f"another failover of cluster {cluster} is already running (it holds the Prefect "

@@ -15,7 +15,7 @@ from flows.disk_pressure import disk_pressure
 from sandbox.cluster import HOST
 from tasks.alerts.evaluate import AlertInstance
 from tasks.alerts.rules import default_rules
-from tasks.alerts.state import action_lock_name, exclusive
+from tasks.core.limits import action_lock_name, exclusive
 from tasks.emergency.disk_pressure import DiskPressureParams, RetentionPolicy
 from tasks.emergency.remediation import RemediationParams, StaleSession, plan_terminations
 from tasks.emergency.signal import signal_sessions

@@ -23,8 +23,8 @@ from flows.failover import failover
 from flows.rejoin import rejoin
 from sandbox.blocks import sandbox_endpoint_block, save_failover_blocks
 from sandbox.cluster import REPLICA_SLOT, Sandbox, free_port
-from tasks.alerts.state import exclusive, failover_lock_name
 from tasks.core.errors import ReadOnlyServer
+from tasks.core.limits import exclusive, failover_lock_name
 from tasks.failover.journal import JournalStore
 from tasks.failover.model import FailoverRefused, FailoverRequest, FailoverStepFailed, RejoinRequest
 from tasks.failover.plan import lsn_int
