@@ -30,6 +30,13 @@ ACTION_DEPLOYMENTS = {
     "cleanup_data": ("disk-pressure", "disk-pressure"),
     "high_load_response": ("high-load-response", "high-load-response"),
 }
+# action -> the same runbook's flow as a module path (its prefect.yaml entrypoint), for the in-process
+# fallback. Bound late, by name, like the deployment: tasks never import flows (docs/DEVELOPING.md).
+ACTION_FLOWS = {
+    "scale_connections": "flows.connection_remediation:connection_remediation",
+    "cleanup_data": "flows.disk_pressure:disk_pressure",
+    "high_load_response": "flows.high_load_response:high_load_response",
+}
 SCALED_ACTIONS = ("scale_connections", "high_load_response")  # these get the cluster's own scaler (or none)
 
 
@@ -41,17 +48,11 @@ class ActionStart(BaseModel):
 
 
 def _flow_for(action: str):
-    if action == "scale_connections":
-        from flows.connection_remediation import connection_remediation
+    """The runbook flow of `action`, loaded by its module path (no deployment registered)."""
+    import importlib
 
-        return connection_remediation
-    if action == "high_load_response":
-        from flows.high_load_response import high_load_response
-
-        return high_load_response
-    from flows.disk_pressure import disk_pressure
-
-    return disk_pressure
+    module, name = ACTION_FLOWS[action].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _deployment_exists(name: str) -> bool:

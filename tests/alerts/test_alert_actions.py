@@ -3,6 +3,7 @@
 import contextlib
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -208,3 +209,17 @@ def test_high_cpu_can_start_the_high_load_response_with_its_alert(cluster_block,
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(started.run_id)
     assert run.parameters["alert"]["rule"] == "cpu_storm" and run.parameters["scaler_block"] is None
+
+
+def test_each_action_names_the_flow_its_deployment_runs():
+    """The in-process fallback (a module path, bound late: tasks never import flows) is the flow of the deployment."""
+    import yaml
+
+    from tasks.alerts.actions import ACTION_DEPLOYMENTS, ACTION_FLOWS, _flow_for
+
+    root = Path(__file__).resolve().parents[2]
+    deployments = {d["name"]: d for d in yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]}
+    for action, (flow_name, deployment) in ACTION_DEPLOYMENTS.items():
+        module, func = ACTION_FLOWS[action].split(":")
+        assert deployments[deployment]["entrypoint"] == f"{module.replace('.', '/')}.py:{func}"
+        assert _flow_for(action).name == flow_name
