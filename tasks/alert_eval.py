@@ -42,6 +42,7 @@ class Sample(BaseModel):
     value: float | None = None
     no_data: str | None = Field(default=None, description="Why there is no value.")
     unconfigured: bool = Field(default=False, description="No source is configured: no data, but no alert.")
+    node: str | None = Field(default=None, description="The node it was measured on (named in pages).")
 
 
 class AlertInstance(BaseModel):

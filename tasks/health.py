@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 
 from prefect import task
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.db import DB_TASK, connect
@@ -34,10 +34,13 @@ class NodeProbe(BaseModel):
 
 
 class ReplicationRow(BaseModel):
-    """One standby as its primary sees it in pg_stat_replication."""
+    """One standby as its primary (or, cascading, its upstream standby) sees it in pg_stat_replication."""
 
     application_name: str
+    pid: int | None = None
     client_addr: str | None
+    client_port: int | None = None
+    slot_name: str | None = Field(default=None, description="The slot this walsender holds (active_pid).")
     state: str | None
     sync_state: str | None
     sent_lsn: str | None
@@ -63,7 +66,12 @@ class SlotRow(BaseModel):
 class ReceiverRow(BaseModel):
     """A standby's own view of its replication."""
 
+    in_recovery: bool = True
     receiver_status: str | None
+    receiver_hidden: bool = Field(default=False, description="A receiver runs but this role may not see its "
+                                                             "details (it lacks pg_read_all_stats/pg_monitor).")
+    application_name: str | None = Field(default=None, description="The name it gives its upstream: "
+                                                                   "application_name, else the fallback.")
     sender_host: str | None
     sender_port: int | None
     slot_name: str | None
@@ -107,24 +115,34 @@ def probe_node(target: ConnectionTarget) -> NodeProbe:
     )
 
 
-# Where each standby of this primary stands, in bytes and seconds behind.
+# Where each standby of this server stands, in bytes and seconds behind, and who it is (address, slot);
+# on a standby (cascading replication) "behind" is measured from the WAL it has received itself.
 REPLICATION_SQL = """
-SELECT application_name,
-       client_addr::text                                             AS client_addr,
-       state,
-       sync_state,
-       sent_lsn::text                                                AS sent_lsn,
-       write_lsn::text                                               AS write_lsn,
-       flush_lsn::text                                               AS flush_lsn,
-       replay_lsn::text                                              AS replay_lsn,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), sent_lsn)::bigint   AS sent_lag_bytes,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), flush_lsn)::bigint  AS flush_lag_bytes,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)::bigint AS replay_lag_bytes,
-       extract(epoch FROM write_lag)::float8                         AS write_lag_seconds,
-       extract(epoch FROM flush_lag)::float8                         AS flush_lag_seconds,
-       extract(epoch FROM replay_lag)::float8                        AS replay_lag_seconds
-  FROM pg_catalog.pg_stat_replication
- ORDER BY application_name
+WITH here AS (
+    SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_receive_lsn()
+                ELSE pg_catalog.pg_current_wal_lsn() END AS lsn
+)
+SELECT r.application_name,
+       r.pid,
+       r.client_addr::text                                           AS client_addr,
+       r.client_port,
+       s.slot_name::text                                             AS slot_name,
+       r.state,
+       r.sync_state,
+       r.sent_lsn::text                                              AS sent_lsn,
+       r.write_lsn::text                                             AS write_lsn,
+       r.flush_lsn::text                                             AS flush_lsn,
+       r.replay_lsn::text                                            AS replay_lsn,
+       pg_catalog.pg_wal_lsn_diff(here.lsn, r.sent_lsn)::bigint      AS sent_lag_bytes,
+       pg_catalog.pg_wal_lsn_diff(here.lsn, r.flush_lsn)::bigint     AS flush_lag_bytes,
+       pg_catalog.pg_wal_lsn_diff(here.lsn, r.replay_lsn)::bigint    AS replay_lag_bytes,
+       extract(epoch FROM r.write_lag)::float8                       AS write_lag_seconds,
+       extract(epoch FROM r.flush_lag)::float8                       AS flush_lag_seconds,
+       extract(epoch FROM r.replay_lag)::float8                      AS replay_lag_seconds
+  FROM pg_catalog.pg_stat_replication AS r
+ CROSS JOIN here
+  LEFT JOIN pg_catalog.pg_replication_slots AS s ON s.active_pid = r.pid
+ ORDER BY r.application_name, r.client_addr, r.client_port
 """
 
 
@@ -154,7 +172,12 @@ def read_slots(target: ConnectionTarget) -> list[SlotRow]:
 
 # Is this standby receiving, replaying, and how long since it last replayed a commit?
 RECEIVER_SQL = """
-SELECT r.status                                                       AS receiver_status,
+SELECT pg_catalog.pg_is_in_recovery()                                 AS in_recovery,
+       r.status                                                       AS receiver_status,
+       (r.pid IS NOT NULL AND r.status IS NULL)                       AS receiver_hidden,
+       coalesce(substring(r.conninfo FROM '(?:^| )application_name=(''[^'']*''|[^ ]+)'),
+                substring(r.conninfo FROM 'fallback_application_name=(''[^'']*''|[^ ]+)'))
+                                                                      AS application_name,
        r.sender_host,
        r.sender_port,
        r.slot_name,

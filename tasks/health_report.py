@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -14,6 +15,9 @@ from tasks.errors import RunbookDBError
 from tasks.findings import Check, Status, human_bytes, human_seconds, md_cell, worst
 from tasks.health import LongQuery, NodeProbe, ReceiverRow, ReplicationRow, SlotRow
 from tasks.notify import STATUS_EMOJI, NotificationOutcome
+
+if TYPE_CHECKING:
+    from tasks.replica_match import Matching
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -75,6 +79,22 @@ def describe_error(exc: BaseException | None) -> str:
     return f"failed: {type(exc).__name__}: {exc}"
 
 
+def cause_of(exc: BaseException | None) -> str:
+    """Why a node gave no data, in the words of a page: connection refused, authentication failed, timed out."""
+    from tasks.errors import AuthenticationFailed, NodeUnreachable, QueryTimeout
+
+    text = str(exc).lower()
+    if isinstance(exc, AuthenticationFailed):
+        return "authentication failed"
+    if isinstance(exc, QueryTimeout) or "timeout" in text or "timed out" in text:
+        return "timed out"
+    if "refused" in text:
+        return "connection refused"
+    if isinstance(exc, NodeUnreachable):
+        return "unreachable"
+    return f"failed ({type(exc).__name__})"
+
+
 def connectivity_check(node: str, believed_primary: bool, probe: NodeProbe | None,
                        error: BaseException | None, t: HealthThresholds) -> Check:
     """Reachable or not, and whether its role matches what the cluster block believes."""
@@ -105,30 +125,44 @@ def effective_replay_lag_seconds(row: ReplicationRow) -> float | None:
     return 0.0 if (row.replay_lag_bytes or 0) == 0 else None
 
 
-def replication_checks(primary: str, rows: list[ReplicationRow], expected_replicas: int,
-                       t: HealthThresholds) -> list[Check]:
-    """One check per standby connected to the primary, plus one if standbys are missing."""
+def replication_checks(matching: Matching, t: HealthThresholds) -> list[Check]:
+    """One check per standby of the block, matched by identity (tasks.replica_match, as the alert monitor
+    does): its lag, or why its upstream lists no standby that is it; and one per unknown standby."""
     checks: list[Check] = []
-    for row in rows:
-        name = row.application_name or row.client_addr or "unknown standby"
-        lag_s = effective_replay_lag_seconds(row)
-        status = worst([
-            _grade(row.replay_lag_bytes, t.lag_warning_bytes, t.lag_critical_bytes),
-            _grade(lag_s, t.lag_warning_seconds, t.lag_critical_seconds),
-            "ok" if row.state == "streaming" else "warning",
-        ])
-        lag_text = human_seconds(lag_s) if lag_s is not None else "unknown time"
-        checks.append(Check(
-            name="replication", node=name, status=status, details=row.model_dump(mode="json"),
-            summary=f"standby {name} is {row.state}, {human_bytes(row.replay_lag_bytes)} "
-                    f"({lag_text}) behind {primary} in replay."))
-    if len(rows) < expected_replicas:
-        checks.append(Check(
-            name="replication", node=primary, status="critical",
-            details={"connected": len(rows), "expected": expected_replicas},
-            summary=f"{primary} has {len(rows)} standby(s) connected; the cluster block lists "
-                    f"{expected_replicas}."))
+    for match in matching.replicas:
+        if match.row is None:
+            checks.append(Check(name="replication", node=match.node, status="critical",
+                                details={"upstream": match.upstream, "problem": match.problem},
+                                summary=f"standby {match.node} is missing from {match.upstream}'s "
+                                        f"pg_stat_replication: {match.problem}."))
+            continue
+        checks.append(_lag_check(match.node, match.upstream, match.row, t, match.how))
+    for unknown in matching.unknown:
+        if unknown.row.state == "backup":
+            checks.append(Check(name="replication", node=unknown.sender, status="ok",
+                                details=unknown.row.model_dump(mode="json"),
+                                summary=f"a base backup ({unknown.row.application_name}) streams from "
+                                        f"{unknown.sender}."))
+            continue
+        check = _lag_check(unknown.label, unknown.sender, unknown.row, t, None)
+        check.status = worst([check.status, "warning"])
+        check.summary += " Add it to the cluster block (or remove it) so it is watched by name."
+        checks.append(check)
     return checks
+
+
+def _lag_check(name: str, upstream: str, row: ReplicationRow, t: HealthThresholds, how: str | None) -> Check:
+    lag_s = effective_replay_lag_seconds(row)
+    status = worst([
+        _grade(row.replay_lag_bytes, t.lag_warning_bytes, t.lag_critical_bytes),
+        _grade(lag_s, t.lag_warning_seconds, t.lag_critical_seconds),
+        "ok" if row.state == "streaming" else "warning",
+    ])
+    lag_text = human_seconds(lag_s) if lag_s is not None else "unknown time"
+    known = f" (recognised by {how})" if how else ""
+    return Check(name="replication", node=name, status=status, details={**row.model_dump(mode="json"), "how": how},
+                 summary=f"standby {name} is {row.state}, {human_bytes(row.replay_lag_bytes)} "
+                         f"({lag_text}) behind {upstream} in replay{known}.")
 
 
 def slot_checks(primary: str, slots: list[SlotRow], t: HealthThresholds) -> list[Check]:
