@@ -19,7 +19,7 @@ from blocks.slack_notifier import SlackNotifier
 from tasks.alert_actions import start_action
 from tasks.alert_eval import ClusterAlertState, Evaluation, SeriesStatus, evaluate, rule_for, series_key
 from tasks.alert_metrics import ClusterSamples
-from tasks.alert_notify import deliver
+from tasks.alert_notify import action_reply, deliver, merge_outcome
 from tasks.alert_rules import RuleFileError, RuleSet, default_rules, load_rules
 from tasks.alert_sources import BlockChoice
 from tasks.alert_state import StateStoreError, load_states, save_state
@@ -175,6 +175,7 @@ def cluster_turn(block: str, sampled: ClusterSamples, evaluation: Evaluation, ru
     new = evaluation.state
     result = ClusterResult(block=block, cluster=sampled.cluster, seconds=sampled.seconds,
                            series=evaluation.series, transitions=evaluation.transitions)
+    result.notification = deliver(notifier, sampled.cluster, rules, new, now)  # the page first, then the action
     for alert in new.alerts.values():
         if not (alert.action_due and dispatch_actions):
             continue
@@ -182,11 +183,12 @@ def cluster_turn(block: str, sampled: ClusterSamples, evaluation: Evaluation, ru
         if rule is None:
             continue
         started = start_action(rule, block, sampled.cluster, alert, slack_block, monitor_run, scaler)
-        alert.action_note = started.note[:300]
+        said, alert.action_note = alert.action_note, started.note[:300]
         if started.started:
             alert.action_due, alert.action_run, alert.action_url = False, started.run_id, started.url
         result.actions.append(f"{series_key(alert.rule, alert.labels)}: {rule.action}: {started.note}")
-    result.notification = deliver(notifier, sampled.cluster, rules, new, now)
+        if started.started or alert.action_note != said:  # its outcome in the thread, once per change
+            merge_outcome(result.notification, action_reply(notifier, sampled.cluster, rule, alert))
     return result, new
 
 
