@@ -21,13 +21,13 @@ from tasks.alert_eval import ClusterAlertState, Evaluation, SeriesStatus, evalua
 from tasks.alert_metrics import ClusterSamples
 from tasks.alert_notify import action_reply, deliver, merge_outcome
 from tasks.alert_rules import RuleFileError, RuleSet, default_rules, load_rules
+from tasks.alert_rules_incident import in_force_sentence, rules_loaded, rules_rejected
 from tasks.alert_sources import BlockChoice
 from tasks.alert_state import StateStoreError, load_states, save_state
 from tasks.notify import NotificationOutcome
 
 log = logging.getLogger("pg_runbooks.alerts")
 LAST_VALID_RULES = "alert-rules-last-valid"
-LAST_RULES_ERROR = "alert-rules-last-error"
 _last_valid: dict[str, RuleSet] = {}
 
 
@@ -76,21 +76,36 @@ class MonitorReport(BaseModel):
         return [s for c in self.clusters for s in c.series if s.state == "firing"]
 
 
-def rules_in_force(rules_file: str | None) -> tuple[RuleSet, str | None]:
-    """The rules to evaluate and, if the file was rejected, why (the previous valid rules stay)."""
+def rules_in_force(rules_file: str | None) -> tuple[RuleSet | None, str | None]:
+    """The rules to evaluate and, if the file was rejected, why and what stays in force: the last valid rules
+    of that file, or none (then the monitor evaluates nothing: tasks.alert_rules_incident pages)."""
     if not rules_file:
         return default_rules(), None
     try:
         rules = load_rules(rules_file)
     except RuleFileError as exc:
         previous = _last_valid.get(rules_file) or _stored_rules(rules_file)
-        if previous is None:
-            raise RuleFileError(exc.source, [*exc.problems, "and no previous valid rules are known"]) from None
         log.error("%s", exc)
-        return previous, str(exc)
+        return previous, f"{exc} {in_force_sentence(rules_file, previous)}"
     _last_valid[rules_file] = rules
     _store_rules(rules_file, rules)
     return rules, None
+
+
+def answer_rules(slack_block: str | None, rules_file: str | None, rules: RuleSet | None, error: str | None,
+                 now: datetime, link: str | None) -> RuleSet:
+    """Page a rejected rule file once per episode and resolve it when fixed (tasks.alert_rules_incident);
+    the rules to evaluate, or RuleFileError when none is in force (after the page)."""
+    if not rules_file:
+        return rules or default_rules()
+    if error is None and rules is not None:
+        rules_loaded(slack_block, rules_file, rules, now)
+        return rules
+    rules_rejected(slack_block, rules_file, error or "rejected", rules, now, link)
+    if rules is None:
+        raise RuleFileError(rules_file, [f"{error}", "and no previous valid rules are known: NO alert rules are in "
+                                                    "force, this monitor evaluates nothing (paged)"])
+    return rules
 
 
 def _stored_rules(rules_file: str) -> RuleSet | None:
@@ -117,19 +132,6 @@ def _store_rules(rules_file: str, rules: RuleSet) -> None:
             Variable.set(LAST_VALID_RULES, value, overwrite=True)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not store the last valid rules: %s", exc)
-
-
-def rules_error_is_new(error: str) -> bool:
-    """True the first time a given rule-file error is seen (so Slack hears it once, not every minute)."""
-    from prefect.variables import Variable
-
-    try:
-        if Variable.get(LAST_RULES_ERROR, default=None) == error[:4000]:
-            return False
-        Variable.set(LAST_RULES_ERROR, error[:4000], overwrite=True)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not record the rule-file error: %s", exc)
-    return True
 
 
 def resolve_clusters(cluster_blocks: list[str], cluster_group: str | None) -> list[str]:
@@ -256,7 +258,7 @@ def finish(report: MonitorReport) -> MonitorReport:
     parts = [f"{len(report.clusters)} cluster(s) evaluated", f"{len(firing)} alert(s) firing",
              f"{len(pending)} pending", f"{len(nodata)} series without data"]
     first = f"; {firing[0].summary}" if firing else ""
-    bad_rules = "; the rule file was rejected, previous rules in force" if report.rules_error else ""
+    bad_rules = "; the rule file was rejected, its last valid rules in force" if report.rules_error else ""
     not_set = f"; {', '.join(unconfigured)}: no source configured" if unconfigured else ""
     report.summary = ", ".join(parts) + first + bad_rules + not_set
     return report
@@ -287,5 +289,5 @@ def render_markdown(report: MonitorReport) -> str:
 __all__ = ["Phases", "StateStoreError", "MonitorParams", "MonitorReport", "cluster_turn", "changed", "finish",
            "needs_turn",
            "evaluate_fleet", "quiet_result",
-           "load_alert_state", "render_markdown", "resolve_clusters", "rules_error_is_new", "rules_in_force",
+           "load_alert_state", "render_markdown", "resolve_clusters", "rules_in_force", "answer_rules",
            "save_alert_states"]
