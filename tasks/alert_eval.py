@@ -187,18 +187,22 @@ def evaluate(rules: RuleSet, samples: list[Sample], state: ClusterAlertState, no
             _resolve(alert, None, now, new, result,
                      "recovered: its series is no longer reported" if rule is not None and rule.name == NO_DATA_RULE
                      else "its series is no longer measured (rule or node removed)")
-    _inhibit(new, now, result)
+    for key in _inhibit(new, now, result):  # pending again: say so in this evaluation's report too
+        for status in (x for x in result.series if series_key(x.rule, x.labels) == key):
+            status.state, status.since = "pending", now
+            status.summary = f"{key} pending: no data, a fresh no_data_for since its inhibition ended."
     new.updated_at = now
     new.revision += 1
     return result
 
 
-def _inhibit(state: ClusterAlertState, now: datetime, result: Evaluation) -> None:
+def _inhibit(state: ClusterAlertState, now: datetime, result: Evaluation) -> list[str]:
     """Mark the firing no-data alerts that the database's own no-data alert stands for (see INHIBITOR). When
     the inhibition ends, an alert never sent on its own starts a fresh pending period (its `no_data_for`)
     before it may page: a replica that is only reconnecting after its primary came back is not paged."""
     source = state.alerts.get(INHIBITOR)
     active = source is not None and source.status == "firing"
+    reset = []
     for key, alert in state.alerts.items():
         inhibited = active and key != INHIBITOR and alert.rule == NO_DATA_RULE and alert.status == "firing"
         if inhibited and alert.inhibited_by is None:
@@ -207,11 +211,13 @@ def _inhibit(state: ClusterAlertState, now: datetime, result: Evaluation) -> Non
             if alert.notified_at is None and alert.thread_ts is None:
                 alert.status, alert.active_since, alert.fired_at = "pending", now, None
                 alert.notify_due, alert.action_due = None, False
+                reset.append(key)
                 result.transitions.append(f"{key} no longer inhibited: pending again from now (a fresh "
                                           "no_data_for before it may page on its own).")
             elif alert.notify_due:
                 result.transitions.append(f"{key} no longer inhibited: its own message is due.")
         alert.inhibited_by = INHIBITOR if inhibited else None
+    return reset
 
 
 def _step(rule: AlertRule, labels: dict[str, str], key: str, value: float | None, breached: bool,

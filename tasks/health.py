@@ -124,7 +124,7 @@ WITH here AS (
 )
 SELECT r.application_name,
        r.pid,
-       r.client_addr::text                                           AS client_addr,
+       pg_catalog.host(r.client_addr)                                AS client_addr,
        r.client_port,
        s.slot_name::text                                             AS slot_name,
        r.state,

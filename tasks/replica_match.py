@@ -59,7 +59,8 @@ class UnknownStandby(BaseModel):
 
     @property
     def label(self) -> str:
-        where = f"{self.row.client_addr}:{self.row.client_port}" if self.row.client_addr else "a local socket"
+        """How it is named in reports and alert labels: stable across its reconnections (no client port)."""
+        where = self.row.client_addr or "a local socket"
         slot = f", slot {self.row.slot_name}" if self.row.slot_name else ""
         return f"unknown standby {self.row.application_name!r} from {where}{slot} (not in the cluster block)"
 
