@@ -166,8 +166,10 @@ def replica_lag_samples(matching: Matching) -> list[Sample]:
 
 def _lag_sample(row: ReplicationRow, labels: dict[str, str], node: str) -> Sample:
     lag = effective_replay_lag_seconds(row)
+    hidden = row.replay_lsn is None and row.state is None
     return Sample(metric="replication_lag_seconds", labels=labels, value=lag, node=node,
                   no_data=None if lag is not None else
+                  "the monitor's role may not see this standby's progress (grant it pg_monitor)" if hidden else
                   f"replay_lag is unknown while {row.replay_lag_bytes} bytes are behind")
 
 

@@ -119,7 +119,10 @@ def connectivity_check(node: str, believed_primary: bool, probe: NodeProbe | Non
 
 
 def effective_replay_lag_seconds(row: ReplicationRow) -> float | None:
-    """The primary's replay_lag is NULL when idle: count it as 0 only when no bytes are behind."""
+    """The primary's replay_lag is NULL when idle: count it as 0 only when no bytes are behind. Unknown (None)
+    when the role may not see the standby's progress (no pg_read_all_stats: every position is NULL)."""
+    if row.replay_lsn is None:
+        return None
     if row.replay_lag_seconds is not None:
         return row.replay_lag_seconds
     return 0.0 if (row.replay_lag_bytes or 0) == 0 else None

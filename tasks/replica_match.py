@@ -60,7 +60,8 @@ class UnknownStandby(BaseModel):
     @property
     def label(self) -> str:
         """How it is named in reports and alert labels: stable across its reconnections (no client port)."""
-        where = self.row.client_addr or "a local socket"
+        where = self.row.client_addr or ("an address hidden from this role" if self.row.state is None
+                                         else "a local socket")
         slot = f", slot {self.row.slot_name}" if self.row.slot_name else ""
         return f"unknown standby {self.row.application_name!r} from {where}{slot} (not in the cluster block)"
 

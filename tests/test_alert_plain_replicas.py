@@ -139,3 +139,30 @@ def test_primary_stop_pages_once_with_the_cause_and_its_return_adds_no_page(plai
 def _all_streaming(box: Sandbox, standbys) -> bool:
     return standbys["plain"].receiver()[0] == "streaming" and standbys["cascade"].receiver()[0] == "streaming" \
         and box.status()["nodes"]["primary"].get("in_recovery") is False
+
+
+def test_a_role_without_pg_monitor_needs_declared_names_and_says_so(plain_box):
+    """A role that may not see a WAL receiver (no pg_read_all_stats) nor a walsender's progress: the replicas
+    declared in the block (application_name) are still known; their lag is unknown, with why, never 0."""
+    from pydantic import SecretStr
+
+    from tasks.alert_metrics import database_samples
+
+    box, standbys = plain_box
+    with box.connect("primary") as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'plain_login'").fetchone():
+            conn.execute("CREATE ROLE plain_login LOGIN PASSWORD 'plain-login-pw'")
+    block = sandbox_cluster_block(box, superuser=False, name="plain-unprivileged")
+    block.user, block.password = "plain_login", SecretStr("plain-login-pw")
+    undeclared = block.model_copy(deep=True)
+    undeclared.nodes += [PostgresNode(name="plain", host=HOST, port=standbys["plain"].port)]
+    (plain,) = [s for s in database_samples(undeclared, 10) if s.labels.get("replica") == "plain"]
+    assert plain.value is None and "cannot see plain's WAL receiver (grant pg_monitor)" in plain.no_data
+    block.nodes += [PostgresNode(name="plain", host=HOST, port=standbys["plain"].port, application_name="walreceiver"),
+                    PostgresNode(name="custom", host=HOST, port=standbys["custom"].port,
+                                 application_name=CUSTOM_NAME)]
+    samples = {s.labels.get("replica"): s for s in database_samples(block, 10) if s.metric == "replication_lag_seconds"}
+    cascade = "unknown standby 'walreceiver' from an address hidden from this role (not in the cluster block)"
+    assert set(samples) == {"replica", "plain", "custom", cascade}, samples  # the cascade, on plain: not declared
+    for sample in samples.values():
+        assert sample.value is None and "may not see this standby's progress" in sample.no_data, sample
