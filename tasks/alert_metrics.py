@@ -98,7 +98,8 @@ def database_samples(cluster: PostgresCluster, deadline_seconds: float) -> list[
         return no_data(["connection_usage_percent"], reason, node=target.node) + [
             Sample(metric="replication_lag_seconds", labels={"replica": r}, node=r, no_data=reason) for r in replicas]
     samples = [Sample(metric="connection_usage_percent", value=round(usage.percent, 2), node=target.node)]
-    remaining = max(1.0, deadline_seconds - (time.monotonic() - started))
+    # the standbys get most of what is left of the deadline: the primary's figures must not be lost to them
+    remaining = max(0.5, 0.7 * (deadline_seconds - (time.monotonic() - started)))
     views, standby_rows = read_standbys(cluster, replicas, remaining)
     matching = match_replicas(cluster, cluster.primary_node, {cluster.primary_node: rows, **standby_rows}, views,
                               node_addresses(cluster),
@@ -141,7 +142,8 @@ def read_standbys(cluster: PostgresCluster, nodes: list[str], deadline_seconds: 
     until = time.monotonic() + deadline_seconds
     for worker in workers:
         worker.join(max(0.0, until - time.monotonic()))
-    return dict(views), {n: r for n, r in rows.items() if views[n].receiver is not None}
+    done_rows = dict(rows)  # rows first: a standby's view is written before its rows (a late thread may write)
+    return dict(views), done_rows
 
 
 def replica_lag_samples(matching: Matching) -> list[Sample]:
