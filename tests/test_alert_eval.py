@@ -281,3 +281,15 @@ def test_a_replica_reconnecting_after_its_primary_returns_is_not_paged():
     result = evaluate(RULES, _back(r2_value=0.0), state, T0 + timedelta(minutes=4))  # reconnected
     assert result.state.alerts == {} and not any(a.notify_due for a in result.state.alerts.values())
     assert [n.labels for n in result.state.outbox] == [{"metric": "connection_usage_percent"}]
+
+
+def test_a_no_data_alert_resolves_with_data_is_back_not_a_threshold():
+    from tasks.alert_eval import ResolvedNotice
+    from tasks.alert_notify import resolved_message
+
+    notice = ResolvedNotice(rule="no_data", labels={"metric": "connection_usage_percent"}, node="pg-1",
+                            fired_at=T0, resolved_at=T0 + timedelta(minutes=3), reason="data is back")
+    title, lines, text = resolved_message("c1", None, notice)
+    assert title == "RESOLVED: no_data connection_usage_percent on c1 (node pg-1)"
+    assert "data is back (connection_usage_percent); fired for 3" in text
+    assert "threshold" not in text and "no value" not in text
