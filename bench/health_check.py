@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from bench.common import fresh_sandbox, prefect_api, row, timed
+from tasks.core import replication
 from tasks.health import checks as health
 
 TABLES = 10_000
@@ -26,9 +27,9 @@ def raw_sql(box) -> None:
 
     for node in ("primary", "replica"):
         one(node, health.PROBE_SQL)
-    one("primary", health.REPLICATION_SQL)
-    one("primary", health.SLOTS_SQL)
-    one("replica", health.RECEIVER_SQL)
+    one("primary", replication.REPLICATION_SQL)
+    one("primary", replication.SLOTS_SQL)
+    one("replica", replication.RECEIVER_SQL)
     for node in ("primary", "replica"):
         one(node, health.LONG_QUERIES_SQL, {"min_seconds": 300, "limit": 50})
 

@@ -67,13 +67,15 @@ def make_fleet(box, n: int) -> list[str]:
 
 def raw_fleet(box, n: int) -> None:
     from tasks.alerts.metrics import CONNECTIONS_SQL
-    from tasks.health.checks import REPLICATION_SQL
+    from tasks.core.replication import RECEIVER_SQL, REPLICATION_SQL
 
-    for i in range(n):
-        with psycopg.connect(box.conninfo("primary", dbname=f"fleet_{i:03d}"), autocommit=True,
-                             options="-c jit=off") as conn:
-            conn.execute(CONNECTIONS_SQL).fetchall()
-            conn.execute(REPLICATION_SQL).fetchall()
+    for i in range(n):  # what the monitor reads: the primary, then each standby (its receiver, its standbys)
+        for node, queries in (("primary", (CONNECTIONS_SQL, REPLICATION_SQL)), ("replica", (RECEIVER_SQL,
+                                                                                          REPLICATION_SQL))):
+            with psycopg.connect(box.conninfo(node, dbname=f"fleet_{i:03d}"), autocommit=True,
+                                 options="-c jit=off") as conn:
+                for query in queries:
+                    conn.execute(query).fetchall()
 
 
 def fleet_runs(n: int, repeat: int, **kwargs) -> tuple[list[float], list[float], list[float]]:

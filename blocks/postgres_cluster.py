@@ -18,6 +18,12 @@ class PostgresNode(BaseModel):
     port: int = Field(default=5432, ge=1, le=65535, description="TCP port.")
     upstream: str | None = Field(
         default=None, description="A cascading standby: the node it streams from. Empty: the primary.")
+    replication_slot: str | None = Field(
+        default=None, description="The slot this standby streams on, if it uses one (how its upstream knows it). "
+                                  "Empty: found by what the standby and its upstream report.")
+    application_name: str | None = Field(
+        default=None, description="The application_name this standby gives its upstream (primary_conninfo; "
+                                  "'walreceiver' or cluster_name by default). Empty: found as above.")
 
 
 class Endpoint(BaseModel):

@@ -19,6 +19,7 @@ from tasks.alerts.monitor import (
     MonitorParams,
     MonitorReport,
     Phases,
+    answer_rules,
     cluster_turn,
     evaluate_fleet,
     finish,
@@ -26,14 +27,13 @@ from tasks.alerts.monitor import (
     quiet_result,
     render_markdown,
     resolve_clusters,
-    rules_error_is_new,
     rules_in_force,
     save_alert_states,
 )
 from tasks.alerts.sources import BlockChoice, block_for, one_block_for_many
 from tasks.alerts.state import locked
 from tasks.core.notify import load_notifier
-from tasks.core.publish import artifact_key, notify_slack, publish_markdown
+from tasks.core.publish import artifact_key, publish_markdown
 
 WORKERS = 32
 
@@ -69,6 +69,8 @@ def alert_monitor(
     report = MonitorReport(started_at=datetime.now(UTC))
     rules, report.rules_error = rules_in_force(params.rules_file)
     report.rules_source = params.rules_file or "built-in defaults"
+    rules = answer_rules(slack_block, params.rules_file, rules, report.rules_error, report.started_at,
+                         runtime.flow_run.ui_url)  # a rejected file pages once per episode; none in force raises
     blocks = resolve_clusters(cluster_blocks, cluster_group)
     for spec, mapping, name in ((metrics_block, metrics_blocks, "metrics_block"),
                                 (scaler_block, scaler_blocks, "scaler_block")):
@@ -115,9 +117,6 @@ def alert_monitor(
         logger.info(line)
     if report.rules_error:
         logger.error(report.rules_error)
-        if slack_block and rules_error_is_new(report.rules_error):
-            notify_slack(slack_block, "Alert rules rejected", "The rule file was rejected; the previous valid "
-                         "rules stay in force until it is fixed.", [report.rules_error], runtime.flow_run.ui_url)
     logger.info(report.summary)
     return report
 

@@ -12,8 +12,10 @@ from prefect import flow, get_run_logger, runtime
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.outcomes import gather
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown
+from tasks.core.replica_match import match_reads
+from tasks.core.replication import read_receiver, read_replication, read_slots, upstream_of
 from tasks.health import report as rules
-from tasks.health.checks import find_long_queries, probe_node, read_receiver, read_replication, read_slots
+from tasks.health.checks import find_long_queries, probe_node
 from tasks.health.report import HealthReport, HealthThresholds
 
 
@@ -50,16 +52,17 @@ def health_check(
 
     receivers = dict(zip(standbys, gather([read_receiver.submit(up[n]) for n in standbys]), strict=True))
     addresses = {n.name: (n.host, n.port) for n in cluster.nodes}
-    upstreams = {n: rules.upstream_of(row, addresses) for n, (row, err) in receivers.items() if err is None}
-    cascading = [n for n, source in upstreams.items() if source in standbys]
+    upstreams = {n: upstream_of(row, addresses) for n, (row, err) in receivers.items() if err is None}
 
     if report.primary:
         target = up[report.primary]
-        (replication, rep_err), (slots, slot_err) = gather(
-            [read_replication.submit(target), read_slots.submit(target)])
-        expected = len(cluster.nodes) - 1 - len(cluster.fenced_nodes) - len(cascading)
-        report.checks += (rules.replication_checks(report.primary, replication, expected, thresholds)
-                          if rep_err is None else [rules.skipped_check("replication", report.primary, rep_err)])
+        senders = [report.primary, *standbys]  # a standby's own standbys: cascading replication
+        read = gather([read_replication.submit(up[n]) for n in senders] + [read_slots.submit(target)])
+        (slots, slot_err), by_sender = read[-1], dict(zip(senders, read[:-1], strict=True))
+        down = {n: err for n, (probe, err) in probes.items() if probe is None}
+        matching, rep_err = match_reads(cluster, report.primary, by_sender, receivers, down)
+        report.checks += (rules.replication_checks(matching, thresholds) if matching is not None
+                          else [rules.skipped_check("replication", report.primary, rep_err)])
         report.checks += (rules.slot_checks(report.primary, slots, thresholds)
                           if slot_err is None else [rules.skipped_check("replication-slot", report.primary, slot_err)])
     else:

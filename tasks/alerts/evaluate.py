@@ -25,7 +25,7 @@ MAX_OUTBOX = 8  # undelivered resolved messages kept per cluster (~300 character
 NO_DATA_RULE = "no_data"
 # Alertmanager-style inhibition: while the cluster's database gives no data (down, unreachable, timed out),
 # the cluster's other no-data alerts (per replica, host metrics) are the same incident. They are listed in
-# this alert's message, not sent alone; one still firing after it resolves is sent then.
+# this alert's message, not sent alone; when it resolves, one never sent alone starts a fresh pending period.
 INHIBITOR = 'no_data{metric="connection_usage_percent"}'
 NO_DATA_RESPONSE = [
     "Check that the cluster answers (health-check flow) and that the monitor's role can log in.",
@@ -42,6 +42,7 @@ class Sample(BaseModel):
     value: float | None = None
     no_data: str | None = Field(default=None, description="Why there is no value.")
     unconfigured: bool = Field(default=False, description="No source is configured: no data, but no alert.")
+    node: str | None = Field(default=None, description="The node it was measured on (named in pages).")
 
 
 class AlertInstance(BaseModel):
@@ -63,6 +64,8 @@ class AlertInstance(BaseModel):
     action_url: str | None = None
     action_note: str | None = None
     no_data_since: datetime | None = None
+    node: str | None = Field(default=None, description="The node it was last measured on.")
+    cause: str | None = Field(default=None, description="A no-data alert: why there is no data (latest).")
     inhibited_by: str | None = Field(default=None, description="The firing alert whose message stands for this "
                                                                  "one (Alertmanager inhibition); not sent alone.")
 
@@ -76,6 +79,7 @@ class ResolvedNotice(BaseModel):
     resolved_at: datetime
     value: float | None = None
     reason: str = "back below the threshold"
+    node: str | None = None
     thread_ts: str | None = None
     channel: str | None = None
 
@@ -145,7 +149,7 @@ def evaluate(rules: RuleSet, samples: list[Sample], state: ClusterAlertState, no
                 result.series.append(_no_value(rule, labels, key, sample, new, now, result))
             else:
                 result.series.append(_step(rule, labels, key, sample.value, rule.breached(sample.value),
-                                           new, now, rules, result))
+                                           new, now, rules, result, sample))
     for metric in sorted({r.metric for r in rules.rules}):
         rule = no_data_rule(metric, rules)
         for sample in (s for s in samples if s.metric == metric):
@@ -153,7 +157,7 @@ def evaluate(rules: RuleSet, samples: list[Sample], state: ClusterAlertState, no
             key = series_key(NO_DATA_RULE, labels)
             seen.add(key)
             missing = sample.value is None and not sample.unconfigured
-            status = _step(rule, labels, key, None, missing, new, now, rules, result)
+            status = _step(rule, labels, key, None, missing, new, now, rules, result, sample)
             if missing:
                 result.series.append(status)
     blind = {s.metric for s in samples if s.value is None and not s.unconfigured}
@@ -171,27 +175,42 @@ def evaluate(rules: RuleSet, samples: list[Sample], state: ClusterAlertState, no
             _resolve(alert, None, now, new, result,
                      "recovered: its series is no longer reported" if rule is not None and rule.name == NO_DATA_RULE
                      else "its series is no longer measured (rule or node removed)")
-    _inhibit(new, result)
+    for key in _inhibit(new, now, result):  # pending again: say so in this evaluation's report too
+        for status in (x for x in result.series if series_key(x.rule, x.labels) == key):
+            status.state, status.since = "pending", now
+            status.summary = f"{key} pending: no data, a fresh no_data_for since its inhibition ended."
     new.updated_at = now
     new.revision += 1
     return result
 
 
-def _inhibit(state: ClusterAlertState, result: Evaluation) -> None:
-    """Mark the firing no-data alerts that the database's own no-data alert stands for (see INHIBITOR)."""
+def _inhibit(state: ClusterAlertState, now: datetime, result: Evaluation) -> list[str]:
+    """Mark the firing no-data alerts that the database's own no-data alert stands for (see INHIBITOR). When
+    the inhibition ends, an alert never sent on its own starts a fresh pending period (its `no_data_for`)
+    before it may page: a replica that is only reconnecting after its primary came back is not paged."""
     source = state.alerts.get(INHIBITOR)
     active = source is not None and source.status == "firing"
+    reset = []
     for key, alert in state.alerts.items():
         inhibited = active and key != INHIBITOR and alert.rule == NO_DATA_RULE and alert.status == "firing"
         if inhibited and alert.inhibited_by is None:
             result.transitions.append(f"{key} notification inhibited: {INHIBITOR} is firing (same incident).")
-        elif not inhibited and alert.inhibited_by is not None and alert.notify_due:
-            result.transitions.append(f"{key} no longer inhibited: its own message is due.")
+        elif not inhibited and alert.inhibited_by is not None:
+            if alert.notified_at is None and alert.thread_ts is None:
+                alert.status, alert.active_since, alert.fired_at = "pending", now, None
+                alert.notify_due, alert.action_due = None, False
+                reset.append(key)
+                result.transitions.append(f"{key} no longer inhibited: pending again from now (a fresh "
+                                          "no_data_for before it may page on its own).")
+            elif alert.notify_due:
+                result.transitions.append(f"{key} no longer inhibited: its own message is due.")
         alert.inhibited_by = INHIBITOR if inhibited else None
+    return reset
 
 
 def _step(rule: AlertRule, labels: dict[str, str], key: str, value: float | None, breached: bool,
-          state: ClusterAlertState, now: datetime, rules: RuleSet, result: Evaluation) -> SeriesStatus:
+          state: ClusterAlertState, now: datetime, rules: RuleSet, result: Evaluation,
+          sample: Sample | None = None) -> SeriesStatus:
     alert = state.alerts.get(key)
     if alert is not None and alert.status == "pending" and \
             (now - alert.last_eval).total_seconds() > rules.settings.stale_after_seconds:
@@ -202,7 +221,8 @@ def _step(rule: AlertRule, labels: dict[str, str], key: str, value: float | None
         if alert is not None:
             state.alerts.pop(key)
             if alert.status == "firing":
-                _resolve(alert, value, now, state, result, "back below the threshold")
+                _resolve(alert, value, now, state, result,
+                         "data is back" if rule.name == NO_DATA_RULE else "back below the threshold")
             else:
                 result.transitions.append(f"{key} back to inactive: {_value(rule, value)} is not above "
                                           f"{_value(rule, rule.threshold)} (pending timer reset).")
@@ -212,6 +232,10 @@ def _step(rule: AlertRule, labels: dict[str, str], key: str, value: float | None
         state.alerts[key] = alert
         result.transitions.append(f"{key} pending: {_value(rule, value)} above {_value(rule, rule.threshold)}.")
     alert.last_eval, alert.value, alert.no_data_since = now, value, None
+    if sample is not None:
+        alert.node = sample.node or alert.node
+        if rule.name == NO_DATA_RULE:
+            alert.cause = sample.no_data or alert.cause
     held = (now - alert.active_since).total_seconds()
     if alert.status == "pending" and held >= rule.for_seconds:
         alert.status, alert.fired_at = "firing", now
@@ -253,7 +277,7 @@ def _resolve(alert: AlertInstance, value: float | None, now: datetime, state: Cl
                                   f"(was inhibited by {alert.inhibited_by}: no message).")
         return
     state.outbox.append(ResolvedNotice(rule=alert.rule, labels=alert.labels, fired_at=alert.fired_at,
-                                       resolved_at=now, value=value, reason=reason,
+                                       resolved_at=now, value=value, reason=reason, node=alert.node,
                                        thread_ts=alert.thread_ts, channel=alert.channel))
     if len(state.outbox) > MAX_OUTBOX:  # a long Slack outage: keep the newest, count the others
         state.outbox_dropped += len(state.outbox) - MAX_OUTBOX

@@ -3,8 +3,9 @@
 connection_usage_percent: client backends against the slots ordinary roles can use
   (max_connections - superuser_reserved_connections - reserved_connections on PG16+;
   https://www.postgresql.org/docs/current/runtime-config-connection.html).
-replication_lag_seconds: per replica, the primary's pg_stat_replication.replay_lag, NULL counted
-  as 0 only when no byte is behind (tasks.health.report.effective_replay_lag_seconds).
+replication_lag_seconds: per replica, its upstream's pg_stat_replication.replay_lag, NULL counted
+  as 0 only when no byte is behind (tasks.core.replication.effective_replay_lag_seconds); the replica is found
+  by identity (slot, the name it gives, its address; tasks.core.replica_match), read on each standby too.
 cpu_usage_percent / disk_usage_percent: from the cluster's own host-metrics-source block (issue 4;
   which one: tasks.alerts.sources); with none, or one of kind "none", "no data: metrics source not
   configured" (no alert).
@@ -12,19 +13,26 @@ cpu_usage_percent / disk_usage_percent: from the cluster's own host-metrics-sour
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from blocks.postgres_cluster import PostgresCluster
+from blocks.postgres_cluster import ConnectionTarget, PostgresCluster
 from tasks.alerts.evaluate import Sample
 from tasks.alerts.sources import BlockChoice, block_for
 from tasks.core.db import connect
-from tasks.core.errors import describe_error
-from tasks.health.checks import REPLICATION_SQL, ReplicationRow
-from tasks.health.report import effective_replay_lag_seconds
+from tasks.core.errors import cause_of, describe_error
+from tasks.core.replica_match import Matching, StandbyView, expected_standbys, match_replicas, node_addresses
+from tasks.core.replication import (
+    RECEIVER_SQL,
+    REPLICATION_SQL,
+    ReceiverRow,
+    ReplicationRow,
+    effective_replay_lag_seconds,
+)
 
 DB_METRICS = ("connection_usage_percent", "replication_lag_seconds")
 HOST_METRICS = ("cpu_usage_percent", "disk_usage_percent")
@@ -71,54 +79,106 @@ class ClusterSamples(BaseModel):
 
 
 def no_data(metrics: tuple[str, ...] | list[str], reason: str, labels: dict[str, str] | None = None,
-            unconfigured: bool = False) -> list[Sample]:
-    return [Sample(metric=m, labels=labels or {}, no_data=reason, unconfigured=unconfigured) for m in metrics]
+            unconfigured: bool = False, node: str | None = None) -> list[Sample]:
+    return [Sample(metric=m, labels=labels or {}, no_data=reason, unconfigured=unconfigured, node=node)
+            for m in metrics]
 
 
 def database_samples(cluster: PostgresCluster, deadline_seconds: float) -> list[Sample]:
-    """Connection usage and per-replica lag from the primary (one connection, two queries)."""
-    target = cluster.primary_target().model_copy(update={
-        "connect_timeout": max(1, min(cluster.connect_timeout, int(deadline_seconds))),
-        "statement_timeout_ms": max(100, int(deadline_seconds * 1000))})
-    replicas = direct_standbys(cluster)
+    """Connection usage and per-replica lag: the primary (one connection, two queries), then every standby
+    directly (its WAL receiver and its own standbys, concurrently), replicas matched by identity
+    (tasks.core.replica_match, the health check's matching)."""
+    started = time.monotonic()
+    target = _bounded(cluster.primary_target(), cluster, deadline_seconds)
+    replicas = [n.name for n in expected_standbys(cluster, cluster.primary_node)]
     try:
         with connect(target, purpose="alert-monitor") as db:
             usage = db.fetch_one(CONNECTIONS_SQL, None, ConnectionUsage)
             rows = db.fetch_all(REPLICATION_SQL, None, ReplicationRow) if not usage.in_recovery else []
     except Exception as exc:  # noqa: BLE001 - an unreachable cluster is no data, not a crash
-        reason = f"{target.node} {describe_error(exc)}"
-        return no_data(["connection_usage_percent"], reason) + [
-            Sample(metric="replication_lag_seconds", labels={"replica": r}, no_data=reason) for r in replicas]
+        reason = f"{cause_of(exc)}: {target.node} {describe_error(exc)}"
+        return no_data(["connection_usage_percent"], reason, node=target.node) + [
+            Sample(metric="replication_lag_seconds", labels={"replica": r}, node=r, no_data=reason) for r in replicas]
     if usage.in_recovery:
         reason = f"{target.node} is in recovery: the cluster block's primary_node is stale"
-        return no_data(["connection_usage_percent"], reason) + [
-            Sample(metric="replication_lag_seconds", labels={"replica": r}, no_data=reason) for r in replicas]
-    samples = [Sample(metric="connection_usage_percent", value=round(usage.percent, 2))]
-    return samples + replica_lag_samples(rows, replicas)
+        return no_data(["connection_usage_percent"], reason, node=target.node) + [
+            Sample(metric="replication_lag_seconds", labels={"replica": r}, node=r, no_data=reason) for r in replicas]
+    samples = [Sample(metric="connection_usage_percent", value=round(usage.percent, 2), node=target.node)]
+    # the standbys get most of what is left of the deadline: the primary's figures must not be lost to them
+    remaining = max(0.5, 0.7 * (deadline_seconds - (time.monotonic() - started)))
+    views, standby_rows = read_standbys(cluster, replicas, remaining)
+    matching = match_replicas(cluster, cluster.primary_node, {cluster.primary_node: rows, **standby_rows}, views,
+                              node_addresses(cluster),
+                              unread={n: v.error or "not read" for n, v in views.items() if n not in standby_rows})
+    return samples + replica_lag_samples(matching)
 
 
-def direct_standbys(cluster: PostgresCluster) -> list[str]:
-    """The standbys expected in the primary's pg_stat_replication: not fenced, and not cascading from another
-    standby (a node whose declared upstream is the primary, or was promoted to it, counts)."""
-    return [n.name for n in cluster.nodes if n.name != cluster.primary_node and n.name not in cluster.fenced_nodes
-            and n.upstream in (None, cluster.primary_node)]
+def _bounded(target: ConnectionTarget, cluster: PostgresCluster, deadline_seconds: float) -> ConnectionTarget:
+    return target.model_copy(update={
+        "connect_timeout": max(1, min(cluster.connect_timeout, int(deadline_seconds))),
+        "statement_timeout_ms": max(100, int(deadline_seconds * 1000))})
 
 
-def replica_lag_samples(rows: list[ReplicationRow], replicas: list[str]) -> list[Sample]:
-    """One lag sample per expected replica (matched by application_name), plus unexpected standbys."""
-    by_name = {r.application_name: r for r in rows}
+def read_standbys(cluster: PostgresCluster, nodes: list[str], deadline_seconds: float
+                  ) -> tuple[dict[str, StandbyView], dict[str, list[ReplicationRow]]]:
+    """Each standby's own view (its WAL receiver) and its own standbys (cascading), read concurrently; one
+    that does not answer within the deadline is unreadable (timed out), the others are kept."""
+    import threading
+
+    views = {n: StandbyView(node=n, error=f"timed out: no answer within {deadline_seconds:g} s") for n in nodes}
+    rows: dict[str, list[ReplicationRow]] = {}
+
+    def read(node: str) -> None:
+        target = _bounded(cluster.target(node), cluster, deadline_seconds)
+        try:
+            with connect(target, purpose="alert-monitor") as db:
+                receiver = db.fetch_all(RECEIVER_SQL, None, ReceiverRow)[0]
+                if not receiver.in_recovery:
+                    views[node] = StandbyView(node=node, error=f"{node} is not in recovery (it accepts writes)")
+                    return
+                downstream = db.fetch_all(REPLICATION_SQL, None, ReplicationRow)
+        except Exception as exc:  # noqa: BLE001 - an unreadable standby is said in its sample, not a crash
+            views[node] = StandbyView(node=node, error=f"{cause_of(exc)}: {node} {describe_error(exc)}")
+            return
+        views[node], rows[node] = StandbyView(node=node, receiver=receiver), downstream
+
+    workers = [threading.Thread(target=read, args=(n,), name=f"standby-{n}", daemon=True) for n in nodes]
+    for worker in workers:
+        worker.start()
+    until = time.monotonic() + deadline_seconds
+    for worker in workers:
+        worker.join(max(0.0, until - time.monotonic()))
+    done_rows = dict(rows)  # rows first: a standby's view is written before its rows (a late thread may write)
+    return dict(views), done_rows
+
+
+def replica_lag_samples(matching: Matching) -> list[Sample]:
+    """One lag sample per standby of the block (no data, with why, when none of its upstream's rows is it),
+    plus one per unknown standby (labelled as unknown: its lag is watched, its absence is not an alert)."""
     samples = []
-    for name in replicas + sorted(set(by_name) - set(replicas)):
-        row = by_name.get(name)
-        if row is None:
-            samples.append(Sample(metric="replication_lag_seconds", labels={"replica": name},
-                                  no_data=f"{name} is not connected to the primary (not in pg_stat_replication)"))
+    for match in matching.replicas:
+        labels = {"replica": match.node}
+        if match.row is None:
+            samples.append(Sample(metric="replication_lag_seconds", labels=labels, node=match.node,
+                                  no_data=match.problem))
             continue
-        lag = effective_replay_lag_seconds(row)
-        samples.append(Sample(metric="replication_lag_seconds", labels={"replica": name}, value=lag,
-                              no_data=None if lag is not None else
-                              f"replay_lag is unknown while {row.replay_lag_bytes} bytes are behind"))
-    return samples
+        samples.append(_lag_sample(match.row, labels, match.node))
+    worst: dict[str, Sample] = {}
+    for unknown in (u for u in matching.unknown if u.row.state != "backup"):  # a base backup is no replica
+        sample = _lag_sample(unknown.row, {"replica": unknown.label}, unknown.sender)
+        kept = worst.get(unknown.label)
+        if kept is None or (sample.value or 0) > (kept.value or 0):
+            worst[unknown.label] = sample
+    return samples + list(worst.values())
+
+
+def _lag_sample(row: ReplicationRow, labels: dict[str, str], node: str) -> Sample:
+    lag = effective_replay_lag_seconds(row)
+    hidden = row.replay_lsn is None and row.state is None
+    return Sample(metric="replication_lag_seconds", labels=labels, value=lag, node=node,
+                  no_data=None if lag is not None else
+                  "the monitor's role may not see this standby's progress (grant it pg_monitor)" if hidden else
+                  f"replay_lag is unknown while {row.replay_lag_bytes} bytes are behind")
 
 
 def host_sources(blocks: list[str], spec: str | None, overrides: dict[str, str] | None) -> dict[str, BlockChoice]:

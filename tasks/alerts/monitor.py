@@ -19,15 +19,15 @@ from blocks.slack_notifier import SlackNotifier
 from tasks.alerts.actions import start_action
 from tasks.alerts.evaluate import ClusterAlertState, Evaluation, SeriesStatus, evaluate, rule_for, series_key
 from tasks.alerts.metrics import ClusterSamples
-from tasks.alerts.notify import deliver
+from tasks.alerts.notify import action_reply, deliver, merge_outcome
 from tasks.alerts.rules import RuleFileError, RuleSet, default_rules, load_rules
+from tasks.alerts.rules_incident import in_force_sentence, rules_loaded, rules_rejected
 from tasks.alerts.sources import BlockChoice
 from tasks.alerts.state import StateStoreError, load_states, save_state
 from tasks.core.notify import NotificationOutcome
 
 log = logging.getLogger("pg_runbooks.alerts")
 LAST_VALID_RULES = "alert-rules-last-valid"
-LAST_RULES_ERROR = "alert-rules-last-error"
 _last_valid: dict[str, RuleSet] = {}
 
 
@@ -76,21 +76,36 @@ class MonitorReport(BaseModel):
         return [s for c in self.clusters for s in c.series if s.state == "firing"]
 
 
-def rules_in_force(rules_file: str | None) -> tuple[RuleSet, str | None]:
-    """The rules to evaluate and, if the file was rejected, why (the previous valid rules stay)."""
+def rules_in_force(rules_file: str | None) -> tuple[RuleSet | None, str | None]:
+    """The rules to evaluate and, if the file was rejected, why and what stays in force: the last valid rules
+    of that file, or none (then the monitor evaluates nothing: tasks.alerts.rules_incident pages)."""
     if not rules_file:
         return default_rules(), None
     try:
         rules = load_rules(rules_file)
     except RuleFileError as exc:
         previous = _last_valid.get(rules_file) or _stored_rules(rules_file)
-        if previous is None:
-            raise RuleFileError(exc.source, [*exc.problems, "and no previous valid rules are known"]) from None
         log.error("%s", exc)
-        return previous, str(exc)
+        return previous, f"{exc} {in_force_sentence(rules_file, previous)}"
     _last_valid[rules_file] = rules
     _store_rules(rules_file, rules)
     return rules, None
+
+
+def answer_rules(slack_block: str | None, rules_file: str | None, rules: RuleSet | None, error: str | None,
+                 now: datetime, link: str | None) -> RuleSet:
+    """Page a rejected rule file once per episode and resolve it when fixed (tasks.alerts.rules_incident);
+    the rules to evaluate, or RuleFileError when none is in force (after the page)."""
+    if not rules_file:
+        return rules or default_rules()
+    if error is None and rules is not None:
+        rules_loaded(slack_block, rules_file, rules, now)
+        return rules
+    rules_rejected(slack_block, rules_file, error or "rejected", rules, now, link)
+    if rules is None:
+        raise RuleFileError(rules_file, [f"{error}", "and no previous valid rules are known: NO alert rules are in "
+                                                    "force, this monitor evaluates nothing (paged)"])
+    return rules
 
 
 def _stored_rules(rules_file: str) -> RuleSet | None:
@@ -117,19 +132,6 @@ def _store_rules(rules_file: str, rules: RuleSet) -> None:
             Variable.set(LAST_VALID_RULES, value, overwrite=True)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not store the last valid rules: %s", exc)
-
-
-def rules_error_is_new(error: str) -> bool:
-    """True the first time a given rule-file error is seen (so Slack hears it once, not every minute)."""
-    from prefect.variables import Variable
-
-    try:
-        if Variable.get(LAST_RULES_ERROR, default=None) == error[:4000]:
-            return False
-        Variable.set(LAST_RULES_ERROR, error[:4000], overwrite=True)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not record the rule-file error: %s", exc)
-    return True
 
 
 def resolve_clusters(cluster_blocks: list[str], cluster_group: str | None) -> list[str]:
@@ -175,6 +177,7 @@ def cluster_turn(block: str, sampled: ClusterSamples, evaluation: Evaluation, ru
     new = evaluation.state
     result = ClusterResult(block=block, cluster=sampled.cluster, seconds=sampled.seconds,
                            series=evaluation.series, transitions=evaluation.transitions)
+    result.notification = deliver(notifier, sampled.cluster, rules, new, now)  # the page first, then the action
     for alert in new.alerts.values():
         if not (alert.action_due and dispatch_actions):
             continue
@@ -182,11 +185,12 @@ def cluster_turn(block: str, sampled: ClusterSamples, evaluation: Evaluation, ru
         if rule is None:
             continue
         started = start_action(rule, block, sampled.cluster, alert, slack_block, monitor_run, scaler)
-        alert.action_note = started.note[:300]
+        said, alert.action_note = alert.action_note, started.note[:300]
         if started.started:
             alert.action_due, alert.action_run, alert.action_url = False, started.run_id, started.url
         result.actions.append(f"{series_key(alert.rule, alert.labels)}: {rule.action}: {started.note}")
-    result.notification = deliver(notifier, sampled.cluster, rules, new, now)
+        if started.started or alert.action_note != said:  # its outcome in the thread, once per change
+            merge_outcome(result.notification, action_reply(notifier, sampled.cluster, rule, alert))
     return result, new
 
 
@@ -254,7 +258,7 @@ def finish(report: MonitorReport) -> MonitorReport:
     parts = [f"{len(report.clusters)} cluster(s) evaluated", f"{len(firing)} alert(s) firing",
              f"{len(pending)} pending", f"{len(nodata)} series without data"]
     first = f"; {firing[0].summary}" if firing else ""
-    bad_rules = "; the rule file was rejected, previous rules in force" if report.rules_error else ""
+    bad_rules = "; the rule file was rejected, its last valid rules in force" if report.rules_error else ""
     not_set = f"; {', '.join(unconfigured)}: no source configured" if unconfigured else ""
     report.summary = ", ".join(parts) + first + bad_rules + not_set
     return report
@@ -285,5 +289,5 @@ def render_markdown(report: MonitorReport) -> str:
 __all__ = ["Phases", "StateStoreError", "MonitorParams", "MonitorReport", "cluster_turn", "changed", "finish",
            "needs_turn",
            "evaluate_fleet", "quiet_result",
-           "load_alert_state", "render_markdown", "resolve_clusters", "rules_error_is_new", "rules_in_force",
+           "load_alert_state", "render_markdown", "resolve_clusters", "rules_in_force", "answer_rules",
            "save_alert_states"]

@@ -32,20 +32,31 @@ def _labels(labels: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
 
 
+def title_of(state: str, cluster: str, rule_name: str, labels: dict[str, str], node: str | None) -> str:
+    """A title that tells two alerts apart: the rule, the metric of a no-data alert, the cluster, the node or
+    replica."""
+    rest = {k: v for k, v in labels.items() if k != "metric"}
+    what = f"no_data {labels['metric']}" if rule_name == "no_data" and "metric" in labels else rule_name
+    where = _labels(rest) if rest else (f"node {node}" if node else "")
+    return f"{state}: {what} on {cluster}{f' ({where})' if where else ''}"
+
+
 def fire_message(cluster: str, rule: AlertRule, alert: AlertInstance, now: datetime,
                  mention: str | None, renotify: bool = False) -> tuple[str, list[str], str]:
-    """(title, lines, fallback text) of a firing alert."""
+    """(title, lines, fallback text) of a firing alert: the cause, the cluster, the node and the metric."""
     held = human_seconds((now - alert.active_since).total_seconds())
     state = "STILL FIRING" if renotify else "FIRING"
-    title = f"{state}: {rule.name} on {cluster}"
+    title = title_of(state, cluster, rule.name, alert.labels, alert.node)
+    on = f" on {alert.node}" if alert.node else ""
     if rule.name == "no_data":
-        head = (f"*No data* for {rule.metric} ({_labels(alert.labels)}) for {held} "
-                f"(for: {format_duration(rule.for_seconds)}).")
+        head = (f"*No data* for {rule.metric}{on} for {held} (no_data_for: {format_duration(rule.for_seconds)}): "
+                f"{alert.cause or 'no data'}.")
     else:
-        head = (f"*{_value(rule, alert.value)}* above the threshold {_value(rule, rule.threshold)} at every "
+        head = (f"*{_value(rule, alert.value)}* above the threshold {_value(rule, rule.threshold)}{on} at every "
                 f"evaluation for {held} (for: {format_duration(rule.for_seconds)}).")
     lines = [f"{EMOJI.get(rule.severity, '')} {head}",
-             f"Severity: {rule.severity}; labels: {_labels(alert.labels)}."]
+             f"Cluster: {cluster}; node: {alert.node or 'n/a'}; metric: {rule.metric}; severity: {rule.severity}; "
+             f"labels: {_labels(alert.labels)}."]
     if mention:
         lines.insert(0, mention)
     lines.append(action_line(rule, alert))
@@ -59,20 +70,42 @@ def action_line(rule: AlertRule, alert: AlertInstance) -> str:
     if rule.action in ("notify_team", "notify_dba"):
         return f"Action: {rule.action} (notification only)."
     if alert.action_url or alert.action_run:
-        link = f"flow run {alert.action_run}"
-        if alert.action_url:
-            link = f"<{alert.action_url}|{link}>"
-        return f"Action: {rule.action} → {link}{f' ({alert.action_note})' if alert.action_note else ''}."
+        return f"Action: {rule.action} → {_run_link(alert)}{f' ({alert.action_note})' if alert.action_note else ''}."
+    if alert.action_due and not alert.action_note:
+        return f"Action: {rule.action}: starts right after this message; its outcome follows in this thread."
     return f"Action: {rule.action}: {alert.action_note or 'not started yet (retried at the next evaluation)'}."
+
+
+def _run_link(alert: AlertInstance) -> str:
+    link = f"flow run {alert.action_run}"
+    return f"<{alert.action_url}|{link}>" if alert.action_url else link
+
+
+def action_reply(notifier: SlackNotifier | None, cluster: str, rule: AlertRule, alert: AlertInstance
+                 ) -> NotificationOutcome:
+    """The action's outcome, in the alert's thread (its page went out first). Never raises."""
+    outcome = NotificationOutcome()
+    if notifier is None or not alert.thread_ts:
+        return outcome  # no page yet: the page, when it goes out, carries the action line
+    thread = SlackThread(notifier, outcome)
+    thread.outcome.parent_ts = alert.thread_ts
+    title = title_of("ACTION", cluster, rule.name, alert.labels, alert.node)
+    line = action_line(rule, alert)
+    thread.reply(f"{title}: {line}", section_blocks(title, [line]))
+    return outcome
 
 
 def resolved_message(cluster: str, rule: AlertRule | None, notice: ResolvedNotice) -> tuple[str, list[str], str]:
     name = notice.rule
     lasted = human_seconds((notice.resolved_at - notice.fired_at).total_seconds()) if notice.fired_at else "?"
-    value = _value(rule, notice.value) if rule else str(notice.value)
-    title = f"RESOLVED: {name} on {cluster}"
-    lines = [f":white_check_mark: {notice.reason} ({'now ' + value if notice.value is not None else 'no value'}); "
-             f"fired for {lasted}.", f"Labels: {_labels(notice.labels)}."]
+    title = title_of("RESOLVED", cluster, name, notice.labels, notice.node)
+    if name == "no_data":
+        first = f":white_check_mark: {notice.reason} ({notice.labels.get('metric', 'its metric')}); fired for {lasted}."
+    else:
+        value = _value(rule, notice.value) if rule else str(notice.value)
+        now = f" (now {value})" if notice.value is not None else ""
+        first = f":white_check_mark: {notice.reason}{now}; fired for {lasted}."
+    lines = [first, f"Cluster: {cluster}; node: {notice.node or 'n/a'}; labels: {_labels(notice.labels)}."]
     return title, lines, f"{title}: {lines[0]}"
 
 
@@ -110,7 +143,7 @@ def deliver(notifier: SlackNotifier | None, cluster: str, rules: RuleSet, state:
             alert.notify_due, alert.notified_at, state.outbox_dropped = None, now, 0
             if not renotify:
                 alert.thread_ts, alert.channel = thread.outcome.parent_ts, thread.outcome.channel
-        _merge(outcome, thread.outcome)
+        merge_outcome(outcome, thread.outcome)
     kept = []
     for notice in state.outbox:
         rule = rule_for(notice.rule, notice.labels, rules)
@@ -130,7 +163,7 @@ def deliver(notifier: SlackNotifier | None, cluster: str, rules: RuleSet, state:
             kept.append(notice)
         else:
             state.outbox_dropped = 0
-        _merge(outcome, thread.outcome)
+        merge_outcome(outcome, thread.outcome)
     state.outbox = kept
     return outcome
 
@@ -168,7 +201,7 @@ def dropped_lines(state: ClusterAlertState) -> list[str]:
             f"Slack could not be reached (the monitor keeps the newest {MAX_OUTBOX}); see the monitor's flow runs."]
 
 
-def _merge(total: NotificationOutcome, one: NotificationOutcome) -> None:
+def merge_outcome(total: NotificationOutcome, one: NotificationOutcome) -> None:
     total.attempted = total.attempted or one.attempted
     total.delivered += one.delivered
     total.failed += one.failed

@@ -234,7 +234,7 @@ class RuleFileError(ValueError):
         self.problems = problems
         super().__init__(
             f"invalid alert rules in {source}: " + "; ".join(problems)
-            + " — fix the file; the previous valid rules stay in force")
+            + " — fix the file")
 
 
 def default_rules() -> RuleSet:

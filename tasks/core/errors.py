@@ -228,6 +228,20 @@ def describe_error(exc: BaseException | None) -> str:
     return f"failed: {type(exc).__name__}: {exc}"
 
 
+def cause_of(exc: BaseException | None) -> str:
+    """Why a node gave no data, in the words of a page: connection refused, authentication failed, timed out."""
+    text = str(exc).lower()
+    if isinstance(exc, AuthenticationFailed):
+        return "authentication failed"
+    if isinstance(exc, QueryTimeout) or "timeout" in text or "timed out" in text:
+        return "timed out"
+    if "refused" in text:
+        return "connection refused"
+    if isinstance(exc, NodeUnreachable):
+        return "unreachable"
+    return f"failed ({type(exc).__name__})"
+
+
 def _first_line(exc: BaseException) -> str:
     text = _LIBPQ_PREFIX.sub("", str(exc).strip()) or type(exc).__name__
     text = text.replace("FATAL:  ", "")

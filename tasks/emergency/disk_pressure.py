@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, connect
 from tasks.core.findings import human_bytes
-from tasks.health.checks import SLOTS_SQL, SlotRow
+from tasks.core.replication import SLOTS_SQL, SlotRow
 
 
 class RetentionPolicy(BaseModel):

@@ -33,47 +33,6 @@ class NodeProbe(BaseModel):
     started_at: datetime
 
 
-class ReplicationRow(BaseModel):
-    """One standby as its primary sees it in pg_stat_replication."""
-
-    application_name: str
-    client_addr: str | None
-    state: str | None
-    sync_state: str | None
-    sent_lsn: str | None
-    write_lsn: str | None
-    flush_lsn: str | None
-    replay_lsn: str | None
-    sent_lag_bytes: int | None
-    flush_lag_bytes: int | None
-    replay_lag_bytes: int | None
-    write_lag_seconds: float | None
-    flush_lag_seconds: float | None
-    replay_lag_seconds: float | None
-
-
-class SlotRow(BaseModel):
-    slot_name: str
-    slot_type: str
-    active: bool
-    wal_status: str | None
-    retained_bytes: int | None
-
-
-class ReceiverRow(BaseModel):
-    """A standby's own view of its replication."""
-
-    receiver_status: str | None
-    sender_host: str | None
-    sender_port: int | None
-    slot_name: str | None
-    receive_lsn: str | None
-    replay_lsn: str | None
-    replay_backlog_bytes: int | None
-    replay_paused: bool
-    seconds_since_last_replay: float | None
-
-
 class LongQuery(BaseModel):
     pid: int
     usename: str | None
@@ -105,75 +64,6 @@ def probe_node(target: ConnectionTarget) -> NodeProbe:
     return NodeProbe(
         node=target.node, host=target.host, port=target.port, latency_ms=latency_ms, **info.model_dump()
     )
-
-
-# Where each standby of this primary stands, in bytes and seconds behind.
-REPLICATION_SQL = """
-SELECT application_name,
-       client_addr::text                                             AS client_addr,
-       state,
-       sync_state,
-       sent_lsn::text                                                AS sent_lsn,
-       write_lsn::text                                               AS write_lsn,
-       flush_lsn::text                                               AS flush_lsn,
-       replay_lsn::text                                              AS replay_lsn,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), sent_lsn)::bigint   AS sent_lag_bytes,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), flush_lsn)::bigint  AS flush_lag_bytes,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)::bigint AS replay_lag_bytes,
-       extract(epoch FROM write_lag)::float8                         AS write_lag_seconds,
-       extract(epoch FROM flush_lag)::float8                         AS flush_lag_seconds,
-       extract(epoch FROM replay_lag)::float8                        AS replay_lag_seconds
-  FROM pg_catalog.pg_stat_replication
- ORDER BY application_name
-"""
-
-
-@task(name="read-replication", **DB_TASK)
-def read_replication(target: ConnectionTarget) -> list[ReplicationRow]:
-    with connect(target, purpose="health-check") as db:
-        return db.fetch_all(REPLICATION_SQL, None, ReplicationRow)
-
-
-# Which replication slots exist, are they used, and how much WAL do they hold back?
-SLOTS_SQL = """
-SELECT slot_name,
-       slot_type,
-       active,
-       wal_status,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
-  FROM pg_catalog.pg_replication_slots
- ORDER BY slot_name
-"""
-
-
-@task(name="read-replication-slots", **DB_TASK)
-def read_slots(target: ConnectionTarget) -> list[SlotRow]:
-    with connect(target, purpose="health-check") as db:
-        return db.fetch_all(SLOTS_SQL, None, SlotRow)
-
-
-# Is this standby receiving, replaying, and how long since it last replayed a commit?
-RECEIVER_SQL = """
-SELECT r.status                                                       AS receiver_status,
-       r.sender_host,
-       r.sender_port,
-       r.slot_name,
-       pg_catalog.pg_last_wal_receive_lsn()::text                     AS receive_lsn,
-       pg_catalog.pg_last_wal_replay_lsn()::text                      AS replay_lsn,
-       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(),
-                                  pg_catalog.pg_last_wal_replay_lsn())::bigint AS replay_backlog_bytes,
-       pg_catalog.pg_is_wal_replay_paused()                           AS replay_paused,
-       extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp())::float8
-                                                                      AS seconds_since_last_replay
-  FROM (SELECT 1) AS one
-  LEFT JOIN pg_catalog.pg_stat_wal_receiver AS r ON true
-"""
-
-
-@task(name="read-wal-receiver", **DB_TASK)
-def read_receiver(target: ConnectionTarget) -> ReceiverRow:
-    with connect(target, purpose="health-check") as db:
-        return db.fetch_all(RECEIVER_SQL, None, ReceiverRow)[0]
 
 
 # Which client sessions (not idle, not this one) have been running longer than the threshold?

@@ -6,6 +6,7 @@ Pure functions over what the reads returned: no connection, no cursor.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -13,7 +14,11 @@ from tasks.core.errors import describe_error
 from tasks.core.findings import Check, Status, human_bytes, human_seconds, md_cell, worst
 from tasks.core.notify import STATUS_EMOJI, NotificationOutcome
 from tasks.core.redact import redact_sql
-from tasks.health.checks import LongQuery, NodeProbe, ReceiverRow, ReplicationRow, SlotRow
+from tasks.core.replication import ReceiverRow, ReplicationRow, SlotRow, effective_replay_lag_seconds
+from tasks.health.checks import LongQuery, NodeProbe
+
+if TYPE_CHECKING:
+    from tasks.core.replica_match import Matching
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -91,37 +96,45 @@ def connectivity_check(node: str, believed_primary: bool, probe: NodeProbe | Non
                          f"answered in {probe.latency_ms:.0f} ms.")
 
 
-def effective_replay_lag_seconds(row: ReplicationRow) -> float | None:
-    """The primary's replay_lag is NULL when idle: count it as 0 only when no bytes are behind."""
-    if row.replay_lag_seconds is not None:
-        return row.replay_lag_seconds
-    return 0.0 if (row.replay_lag_bytes or 0) == 0 else None
 
-
-def replication_checks(primary: str, rows: list[ReplicationRow], expected_replicas: int,
-                       t: HealthThresholds) -> list[Check]:
-    """One check per standby connected to the primary, plus one if standbys are missing."""
+def replication_checks(matching: Matching, t: HealthThresholds) -> list[Check]:
+    """One check per standby of the block, matched by identity (tasks.core.replica_match, as the alert monitor
+    does): its lag, or why its upstream lists no standby that is it; and one per unknown standby."""
     checks: list[Check] = []
-    for row in rows:
-        name = row.application_name or row.client_addr or "unknown standby"
-        lag_s = effective_replay_lag_seconds(row)
-        status = worst([
-            _grade(row.replay_lag_bytes, t.lag_warning_bytes, t.lag_critical_bytes),
-            _grade(lag_s, t.lag_warning_seconds, t.lag_critical_seconds),
-            "ok" if row.state == "streaming" else "warning",
-        ])
-        lag_text = human_seconds(lag_s) if lag_s is not None else "unknown time"
-        checks.append(Check(
-            name="replication", node=name, status=status, details=row.model_dump(mode="json"),
-            summary=f"standby {name} is {row.state}, {human_bytes(row.replay_lag_bytes)} "
-                    f"({lag_text}) behind {primary} in replay."))
-    if len(rows) < expected_replicas:
-        checks.append(Check(
-            name="replication", node=primary, status="critical",
-            details={"connected": len(rows), "expected": expected_replicas},
-            summary=f"{primary} has {len(rows)} standby(s) connected; the cluster block lists "
-                    f"{expected_replicas}."))
+    for match in matching.replicas:
+        if match.row is None:
+            checks.append(Check(name="replication", node=match.node, status="critical",
+                                details={"upstream": match.upstream, "problem": match.problem},
+                                summary=f"standby {match.node} is missing from {match.upstream}'s "
+                                        f"pg_stat_replication: {match.problem}."))
+            continue
+        checks.append(_lag_check(match.node, match.upstream, match.row, t, match.how))
+    for unknown in matching.unknown:
+        if unknown.row.state == "backup":
+            checks.append(Check(name="replication", node=unknown.sender, status="ok",
+                                details=unknown.row.model_dump(mode="json"),
+                                summary=f"a base backup ({unknown.row.application_name}) streams from "
+                                        f"{unknown.sender}."))
+            continue
+        check = _lag_check(unknown.label, unknown.sender, unknown.row, t, None)
+        check.status = worst([check.status, "warning"])
+        check.summary += " Add it to the cluster block (or remove it) so it is watched by name."
+        checks.append(check)
     return checks
+
+
+def _lag_check(name: str, upstream: str, row: ReplicationRow, t: HealthThresholds, how: str | None) -> Check:
+    lag_s = effective_replay_lag_seconds(row)
+    status = worst([
+        _grade(row.replay_lag_bytes, t.lag_warning_bytes, t.lag_critical_bytes),
+        _grade(lag_s, t.lag_warning_seconds, t.lag_critical_seconds),
+        "ok" if row.state == "streaming" else "warning",
+    ])
+    lag_text = human_seconds(lag_s) if lag_s is not None else "unknown time"
+    known = f" (recognised by {how})" if how else ""
+    return Check(name="replication", node=name, status=status, details={**row.model_dump(mode="json"), "how": how},
+                 summary=f"standby {name} is {row.state}, {human_bytes(row.replay_lag_bytes)} "
+                         f"({lag_text}) behind {upstream} in replay{known}.")
 
 
 def slot_checks(primary: str, slots: list[SlotRow], t: HealthThresholds) -> list[Check]:
@@ -160,16 +173,6 @@ def receiver_check(node: str, row: ReceiverRow, t: HealthThresholds) -> Check:
     return Check(name="wal-receiver", node=node, status=status, details=details,
                  summary=f"{node} is streaming from {row.sender_host}:{row.sender_port}, "
                          f"{human_bytes(row.replay_backlog_bytes)} received but not replayed; {last}.")
-
-
-def upstream_of(row: ReceiverRow, nodes: dict[str, tuple[str, int]]) -> str | None:
-    """Which node of the cluster this standby streams from: (host, port) as the block has it, else the only
-    node on that port (a name given as an address); None when it is not streaming or from elsewhere."""
-    if row.receiver_status != "streaming" or row.sender_port is None:
-        return None
-    exact = [n for n, (host, port) in nodes.items() if (host, port) == (row.sender_host, row.sender_port)]
-    same_port = [n for n, (_, port) in nodes.items() if port == row.sender_port]
-    return next(iter(exact), None) or (same_port[0] if len(same_port) == 1 else None)
 
 
 def upstream_check(node: str, row: ReceiverRow, primary: str | None, upstream: str | None,

@@ -20,7 +20,7 @@ from tasks.core.limits import action_lock_name, exclusive
 from tasks.emergency.disk_pressure import DiskPressureParams, RetentionPolicy
 from tasks.emergency.remediation import RemediationParams, StaleSession, plan_terminations
 from tasks.emergency.signal import signal_sessions
-from tests.helpers import psql
+from tests.helpers import psql, wait_for
 
 APP_ROLE, APP_PASSWORD = "alert_app", "alert-app-pw"
 
@@ -87,9 +87,13 @@ def test_remediation_terminates_only_stale_sessions(sandbox, cluster_block, app_
         assert alive(sandbox, pids.values()) == {pids["other_idle"], pids["superuser_iit"], pids["protected_iit"]}
     assert report.status == "acted" and "terminated 2 of 2" in report.summary
     assert "scaler: none configured" in report.summary
-    logged = run_log_messages()
-    for pid in report.terminated:  # each termination is in the run's log as it happens, not only in the artifact
-        assert any(f"stale-connections: terminated pid {pid} " in m for m in logged)
+    # each termination is in the run's log as it happens, not only in the artifact (logs reach the API
+    # asynchronously, through Prefect's log worker: wait for them rather than read once)
+    def every_termination_logged():
+        logged = run_log_messages()
+        return all(any(f"stale-connections: terminated pid {pid} " in m for m in logged) for pid in report.terminated)
+
+    wait_for(every_termination_logged, timeout=60, interval=0.5, what="the terminations in the run's log")
 
 
 def run_log_messages() -> list[str]:

@@ -245,16 +245,51 @@ def test_an_unreachable_cluster_sends_one_message_that_names_the_alerts_it_inhib
     assert sum("was inhibited by" in t for t in result.transitions) == 3
 
 
-def test_an_inhibited_alert_still_firing_after_its_inhibitor_resolves_gets_its_own_message(slack):
+def _back(r2_value=None):
+    """The cluster answers again; r2 is streaming (a value) or still not (no data)."""
+    r2 = (Sample(metric="replication_lag_seconds", labels={"replica": "r2"}, value=r2_value) if r2_value is not None
+          else Sample(metric="replication_lag_seconds", labels={"replica": "r2"}, node="r2",
+                      no_data="r2 is not streaming from pg-1: its WAL receiver is stopped"))
+    return [Sample(metric="connection_usage_percent", value=10), Sample(metric="cpu_usage_percent", value=10),
+            Sample(metric="replication_lag_seconds", labels={"replica": "r1"}, value=0), r2]
+
+
+def test_an_inhibited_alert_starts_a_fresh_pending_period_when_its_inhibitor_resolves(slack):
     state = _down_for(3)
     state.alerts['no_data{metric="connection_usage_percent"}'].notify_due = None  # its message went out
-    r2_gone = [Sample(metric="connection_usage_percent", value=10), Sample(metric="cpu_usage_percent", value=10),
-               Sample(metric="replication_lag_seconds", labels={"replica": "r1"}, value=0),
-               Sample(metric="replication_lag_seconds", labels={"replica": "r2"}, no_data="not in pg_stat_replication")]
-    state = evaluate(RULES, r2_gone, state, T0 + timedelta(minutes=3)).state
-    r2 = state.alerts['no_data{metric="replication_lag_seconds",replica="r2"}']
-    assert r2.status == "firing" and r2.inhibited_by is None and r2.notify_due == "fire"
-    deliver(_notifier(slack, "xoxb-ok-uninhibit"), "c1", RULES, state, T0 + timedelta(minutes=3))
+    back = evaluate(RULES, _back(), state, T0 + timedelta(minutes=3))
+    r2 = back.state.alerts['no_data{metric="replication_lag_seconds",replica="r2"}']
+    assert r2.status == "pending" and r2.inhibited_by is None and r2.notify_due is None
+    assert r2.active_since == T0 + timedelta(minutes=3)
+    assert any("pending again from now" in t for t in back.transitions)
+    # still not streaming for the whole no_data_for (2m): now it pages on its own, with its cause
+    state = evaluate(RULES, _back(), back.state, T0 + timedelta(minutes=4)).state
+    assert state.alerts['no_data{metric="replication_lag_seconds",replica="r2"}'].status == "pending"
+    state = evaluate(RULES, _back(), state, T0 + timedelta(minutes=5)).state
+    assert state.alerts['no_data{metric="replication_lag_seconds",replica="r2"}'].notify_due == "fire"
+    state.outbox = []
+    deliver(_notifier(slack, "xoxb-ok-uninhibit"), "c1", RULES, state, T0 + timedelta(minutes=5))
     posts = [str(c.body) for c in slack.calls("chat.postMessage", token="xoxb-ok-uninhibit")]
-    assert any("FIRING: no_data on c1" in p and "replica=r2" in p for p in posts), posts
-    assert not any("replica=r1" in p for p in posts)  # r1 recovered while inhibited: nothing to say
+    assert len(posts) == 1 and "FIRING: no_data replication_lag_seconds on c1 (replica=r2)" in posts[0], posts
+    assert "its WAL receiver is stopped" in posts[0]
+
+
+def test_a_replica_reconnecting_after_its_primary_returns_is_not_paged():
+    state = _down_for(3)
+    state.alerts['no_data{metric="connection_usage_percent"}'].notify_due = None
+    state = evaluate(RULES, _back(), state, T0 + timedelta(minutes=3)).state  # r2 not yet reconnected
+    result = evaluate(RULES, _back(r2_value=0.0), state, T0 + timedelta(minutes=4))  # reconnected
+    assert result.state.alerts == {} and not any(a.notify_due for a in result.state.alerts.values())
+    assert [n.labels for n in result.state.outbox] == [{"metric": "connection_usage_percent"}]
+
+
+def test_a_no_data_alert_resolves_with_data_is_back_not_a_threshold():
+    from tasks.alerts.evaluate import ResolvedNotice
+    from tasks.alerts.notify import resolved_message
+
+    notice = ResolvedNotice(rule="no_data", labels={"metric": "connection_usage_percent"}, node="pg-1",
+                            fired_at=T0, resolved_at=T0 + timedelta(minutes=3), reason="data is back")
+    title, lines, text = resolved_message("c1", None, notice)
+    assert title == "RESOLVED: no_data connection_usage_percent on c1 (node pg-1)"
+    assert "data is back (connection_usage_percent); fired for 3" in text
+    assert "threshold" not in text and "no value" not in text

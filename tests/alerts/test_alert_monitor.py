@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -157,7 +158,10 @@ def test_connection_surge_fires_connection_limit_and_runs_its_action(sandbox, pr
     assert len(firing) == 1, [str(p.body)[:200] for p in posts]
     state = load_states([block])[block]
     alert = state.alerts['connection_limit{}']
-    assert alert.action_run and alert.thread_ts and f"flow run {alert.action_run}" in str(firing[0].body)
+    assert alert.action_run and alert.thread_ts and "starts right after this message" in str(firing[0].body)
+    replies = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-alerts") if
+               c.body.get("thread_ts") == alert.thread_ts]  # the page went out first; the action's outcome follows
+    assert len(replies) == 1 and f"flow run {alert.action_run}" in str(replies[0].body)
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(alert.action_run)
     assert run.state.is_completed() and run.parameters["alert"]["rule"] == "connection_limit"
@@ -168,7 +172,8 @@ def test_connection_surge_fires_connection_limit_and_runs_its_action(sandbox, pr
     after = alert_monitor(cluster_blocks=[block], slack_block="slack-alerts", params=params,
                           evaluated_at=t0 + timedelta(seconds=181))
     assert not after.firing()
-    resolved = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-alerts") if "RESOLVED" in str(c.body)]
+    resolved = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-alerts") if "RESOLVED" in str(c.body)
+                and "ACTION" not in c.body.get("text", "")]
     assert len(resolved) == 1 and resolved[0].body.get("thread_ts") == alert.thread_ts
     assert variable_name(block) == "alert-state-alert-surge"
     for secret in (sandbox.config.password, "xoxb-ok-alerts"):
@@ -305,6 +310,8 @@ def test_the_fleet_budget_ends_sampling_and_the_run_saves_its_state(sandbox, pre
 def test_invalid_rule_file_keeps_the_previous_rules(sandbox, prefect_api, slack, tmp_path):
     block = fresh_block(sandbox, "alert-rules")
     path = rules_file(tmp_path, threshold=99, name="live.yaml")
+    good = path.replace("live.yaml", "good.yaml")
+    Path(good).write_text(Path(path).read_text())
     ok = alert_monitor(cluster_blocks=[block], params=MonitorParams(rules_file=path))
     assert ok.rules_error is None
     with open(path, "a") as f:
@@ -313,16 +320,38 @@ def test_invalid_rule_file_keeps_the_previous_rules(sandbox, prefect_api, slack,
     save_slack_block(slack, "slack-rules", "xoxb-ok-rules")
     kept = alert_monitor(cluster_blocks=[block], slack_block="slack-rules", params=MonitorParams(rules_file=path))
     alert_monitor(cluster_blocks=[block], slack_block="slack-rules", params=MonitorParams(rules_file=path))
-    rejected = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-rules")
-                if "rejected" in str(c.body) and not c.body.get("thread_ts")]
-    assert len(rejected) == 1  # said once, not every minute
+    posts = slack.calls("chat.postMessage", token="xoxb-ok-rules")
+    assert len(posts) == 1 and "ALERT RULES REJECTED" in str(posts[0].body)  # paged once, not every minute
     assert "line 15, rules.2.threshold (rule broken)" in kept.rules_error
+    assert f"In force: the last valid rules of {path} (2: connection_limit, replication_lag)" in kept.rules_error
+    assert "In force: the last valid rules" in str(posts[0].body)
     assert {s.rule for s in kept.clusters[0].series} >= {"connection_limit", "replication_lag"}
-    assert kept.status == "warning" and "previous rules in force" in kept.summary
+    assert kept.status == "warning" and "its last valid rules in force" in kept.summary
+    Path(path).write_text(Path(good).read_text())  # fixed: the episode resolves in the page's thread
+    alert_monitor(cluster_blocks=[block], slack_block="slack-rules", params=MonitorParams(rules_file=path))
+    replies = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-rules") if c.body.get("thread_ts")]
+    assert len(replies) == 1 and "valid again" in str(replies[0].body)
+
+
+def test_a_rule_file_never_valid_pages_once_and_resolves_when_fixed(sandbox, prefect_api, slack, tmp_path):
+    block = fresh_block(sandbox, "alert-never")
+    save_slack_block(slack, "slack-never", "xoxb-ok-never")
     other = tmp_path / "never-valid.yaml"
     other.write_text("rules: []\n")
-    with pytest.raises(RuleFileError, match="no previous valid rules"):
-        alert_monitor(cluster_blocks=[block], params=MonitorParams(rules_file=str(other)))
+    for _ in range(2):
+        with pytest.raises(RuleFileError, match="NO alert rules are in force"):
+            alert_monitor(cluster_blocks=[block], slack_block="slack-never",
+                          params=MonitorParams(rules_file=str(other)))
+    posts = slack.calls("chat.postMessage", token="xoxb-ok-never")
+    assert len(posts) == 1, [str(p.body)[:200] for p in posts]
+    text = str(posts[0].body)
+    assert "ALERTING DISABLED" in text and "evaluates nothing" in text and "stay in force" not in text
+    other.write_text(SURGE_RULES.format(threshold=99))
+    fixed = alert_monitor(cluster_blocks=[block], slack_block="slack-never",
+                          params=MonitorParams(rules_file=str(other)))
+    assert fixed.rules_error is None
+    replies = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-never") if c.body.get("thread_ts")]
+    assert len(replies) == 1 and "2 rule(s) in force: connection_limit, replication_lag" in str(replies[0].body)
 
 
 def test_two_concurrent_runs_send_one_message(sandbox, prefect_api, slack, tmp_path):
@@ -478,7 +507,9 @@ def test_high_cpu_and_disk_usage_fire_and_resolve_on_real_host_metrics(sandbox, 
     cpu_post = [p for p in posts if f"FIRING: high_cpu on {block}" in str(p.body)]
     disk_post = [p for p in posts if f"FIRING: disk_usage on {block}" in str(p.body)]
     assert len(cpu_post) == 1 and len(disk_post) == 1 and "<!here>" in str(cpu_post[0].body)
-    assert f"flow run {disk.action_run}" in str(disk_post[0].body)
+    in_thread = [c for c in slack.calls("chat.postMessage", token="xoxb-ok-host")
+                 if c.body.get("thread_ts") == disk.thread_ts]
+    assert any(f"flow run {disk.action_run}" in str(c.body) for c in in_thread)  # after the page, in its thread
 
     path.write_text(HOST_RULES.format(cpu=100, disk=99.99))  # out of reach of the real figures
     assert disk_used_percent(sandbox.primary_dir) < 99.99
@@ -513,4 +544,5 @@ def test_a_cluster_that_is_down_sends_one_no_data_message_naming_its_replicas(pr
     posts = slack.calls("chat.postMessage", token="xoxb-ok-down")
     assert len(posts) == 1, [str(p.body)[:200] for p in posts]
     text = str(posts[0].body)
-    assert "FIRING: no_data on alert-down" in text and "replica=pg-2" in text and "replica=pg-3" in text
+    assert "FIRING: no_data connection_usage_percent on alert-down (node pg-1)" in text
+    assert "connection refused" in text and "replica=pg-2" in text and "replica=pg-3" in text

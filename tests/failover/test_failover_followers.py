@@ -180,8 +180,8 @@ def test_the_health_check_knows_a_cascading_standby(three):
     """The third node streams from the other standby (cascading): the health check says so, and does not count
     it as missing from the primary's pg_stat_replication."""
     from flows.health_check import health_check
-    from tasks.health.checks import ReceiverRow
-    from tasks.health.report import upstream_check, upstream_of
+    from tasks.core.replication import ReceiverRow, upstream_of
+    from tasks.health.report import upstream_check
 
     box, port, _ = three
     assert rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK, node="primary")).status == "completed"
@@ -202,15 +202,16 @@ def test_the_health_check_knows_a_cascading_standby(three):
     assert [(c.node, c.status) for c in upstream] == [(THIRD, "ok")] and "cascading" in upstream[0].summary
     assert not [c for c in report.checks if "standby(s) connected" in c.summary], report.summary
 
-    # the monitor (one connection, to the primary) expects a declared cascading standby elsewhere: no false no-data
+    # the monitor reads every standby too: a cascading standby is found from its own receiver (declared or not)
+    # and measured on its upstream standby, never a false no-data
     from tasks.alerts.metrics import database_samples
 
     cluster = PostgresCluster.load(BLOCK)
-    lag = {s.labels["replica"]: s for s in database_samples(cluster, 5) if s.metric == "replication_lag_seconds"}
-    assert lag[THIRD].value is None and "not connected to the primary" in lag[THIRD].no_data
-    cluster.nodes = [n.model_copy(update={"upstream": "primary"}) if n.name == THIRD else n for n in cluster.nodes]
-    lag = {s.labels["replica"]: s for s in database_samples(cluster, 5) if s.metric == "replication_lag_seconds"}
-    assert THIRD not in lag and lag["primary"].value is not None
+    for upstream in (None, "primary"):
+        cluster.nodes = [n.model_copy(update={"upstream": upstream}) if n.name == THIRD else n for n in cluster.nodes]
+        lag = {s.labels["replica"]: s for s in database_samples(cluster, 5) if s.metric == "replication_lag_seconds"}
+        assert lag[THIRD].value is not None and lag["primary"].value is not None, lag
+    assert [c.node for c in report.checks if c.name == "replication"] == ["primary", THIRD]  # by identity
 
     row = ReceiverRow(receiver_status="streaming", sender_host="10.9.9.9", sender_port=5999, slot_name=None,
                       receive_lsn=None, replay_lsn=None, replay_backlog_bytes=0, replay_paused=False,

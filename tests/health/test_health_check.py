@@ -121,7 +121,9 @@ def test_replica_down_is_a_finding_not_a_crash(sandbox, cluster_block):
         ensure_healthy(sandbox)
     assert report.status == "critical"
     assert "unreachable" in by(report, "connectivity", "replica")[0].summary
-    assert any("0 standby(s) connected" in c.summary for c in by(report, "replication"))
+    (missing,) = by(report, "replication", "replica")  # named by the block's node, with why
+    assert missing.status == "critical" and "missing from primary's pg_stat_replication" in missing.summary
+    assert "replica could not be read" in missing.summary and "unreachable" in missing.summary
 
 
 def test_primary_down_is_a_finding_not_a_crash(sandbox, cluster_block):
