@@ -77,6 +77,7 @@ class SandboxConfig:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     monitor_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     os_user: str = "postgres"
+    pgbouncer_tuned: bool = True  # False: pgbouncer's own defaults (see docs/sandbox.md)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -128,11 +129,14 @@ class Sandbox:
         return cls(SandboxConfig(base_dir=base, **{k: v for k, v in ports.items() if v}))
 
     @classmethod
-    def ephemeral(cls, prefix: str = "pgrb-") -> Sandbox:
-        """A new configuration in a fresh temporary directory on free ports (tests, benchmarks)."""
+    def ephemeral(cls, prefix: str = "pgrb-", pgbouncer_tuned: bool = True) -> Sandbox:
+        """A new configuration in a fresh temporary directory on free ports (tests, benchmarks).
+
+        pgbouncer_tuned=False starts pgbouncer with its own defaults (no server_login_retry = 1 etc.).
+        """
         base = Path(tempfile.mkdtemp(prefix=prefix))
         return cls(SandboxConfig(base_dir=base, primary_port=free_port(), replica_port=free_port(),
-                                 pgbouncer_port=free_port()))
+                                 pgbouncer_port=free_port(), pgbouncer_tuned=pgbouncer_tuned))
 
     @property
     def primary_dir(self) -> Path:
@@ -398,7 +402,17 @@ class Sandbox:
         return self.pgbouncer_dir / "pgbouncer.ini"
 
     def write_pgbouncer_ini(self, backend_port: int) -> None:
-        """pgbouncer in transaction mode in front of the server on backend_port."""
+        """pgbouncer in transaction mode in front of the server on backend_port.
+
+        Tuned (the default): the settings docs/sandbox.md recommends to operators. Untuned: only what the
+        sandbox needs to run (addresses, files, auth, admin users, transaction pooling); every other
+        setting is pgbouncer's default (server_login_retry 15 s, max_client_conn 100, ...).
+        """
+        tuned = (
+            "max_client_conn = 500\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+            "server_login_retry = 1\n"
+        ) if self.config.pgbouncer_tuned else ""
         self._write(
             self.pgbouncer_ini,
             "[databases]\n"
@@ -412,10 +426,7 @@ class Sandbox:
             f"admin_users = {SUPERUSER}\n"
             f"stats_users = {MONITOR_ROLE}\n"
             "pool_mode = transaction\n"
-            "default_pool_size = 20\n"
-            "max_client_conn = 500\n"
-            "ignore_startup_parameters = extra_float_digits\n"
-            "server_login_retry = 1\n"
+            f"{tuned}"
             f"pidfile = {self.pgbouncer_dir / 'pgbouncer.pid'}\n"
             f"logfile = {self.pgbouncer_dir / 'pgbouncer.log'}\n",
         )

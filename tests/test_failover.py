@@ -93,22 +93,27 @@ class Writer(threading.Thread):
         self.box, self.stop_event = box, threading.Event()
         self.insert = psycopg.sql.SQL("INSERT INTO {} (n) VALUES (%s)").format(psycopg.sql.Identifier("public", table))
         self.acked: list[int] = []
+        self.acked_at: list[float] = []  # perf_counter of each acknowledged commit
         self.errors: list[str] = []
 
     def run(self):
-        conn = self.box.connect("pgbouncer")
+        conn = None
         n = 0
         while not self.stop_event.is_set():
             n += 1
             try:
+                conn = conn or self.box.connect("pgbouncer")
                 conn.execute(self.insert, (n,))
                 self.acked.append(n)
+                self.acked_at.append(time.perf_counter())
             except psycopg.Error as exc:
                 self.errors.append(f"{n}: {type(exc).__name__}: {exc}")
-                conn.close()
-                conn = self.box.connect("pgbouncer")
+                if conn is not None:
+                    conn.close()
+                conn = None
             time.sleep(0.002)
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 def test_refusals_change_nothing(box, blocks, journal_dir, slack):
