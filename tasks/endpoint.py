@@ -84,8 +84,8 @@ def pause(control: EndpointControl, timeout_s: float) -> str:
         resume(control)  # the waiting PAUSE is abandoned; its connection is left to the daemon thread
         raise EndpointError(
             f"pgbouncer PAUSE did not complete in {timeout_s:.0f} s: a long transaction holds a server "
-            "connection; clients were resumed, nothing else changed. End that transaction or raise "
-            "pause_timeout_seconds"
+            "connection (with pool_mode = session: any connected client does); clients were resumed, nothing "
+            "else changed. End that transaction or raise pause_timeout_seconds"
         )
     conn.close()
     error = outcome.get("error")

@@ -1,6 +1,7 @@
 """Switchover and crash failover through a pgbouncer with its DEFAULT settings (server_login_retry 15 s,
-max_client_conn 100, ...), not the sandbox's tuned ones: a module of its own (one more sandbox), tests in file
-order handing the topology on like tests/test_failover.py. docs/sandbox.md lists what differs from the defaults."""
+max_client_conn 100, ...), not the sandbox's tuned ones, in front of a replica made the ordinary way
+(`pg_basebackup -R`: application_name 'walreceiver'): a module of its own (one more sandbox), tests in file order
+handing the topology on like tests/test_failover.py. docs/sandbox.md lists what differs from the defaults."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ BLOCK = "fo-default"
 
 @pytest.fixture(scope="module")
 def box():
-    sb = Sandbox.ephemeral("pgrb-fo-default-", pgbouncer_tuned=False)
+    sb = Sandbox.ephemeral("pgrb-fo-default-", defaults=True)
     sb.start()
     yield sb
     sb.destroy()
@@ -72,10 +73,12 @@ def rows(box, node: str, name: str) -> set[int]:
         return {r[0] for r in conn.execute(psycopg.sql.SQL("SELECT n FROM {}").format(psycopg.sql.Identifier(name)))}
 
 
-def test_the_sandbox_runs_pgbouncer_with_its_defaults(box):
+def test_the_sandbox_runs_with_the_defaults(box):
     config = pgbouncer_config(box)
     assert config["server_login_retry"] == "15" and config["max_client_conn"] == "100"
     assert "server_login_retry" not in box.pgbouncer_ini.read_text()
+    with box.connect("primary") as conn:  # the replica as pg_basebackup -R made it
+        assert conn.execute("SELECT application_name FROM pg_stat_replication").fetchall() == [("walreceiver",)]
 
 
 def test_switchover_through_a_default_pgbouncer(box, blocks, journal_dir):
