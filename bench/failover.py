@@ -110,8 +110,9 @@ def bare_switchover(box: Sandbox, old: str, new: str) -> None:
     cluster.save(BLOCK, overwrite=True)
 
 
-def bare_crash_failover(box: Sandbox, old: str, new: str) -> None:
-    """The crash reference: PAUSE, promote, repoint, RELOAD, RESUME (no server_login_retry lift)."""
+def bare_crash_failover(box: Sandbox, old: str, new: str, block: str) -> float:
+    """The crash reference: PAUSE, promote, repoint, RELOAD, RESUME (no server_login_retry lift); when RESUME
+    returned (epoch seconds)."""
     admin = psycopg.connect(host="127.0.0.1", port=box.config.pgbouncer_port, user="postgres", dbname="pgbouncer",
                             password=box.config.password, autocommit=True, prepare_threshold=None)
     admin.execute("PAUSE")
@@ -121,21 +122,25 @@ def bare_crash_failover(box: Sandbox, old: str, new: str) -> None:
     ini.write_text(rewrite_ini(ini.read_text(), "127.0.0.1", box.node_port(new)))
     admin.execute("RELOAD")
     admin.execute("RESUME")
+    resumed = time.time()
     admin.close()
-    cluster = PostgresCluster.load(BLOCK)
+    cluster = PostgresCluster.load(block)
     cluster.primary_node, cluster.fenced_nodes = new, [old]
-    cluster.save(BLOCK, overwrite=True)
+    cluster.save(block, overwrite=True)
+    return resumed
 
 
 def measure_crash(box: Sandbox, fail_over) -> dict:
-    """Kill the primary under writers, fail over at once; kill -> first acknowledged write, rows lost, gap."""
+    """Kill the primary under writers, fail over at once (fail_over returns the reported gap and when RESUME
+    returned, epoch seconds): kill -> first acknowledged write, RESUME -> first write, rows lost, gap."""
     old, new = roles(box)
     writer = Writer(box)
     writer.start()
     time.sleep(1.0)
     box.stop_node(old, "immediate")
     killed = time.perf_counter()  # pg_ctl stop -m immediate returned: any later acknowledgement is the new primary's
-    gap = fail_over(old, new)
+    killed_wall = time.time()
+    gap, resumed_wall = fail_over(old, new)
     deadline = time.perf_counter() + 60
     while not [t for _, t in writer.acked if t > killed] and time.perf_counter() < deadline:
         time.sleep(0.01)
@@ -145,8 +150,8 @@ def measure_crash(box: Sandbox, fail_over) -> dict:
     first = min((t for _, t in writer.acked if t > killed), default=float("nan"))
     with box.connect(new) as conn:
         have = {r[0] for r in conn.execute("SELECT n FROM public.bench_writes WHERE n > %s", (writer.base,))}
-    return {"write_back_s": first - killed, "lost": len({n for n, _ in writer.acked} - have), "gap": gap,
-            "errors": writer.errors}
+    return {"write_back_s": first - killed, "after_resume_s": first - killed - (resumed_wall - killed_wall),
+            "lost": len({n for n, _ in writer.acked} - have), "gap": gap, "errors": writer.errors}
 
 
 def crash_main(runs: int) -> None:
@@ -165,46 +170,50 @@ def crash_main(runs: int) -> None:
     results: dict[str, list[dict]] = {k: [] for k, _, _ in kinds}
     try:
         with prefect_test_harness(server_startup_timeout=120):
-            for box in boxes.values():
+            for which, box in boxes.items():
                 box.start()
                 with box.connect("primary") as conn:
                     conn.execute("CREATE TABLE public.bench_writes (n bigint PRIMARY KEY)")
+                save_failover_blocks(box, f"{BLOCK}-{which}")  # once: the runs keep it on the current primary
             for i in range(runs):
                 for kind, which, how in kinds:
-                    box = boxes[which]
-                    save_failover_blocks(box, BLOCK)
+                    box, block = boxes[which], f"{BLOCK}-{which}"
                     box.wait_streaming(roles(box)[0])
 
-                    def via_flow(old, new):
-                        report = failover(FailoverRequest(cluster_block=BLOCK, node_control_block=BLOCK,
-                                                          endpoint_block=BLOCK, journal_dir=journal, mode="failover"))
+                    def via_flow(old, new, block=block):
+                        report = failover(FailoverRequest(cluster_block=block, node_control_block=block,
+                                                          endpoint_block=block, journal_dir=journal, mode="failover"))
                         assert report.status == "completed", report.summary
-                        return report.data_loss.gap_bytes
+                        resumed = next(s.at for s in report.steps if s.step == "resume-endpoint" and s.status == "done")
+                        return report.data_loss.gap_bytes, resumed.timestamp()
 
-                    def bare(old, new, box=box):
-                        bare_crash_failover(box, old, new)
-                        return None
+                    def bare(old, new, box=box, block=block):
+                        return None, bare_crash_failover(box, old, new, block)
 
                     result = measure_crash(box, via_flow if how == "flow" else bare)
                     results[kind].append(result)
                     print(f"run {i + 1} {kind}: first write {result['write_back_s']:.2f} s after the kill, "
+                          f"{result['after_resume_s']:.2f} s after RESUME, "
                           f"lost {result['lost']}, reported gap {result['gap']} bytes, client errors "
                           f"{result['errors']}", flush=True)
-                    rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
+                    back = rejoin(RejoinRequest(cluster_block=block, node_control_block=block))
+                    assert back.status == "completed", back.summary
     finally:
         for box in boxes.values():
             box.destroy()
     ref = statistics.median(r["write_back_s"] for r in results["flow, tuned (retry=1)"])
     print(f"\ncrash failover under writes through pgbouncer, {runs} runs each, medians (max)")
-    print(f"{'':26}{'kill->write (s)':>17}{'ratio vs tuned':>16}{'rows lost':>11}{'gap (bytes)':>13}")
+    print(f"{'':26}{'kill->write (s)':>17}{'ratio vs tuned':>16}{'RESUME->write (s)':>19}{'rows lost':>11}"
+          f"{'gap (bytes)':>14}")
     for kind, _, _ in kinds:
         rs = results[kind]
         back = statistics.median(r["write_back_s"] for r in rs)
+        after = statistics.median(r["after_resume_s"] for r in rs)
         gaps = [r["gap"] for r in rs if r["gap"] is not None]
         gap = f"{statistics.median(gaps):.0f} ({max(gaps)})" if gaps else "not measured"
-        print(f"{kind:26}{back:>17.2f}{back / ref if ref else float('nan'):>16.2f}"
-              f"{statistics.median(r['lost'] for r in rs):>7.0f} ({max(r['lost'] for r in rs)})"
-              f"{gap:>13}")
+        lost = f"{statistics.median(r['lost'] for r in rs):.0f} ({max(r['lost'] for r in rs)})"
+        print(f"{kind:26}{back:>17.2f}{back / ref if ref else float('nan'):>16.2f}{after:>19.2f}{lost:>11}"
+              f"{gap:>14}")
 
 
 def measure(box: Sandbox, switch) -> dict:
