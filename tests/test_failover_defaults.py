@@ -5,50 +5,28 @@ handing the topology on like tests/test_failover.py. docs/sandbox.md lists what 
 
 from __future__ import annotations
 
-import tempfile
-
 import psycopg
 import psycopg.sql
-import pytest
 
 from blocks.failover_adapters import EndpointControl
 from blocks.postgres_cluster import PostgresCluster
 from flows.failover import failover
 from flows.rejoin import rejoin
-from sandbox.blocks import save_failover_blocks
-from sandbox.cluster import HOST, Sandbox, free_port
+from sandbox.cluster import HOST, free_port
 from tasks.failover_model import FailoverRequest, RejoinRequest
 from tasks.failover_report import endpoint_sentence
 from tasks.failover_steps import probe_application
-from tests.helpers import wait_for
+from tests.helpers import failover_fixtures, failover_request, wait_for
 from tests.test_failover import Writer, current
 
 BLOCK = "fo-default"
 
 
-@pytest.fixture(scope="module")
-def box():
-    sb = Sandbox.ephemeral("pgrb-fo-default-", defaults=True)
-    sb.start()
-    yield sb
-    sb.destroy()
-
-
-@pytest.fixture(scope="module")
-def blocks(box, prefect_api):
-    save_failover_blocks(box, BLOCK)
-    return BLOCK
-
-
-@pytest.fixture(scope="module")
-def journal_dir():
-    return tempfile.mkdtemp(prefix="pgrb-journal-default-")
+box, blocks, journal_dir = failover_fixtures("pgrb-fo-default-", BLOCK, defaults=True)
 
 
 def request(journal_dir, **kw) -> FailoverRequest:
-    return FailoverRequest(**{**dict(cluster_block=BLOCK, node_control_block=BLOCK, endpoint_block=BLOCK,
-                                     journal_dir=journal_dir, lsn_gate_timeout_seconds=15,
-                                     promote_timeout_seconds=15), **kw})
+    return failover_request(BLOCK, journal_dir, **kw)
 
 
 def pgbouncer_config(box) -> dict[str, str]:
