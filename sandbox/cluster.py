@@ -114,7 +114,8 @@ class Sandbox:
     # ---------------------------------------------------------------- layout
     @classmethod
     def open(cls, base_dir: Path | None = None, **ports: int) -> Sandbox:
-        """The sandbox recorded in base_dir, or a new configuration for it."""
+        """The sandbox recorded in base_dir, or a new configuration for it (ports, and defaults=True for
+        pgbouncer's defaults: see ephemeral)."""
         base = Path(base_dir or default_base_dir())
         state = base / "sandbox.json"
         if state.exists():
@@ -123,7 +124,7 @@ class Sandbox:
                 if value and getattr(config, key) != value:
                     raise SandboxError(
                         f"the sandbox in {base} already uses {key}={getattr(config, key)}; "
-                        "destroy it first to change ports"
+                        "destroy it first to change that"
                     )
             return cls(config)
         return cls(SandboxConfig(base_dir=base, **{k: v for k, v in ports.items() if v}))
