@@ -1,11 +1,19 @@
-"""Benchmark: switchover under steady write load through pgbouncer, the flow vs the bare sequence.
+"""Benchmark: switchover, or crash failover, under steady write load through pgbouncer.
 
-Reference: the bare scripted sequence (CHECKPOINT, PAUSE, fast stop, LSN gate, pg_promote,
-repoint, RESUME) run directly with psycopg and pg_ctl, no Prefect. For each, five runs on a fresh
-sandbox of its own; medians of the write-pause window (longest gap between acknowledged commits),
-client errors, acknowledged rows lost and total time; then the ratio flow/bare.
+switchover (default): the flow vs the bare sequence. Reference: the bare scripted sequence
+(CHECKPOINT, PAUSE, fast stop, LSN gate, pg_promote, repoint, RESUME) run directly with psycopg and
+pg_ctl, no Prefect. For each, five runs on a fresh sandbox of its own; medians of the write-pause
+window (longest gap between acknowledged commits), client errors, acknowledged rows lost and total
+time; then the ratio flow/bare.
 
-    ./run bench failover [--runs 5]
+crash: the primary's postmaster is killed (immediate stop) under writers, then the failover flow
+runs at once, through a pgbouncer with its DEFAULT settings (server_login_retry 15 s). Per run: time
+from the kill to the first acknowledged write on the new primary, acknowledged rows lost, and the
+LSN gap the report states, side by side with two references: the flow through the sandbox's tuned
+pgbouncer (server_login_retry = 1), and the bare crash sequence (PAUSE, pg_promote, repoint, RELOAD,
+RESUME: what the runbook did before it lifted server_login_retry) on the default pgbouncer.
+
+    ./run bench failover [--runs 5] [--scenario crash]
 """
 
 from __future__ import annotations
@@ -47,19 +55,22 @@ class Writer(threading.Thread):
         self.base = int(time.time() * 1000) % 1_000_000 * 1000
 
     def run(self) -> None:
-        conn = self.box.connect("pgbouncer")
+        conn = None
         n = self.base
         while not self.stop_event.is_set():
             n += 1
             try:
+                conn = conn or self.box.connect("pgbouncer")
                 conn.execute("INSERT INTO public.bench_writes (n) VALUES (%s)", (n,))
                 self.acked.append((n, time.perf_counter()))
             except psycopg.Error:
                 self.errors += 1
-                conn.close()
+                if conn is not None:
+                    conn.close()
+                conn = None
                 time.sleep(0.01)
-                conn = self.box.connect("pgbouncer")
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 def roles(box: Sandbox) -> tuple[str, str]:
@@ -99,6 +110,112 @@ def bare_switchover(box: Sandbox, old: str, new: str) -> None:
     cluster.save(BLOCK, overwrite=True)
 
 
+def bare_crash_failover(box: Sandbox, old: str, new: str, block: str) -> float:
+    """The crash reference: PAUSE, promote, repoint, RELOAD, RESUME (no server_login_retry lift); when RESUME
+    returned (epoch seconds)."""
+    admin = psycopg.connect(host="127.0.0.1", port=box.config.pgbouncer_port, user="postgres", dbname="pgbouncer",
+                            password=box.config.password, autocommit=True, prepare_threshold=None)
+    admin.execute("PAUSE")
+    with box.connect(new) as conn:
+        conn.execute("SELECT pg_promote()")
+    ini = box.pgbouncer_ini
+    ini.write_text(rewrite_ini(ini.read_text(), "127.0.0.1", box.node_port(new)))
+    admin.execute("RELOAD")
+    admin.execute("RESUME")
+    resumed = time.time()
+    admin.close()
+    cluster = PostgresCluster.load(block)
+    cluster.primary_node, cluster.fenced_nodes = new, [old]
+    cluster.save(block, overwrite=True)
+    return resumed
+
+
+def measure_crash(box: Sandbox, fail_over) -> dict:
+    """Kill the primary under writers, fail over at once (fail_over returns the reported gap and when RESUME
+    returned, epoch seconds): kill -> first acknowledged write, RESUME -> first write, rows lost, gap."""
+    old, new = roles(box)
+    writer = Writer(box)
+    writer.start()
+    time.sleep(1.0)
+    box.stop_node(old, "immediate")
+    killed = time.perf_counter()  # pg_ctl stop -m immediate returned: any later acknowledgement is the new primary's
+    killed_wall = time.time()
+    gap, resumed_wall = fail_over(old, new)
+    deadline = time.perf_counter() + 60
+    while not [t for _, t in writer.acked if t > killed] and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    writer.stop_event.set()
+    writer.join(10)
+    first = min((t for _, t in writer.acked if t > killed), default=float("nan"))
+    with box.connect(new) as conn:
+        have = {r[0] for r in conn.execute("SELECT n FROM public.bench_writes WHERE n > %s", (writer.base,))}
+    return {"write_back_s": first - killed, "after_resume_s": first - killed - (resumed_wall - killed_wall),
+            "lost": len({n for n, _ in writer.acked} - have), "gap": gap, "errors": writer.errors}
+
+
+def crash_main(runs: int) -> None:
+    """Crash failover through a default pgbouncer: the flow vs the tuned pgbouncer and the bare sequence."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.failover import failover
+    from flows.rejoin import rejoin
+    from tasks.failover.model import FailoverRequest, RejoinRequest
+
+    boxes = {"default": Sandbox.ephemeral("pgrb-bench-crash-default-", defaults=True),
+             "tuned": Sandbox.ephemeral("pgrb-bench-crash-tuned-")}
+    journal = tempfile.mkdtemp(prefix="pgrb-bench-journal-")
+    kinds = (("flow, default pgbouncer", "default", "flow"), ("flow, tuned (retry=1)", "tuned", "flow"),
+             ("bare, default pgbouncer", "default", "bare"))
+    results: dict[str, list[dict]] = {k: [] for k, _, _ in kinds}
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            for which, box in boxes.items():
+                box.start()
+                with box.connect("primary") as conn:
+                    conn.execute("CREATE TABLE public.bench_writes (n bigint PRIMARY KEY)")
+                save_failover_blocks(box, f"{BLOCK}-{which}")  # once: the runs keep it on the current primary
+            for i in range(runs):
+                for kind, which, how in kinds:
+                    box, block = boxes[which], f"{BLOCK}-{which}"
+                    box.wait_streaming(roles(box)[0])
+
+                    def via_flow(old, new, block=block):
+                        report = failover(FailoverRequest(cluster_block=block, node_control_block=block,
+                                                          endpoint_block=block, journal_dir=journal, mode="failover"))
+                        assert report.status == "completed", report.summary
+                        resumed = next(s.at for s in report.steps if s.step == "resume-endpoint" and s.status == "done")
+                        return report.data_loss.gap_bytes, resumed.timestamp()
+
+                    def bare(old, new, box=box, block=block):
+                        return None, bare_crash_failover(box, old, new, block)
+
+                    result = measure_crash(box, via_flow if how == "flow" else bare)
+                    results[kind].append(result)
+                    print(f"run {i + 1} {kind}: first write {result['write_back_s']:.2f} s after the kill, "
+                          f"{result['after_resume_s']:.2f} s after RESUME, "
+                          f"lost {result['lost']}, reported gap {result['gap']} bytes, client errors "
+                          f"{result['errors']}", flush=True)
+                    back = rejoin(RejoinRequest(cluster_block=block, node_control_block=block))
+                    assert back.status == "completed", back.summary
+    finally:
+        for box in boxes.values():
+            box.destroy()
+    ref = statistics.median(r["write_back_s"] for r in results["flow, tuned (retry=1)"])
+    print(f"\ncrash failover under writes through pgbouncer, {runs} runs each, medians (max)")
+    print(f"{'':26}{'kill->write (s)':>17}{'ratio vs tuned':>16}{'RESUME->write (s)':>19}{'rows lost':>11}"
+          f"{'gap (bytes)':>14}")
+    for kind, _, _ in kinds:
+        rs = results[kind]
+        back = statistics.median(r["write_back_s"] for r in rs)
+        after = statistics.median(r["after_resume_s"] for r in rs)
+        gaps = [r["gap"] for r in rs if r["gap"] is not None]
+        gap = f"{statistics.median(gaps):.0f} ({max(gaps)})" if gaps else "not measured"
+        lost = f"{statistics.median(r['lost'] for r in rs):.0f} ({max(r['lost'] for r in rs)})"
+        print(f"{kind:26}{back:>17.2f}{back / ref if ref else float('nan'):>16.2f}{after:>19.2f}{lost:>11}"
+              f"{gap:>14}")
+
+
 def measure(box: Sandbox, switch) -> dict:
     old, new = roles(box)
     writer = Writer(box)
@@ -122,7 +239,11 @@ def measure(box: Sandbox, switch) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--scenario", choices=["switchover", "crash"], default="switchover")
     args = parser.parse_args()
+    if args.scenario == "crash":
+        crash_main(args.runs)
+        return
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.failover import failover

@@ -19,8 +19,14 @@ from tasks.failover.approval import await_approval
 from tasks.failover.dblock import database_lock
 from tasks.failover.followers import follow_new_primary
 from tasks.failover.model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
-from tasks.failover.plan import data_loss, decide, followers
-from tasks.failover.report import render_backup, render_markdown
+from tasks.failover.plan import data_loss, decide, followers, probe_deadline
+from tasks.failover.report import (
+    endpoint_actions,
+    endpoint_sentence,
+    render_backup,
+    render_markdown,
+    write_availability,
+)
 from tasks.failover.run import RunContext, close_context, context, open_context, post_progress, reply_phase, run_step
 from tasks.failover.run import skip_step as skip
 from tasks.failover.slot import cluster_slot
@@ -28,6 +34,7 @@ from tasks.failover.steps import (
     application_target,
     checkpoint,
     fence_node,
+    lift_login_retry,
     lsn_gate,
     pause_endpoint,
     probe_application,
@@ -42,7 +49,15 @@ from tasks.failover.steps import (
     resume_endpoint,
     verify_promotion,
 )
-from tasks.failover.wiring import resume_plan, save_cluster_block, start_journal
+from tasks.failover.wiring import (
+    LOGIN_RETRY_FACT,
+    note_lifted,
+    note_probe,
+    restore_endpoint,
+    resume_plan,
+    save_cluster_block,
+    start_journal,
+)
 
 
 @flow(name="failover-pre", on_failure=[hooks.phase_failed])
@@ -117,6 +132,7 @@ def failover_phase(run_key: str) -> None:
         ctx.journal.facts["old_wal_end"] = read_wal_end(ctl, old.node, old_host, shutdown["checkpoint"],
                                                          shutdown["timeline"])
     run_step(ctx, 2, "repoint-endpoint", "endpoint", repoint_endpoint, endpoint, cand_host, cand.port)
+    note_lifted(ctx, run_step(ctx, 2, "lift-login-retry", "endpoint", lift_login_retry, endpoint))
     run_step(ctx, 2, "resume-endpoint", "endpoint", resume_endpoint, endpoint)
     ctx.write_pause_ms = round((time.perf_counter() - ctx.paused_at) * 1000, 1)
     ctx.paused_at = None
@@ -126,13 +142,18 @@ def failover_phase(run_key: str) -> None:
 
 @flow(name="failover-post", on_failure=[hooks.phase_failed])
 def post_failover(run_key: str) -> None:
-    """Phase 3: write-then-read through the endpoint; the cluster block follows the new primary."""
+    """Phase 3: write-then-read through the endpoint (retried until its deadline; not confirmed is a warning, the
+    new primary itself was verified in phase 2); pgbouncer's settings restored; the cluster block follows."""
     ctx = context(run_key)
     started = time.perf_counter()
     plan = ctx.journal.plan
-    probe = run_step(ctx, 3, "probe-application", "endpoint", probe_application,
-                     application_target(ctx.cluster.target(plan.candidate), ctx.endpoint))
-    if probe["port"] != ctx.cluster.node(plan.candidate).port:
+    target = application_target(ctx.cluster.target(plan.candidate), ctx.endpoint)
+    probe = run_step(ctx, 3, "probe-application", "endpoint", probe_application, target,
+                     probe_deadline(ctx.request.endpoint_probe_seconds, ctx.journal.facts.get(LOGIN_RETRY_FACT),
+                                    target.connect_timeout))
+    note_probe(ctx, probe)
+    restore_endpoint(ctx, 3)
+    if probe["ok"] and probe["port"] != ctx.cluster.node(plan.candidate).port:
         raise hooks.endpoint_elsewhere(probe["port"], plan.candidate)
     run_step(ctx, 3, "update-cluster-block", "cluster", save_cluster_block, ctx.request.cluster_block,
              plan.candidate, plan.old_primary)
@@ -214,6 +235,9 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
         summary = (f"{plan.cluster}: {plan.candidate} is the new primary (timeline {facts.get('new_timeline')}), "
                    f"{plan.old_primary} is fenced; {loss.sentence}")
         stuck = sorted(n for n, status in facts.get("followers", {}).items() if status == "failed")
+        if endpoint := endpoint_sentence(facts, plan.candidate, ctx.endpoint, ctx.request.incident_at,
+                                         journal.started_at):
+            summary += "; " + endpoint
         if stuck:
             summary += (f"; WARNING: standby {', '.join(stuck)} does not follow the new primary (see its "
                         "follow-new-primary step: rejoin it)")
@@ -221,6 +245,8 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
         cluster=plan.cluster, mode=plan.mode, status=status, summary=summary, old_primary=plan.old_primary,
         new_primary=plan.candidate if status == "completed" else None, resumed=plan.resumed, plan=plan,
         steps=list(journal.steps), phase_seconds=ctx.phase_seconds, write_pause_ms=ctx.write_pause_ms,
+        **write_availability(facts, ctx.request.incident_at, journal.started_at),
+        endpoint_actions=endpoint_actions(journal.steps),
         data_loss=loss if status == "completed" else data_loss(plan.mode, None, None).model_copy(
             update={"sentence": "dry run: nothing promoted"}),
         backup_path=facts.get("backup_path"), journal_path=str(ctx.store.path(plan.cluster)),

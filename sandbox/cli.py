@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replica-port", type=int)
     parser.add_argument("--pgbouncer-port", type=int)
     parser.add_argument("--block-name", default="sandbox", help="name of the blocks save-blocks writes")
+    parser.add_argument("--defaults", action="store_true",
+                        help="new sandbox only: pgbouncer with its own defaults (server_login_retry 15 s, ...) and "
+                        "the replica as pg_basebackup -R made it (docs/sandbox.md)")
     args = parser.parse_args(argv)
     try:
         box = Sandbox.open(
@@ -24,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             primary_port=args.primary_port,
             replica_port=args.replica_port,
             pgbouncer_port=args.pgbouncer_port,
+            defaults=args.defaults,
         )
         if args.command == "start":
             box.start()

@@ -77,6 +77,7 @@ class SandboxConfig:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     monitor_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     os_user: str = "postgres"
+    defaults: bool = False  # True: pgbouncer's defaults and the replica as pg_basebackup -R made it (docs/sandbox.md)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -113,7 +114,8 @@ class Sandbox:
     # ---------------------------------------------------------------- layout
     @classmethod
     def open(cls, base_dir: Path | None = None, **ports: int) -> Sandbox:
-        """The sandbox recorded in base_dir, or a new configuration for it."""
+        """The sandbox recorded in base_dir, or a new configuration for it (ports, and defaults=True for
+        pgbouncer's defaults: see ephemeral)."""
         base = Path(base_dir or default_base_dir())
         state = base / "sandbox.json"
         if state.exists():
@@ -122,17 +124,22 @@ class Sandbox:
                 if value and getattr(config, key) != value:
                     raise SandboxError(
                         f"the sandbox in {base} already uses {key}={getattr(config, key)}; "
-                        "destroy it first to change ports"
+                        "destroy it first to change that"
                     )
             return cls(config)
         return cls(SandboxConfig(base_dir=base, **{k: v for k, v in ports.items() if v}))
 
     @classmethod
-    def ephemeral(cls, prefix: str = "pgrb-") -> Sandbox:
-        """A new configuration in a fresh temporary directory on free ports (tests, benchmarks)."""
+    def ephemeral(cls, prefix: str = "pgrb-", defaults: bool = False) -> Sandbox:
+        """A new configuration in a fresh temporary directory on free ports (tests, benchmarks).
+
+        defaults=True: pgbouncer with its own defaults (server_login_retry 15 s, ...) and the replica's
+        primary_conninfo as `pg_basebackup -R` wrote it (no application_name, no cluster_name: the
+        walreceiver reports 'walreceiver'). docs/sandbox.md lists every difference.
+        """
         base = Path(tempfile.mkdtemp(prefix=prefix))
         return cls(SandboxConfig(base_dir=base, primary_port=free_port(), replica_port=free_port(),
-                                 pgbouncer_port=free_port()))
+                                 pgbouncer_port=free_port(), defaults=defaults))
 
     @property
     def primary_dir(self) -> Path:
@@ -305,11 +312,9 @@ class Sandbox:
         self._write_node_conf("primary")
 
     def _write_node_conf(self, node: str) -> None:
-        """Per-node settings kept apart from the shared postgresql.conf."""
-        self._write(
-            self.node_dir(node) / "node.conf",
-            f"port = {self.node_port(node)}\ncluster_name = 'sandbox-{node}'\n",
-        )
+        """Per-node settings kept apart from the shared postgresql.conf (no cluster_name with config.defaults)."""
+        name = "" if self.config.defaults else f"cluster_name = 'sandbox-{node}'\n"
+        self._write(self.node_dir(node) / "node.conf", f"port = {self.node_port(node)}\n{name}")
 
     def _bootstrap_primary(self) -> None:
         with self.connect("primary") as conn:
@@ -348,7 +353,8 @@ class Sandbox:
             ]
         )
         self._write_node_conf("replica")
-        self.write_standby_conninfo("replica", self.config.primary_port, REPLICA_SLOT)
+        if not self.config.defaults:  # else: the primary_conninfo pg_basebackup -R wrote, slot from -S
+            self.write_standby_conninfo("replica", self.config.primary_port, REPLICA_SLOT)
 
     def write_standby_conninfo(self, node: str, upstream_port: int, slot: str) -> None:
         """Make `node` a standby of the server on upstream_port (standby.signal + conninfo)."""
@@ -398,7 +404,17 @@ class Sandbox:
         return self.pgbouncer_dir / "pgbouncer.ini"
 
     def write_pgbouncer_ini(self, backend_port: int) -> None:
-        """pgbouncer in transaction mode in front of the server on backend_port."""
+        """pgbouncer in transaction mode in front of the server on backend_port.
+
+        Tuned (the default): a few settings beyond pgbouncer's defaults (docs/sandbox.md says which and why).
+        With config.defaults: only what the sandbox needs to run (addresses, files, auth, admin users,
+        transaction pooling); every other setting is pgbouncer's default (server_login_retry 15 s, ...).
+        """
+        tuned = (
+            "max_client_conn = 500\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+            "server_login_retry = 1\n"
+        ) if not self.config.defaults else ""
         self._write(
             self.pgbouncer_ini,
             "[databases]\n"
@@ -412,10 +428,7 @@ class Sandbox:
             f"admin_users = {SUPERUSER}\n"
             f"stats_users = {MONITOR_ROLE}\n"
             "pool_mode = transaction\n"
-            "default_pool_size = 20\n"
-            "max_client_conn = 500\n"
-            "ignore_startup_parameters = extra_float_digits\n"
-            "server_login_retry = 1\n"
+            f"{tuned}"
             f"pidfile = {self.pgbouncer_dir / 'pgbouncer.pid'}\n"
             f"logfile = {self.pgbouncer_dir / 'pgbouncer.log'}\n",
         )

@@ -51,3 +51,42 @@ def wait_horizon(box) -> None:
     wait_for(lambda: psql(box, "primary",
                           "SELECT bool_and(xmin IS NULL OR xmin::text::bigint > %s) FROM pg_replication_slots",
                           (xid % 2**32,))[0][0], timeout=15, what="the replica's xmin to advance")
+
+
+def failover_fixtures(prefix: str, block: str, defaults: bool = False):
+    """The module fixtures of a failover test module on a sandbox of its own: (box, blocks, journal_dir).
+
+    `defaults=True`: pgbouncer with its defaults and the replica as pg_basebackup -R made it (docs/sandbox.md).
+    """
+    import tempfile
+
+    import pytest
+
+    from sandbox.blocks import save_failover_blocks
+
+    @pytest.fixture(scope="module")
+    def box():
+        sb = Sandbox.ephemeral(prefix, defaults=defaults)
+        sb.start()
+        yield sb
+        sb.destroy()
+
+    @pytest.fixture(scope="module")
+    def blocks(box, prefect_api):
+        save_failover_blocks(box, block)
+        return block
+
+    @pytest.fixture(scope="module")
+    def journal_dir():
+        return tempfile.mkdtemp(prefix="pgrb-journal-")
+
+    return box, blocks, journal_dir
+
+
+def failover_request(block: str, journal_dir: str, **kw):
+    """A FailoverRequest on `block` (cluster, node control and endpoint blocks alike) with short waits."""
+    from tasks.failover.model import FailoverRequest
+
+    base = dict(cluster_block=block, node_control_block=block, endpoint_block=block, journal_dir=journal_dir,
+                lsn_gate_timeout_seconds=15, promote_timeout_seconds=15)
+    return FailoverRequest(**{**base, **kw})

@@ -15,7 +15,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from tasks.alerts.rules import RuleSet
-from tasks.alerts.state import slug
+from tasks.core.limits import slug
 from tasks.core.notify import NotificationOutcome, SlackThread, load_notifier, section_blocks
 
 log = logging.getLogger("pg_runbooks.alerts")

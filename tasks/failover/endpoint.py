@@ -3,6 +3,13 @@
 pgbouncer: PAUSE waits until every server connection is released (transactions finish) and holds
 new queries; the [databases] host/port in the ini are rewritten atomically, RELOAD reads them,
 RESUME releases the clients. 'none': nothing to do (libpq multi-host, read-write sessions).
+
+server_login_retry (15 s by default): after one failed login to the dead or stopping primary,
+pgbouncer opens no new server connection for that long, and neither RELOAD, RESUME, RECONNECT nor
+DISABLE/ENABLE resets that wait (measured on pgbouncer 1.18: writes came back 14 s after RESUME).
+Only a successful login clears it. So after the RELOAD the runbook SETs server_login_retry = 0 (the
+pool logs in to the new primary at once), and once a write went through it SETs the value back.
+A RELOAD also puts back the ini's value, so a run that dies in between is undone by the rerun.
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ import os
 import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from blocks.failover_adapters import EndpointControl
 
@@ -21,6 +30,12 @@ from blocks.failover_adapters import EndpointControl
 class EndpointError(RuntimeError):
     """The endpoint (pgbouncer) did not do what was asked; the message says what to do."""
 
+
+LOGIN_RETRY = "server_login_retry"
+# pgbouncer admin console (simple query protocol only): every setting and its current value.
+SHOW_CONFIG = "SHOW CONFIG"
+# pgbouncer admin console: clients and server connections of every pool.
+SHOW_POOLS = "SHOW POOLS"
 
 HOST_RE = re.compile(r"\bhost=\S+")
 PORT_RE = re.compile(r"\bport=\d+")
@@ -41,9 +56,7 @@ def show_databases(control: EndpointControl) -> list[dict]:
     if control.kind == "none":
         return []
     with _admin(control) as conn:
-        cur = conn.execute("SHOW DATABASES")
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return _rows(conn, "SHOW DATABASES")
 
 
 def pause(control: EndpointControl, timeout_s: float) -> str:
@@ -71,8 +84,8 @@ def pause(control: EndpointControl, timeout_s: float) -> str:
         resume(control)  # the waiting PAUSE is abandoned; its connection is left to the daemon thread
         raise EndpointError(
             f"pgbouncer PAUSE did not complete in {timeout_s:.0f} s: a long transaction holds a server "
-            "connection; clients were resumed, nothing else changed. End that transaction or raise "
-            "pause_timeout_seconds"
+            "connection (with pool_mode = session: any connected client does); clients were resumed, nothing "
+            "else changed. End that transaction or raise pause_timeout_seconds"
         )
     conn.close()
     error = outcome.get("error")
@@ -169,3 +182,61 @@ def repoint(control: EndpointControl, host: str, port: int) -> str:
         except psycopg.Error as exc:
             raise EndpointError(f"pgbouncer RELOAD failed: {str(exc).strip()[:200]}") from None
     return f"{action}; RELOAD done"
+
+
+def _rows(conn: psycopg.Connection, command: str) -> list[dict]:
+    cur = conn.execute(command)
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _setting(conn: psycopg.Connection, key: str) -> str | None:
+    return next((str(r["value"]) for r in _rows(conn, SHOW_CONFIG) if r["key"] == key), None)
+
+
+def _set(conn: psycopg.Connection, key: str, value: str) -> None:
+    try:
+        conn.execute(sql.SQL("SET {} = {}").format(sql.SQL(key), sql.Literal(value)))
+    except psycopg.Error as exc:
+        raise EndpointError(f"pgbouncer SET {key} failed: {str(exc).strip()[:200]}") from None
+    now = _setting(conn, key)
+    if now != value:
+        raise EndpointError(f"pgbouncer {key} is {now} after SET {key} = {value}: set it by hand")
+
+
+def lift_login_retry(control: EndpointControl) -> tuple[str | None, str]:
+    """After the RELOAD: SET server_login_retry = 0, so pools whose logins to the dead primary failed log in to the
+    new primary at once. Returns (the value to restore, i.e. the ini's / default value; what was done)."""
+    if control.kind == "none":
+        return None, "no endpoint (libpq multi-host): nothing to lift"
+    with _admin(control) as conn:
+        original = _setting(conn, LOGIN_RETRY)
+        if original is None:
+            return None, f"pgbouncer has no {LOGIN_RETRY} setting: nothing lifted"
+        if float(original) == 0:
+            return None, f"{LOGIN_RETRY} is already 0: nothing lifted"
+        _set(conn, LOGIN_RETRY, "0")
+    return original, f"{LOGIN_RETRY} {original} -> 0 until a write goes through (then restored)"
+
+
+def pools_waiting_without_server(control: EndpointControl) -> list[str]:
+    """Pools that hold waiting clients but have no server connection yet ('db/user')."""
+    with _admin(control) as conn:
+        rows = _rows(conn, SHOW_POOLS)
+    servers = ("sv_active", "sv_idle", "sv_used", "sv_tested")
+    return [f"{r['database']}/{r['user']}" for r in rows
+            if r["database"] != "pgbouncer" and int(r.get("cl_waiting") or 0) > 0
+            and not any(int(r.get(k) or 0) for k in servers)]
+
+
+def restore_login_retry(control: EndpointControl, original: str, settle_s: float = 5.0) -> str:
+    """SET server_login_retry back to `original` once no pool waits without a server (at most settle_s)."""
+    deadline = time.monotonic() + settle_s
+    waiting = pools_waiting_without_server(control)
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+        waiting = pools_waiting_without_server(control)
+    with _admin(control) as conn:
+        _set(conn, LOGIN_RETRY, original)
+    still = f"; pools still without a server: {', '.join(waiting)}" if waiting else ""
+    return f"{LOGIN_RETRY} restored to {original} (SHOW CONFIG confirms){still}"

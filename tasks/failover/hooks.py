@@ -19,6 +19,7 @@ from tasks.failover.plan import next_action
 from tasks.failover.report import cluster_state_sentence
 from tasks.failover.run import PHASES, RunContext, context, post_progress
 from tasks.failover.steps import read_node_state
+from tasks.failover.wiring import LOGIN_RETRY_FACT, LOGIN_RETRY_RESTORED
 
 log = logging.getLogger("pg_runbooks.failover")
 PHASE_OF_FLOW = {"failover-pre": 1, "failover-switch": 2, "failover-post": 3}
@@ -55,7 +56,7 @@ def phase_failed(flow, flow_run, state) -> None:
             return
         failed = next((s for s in reversed(ctx.journal.steps) if s.status == "failed"), None)
         states = node_states(ctx)
-        undo = undo_phase2(ctx, states) if phase == 2 else []
+        undo = (undo_phase2(ctx, states) if phase == 2 else []) + restore_lifted(ctx)
         states = node_states(ctx) if undo else states
         plan = ctx.journal.plan
         cand = states.get(plan.candidate)
@@ -115,6 +116,21 @@ def undo_phase2(ctx: RunContext, states: dict[str, NodeState]) -> list[str]:
     if old.reachable and old.in_recovery is False and not ctx.clients_paused:
         journal.status = "rolled_back"  # back where it started: the next run decides afresh
     return undo or ["nothing to undo"]
+
+
+def restore_lifted(ctx: RunContext) -> list[str]:
+    """Put back pgbouncer's server_login_retry if the run lowered it and has not restored it yet."""
+    facts = ctx.journal.facts
+    original = facts.get(LOGIN_RETRY_FACT)
+    if original is None or facts.get(LOGIN_RETRY_RESTORED):
+        return []
+    try:
+        detail = ep.restore_login_retry(ctx.endpoint, original, settle_s=0)
+    except Exception as exc:  # noqa: BLE001 - the hook reports it, the rerun's RELOAD restores it
+        return [f"could not restore pgbouncer server_login_retry to {original} ({exc}): RELOAD pgbouncer (it reads "
+                "the ini's value) or rerun the failover"]
+    facts[LOGIN_RETRY_RESTORED] = True
+    return [f"pgbouncer {detail}"]
 
 
 def post_refusal(ctx: RunContext, exc: FailoverRefused) -> None:

@@ -80,6 +80,16 @@ class FailoverRequest(BaseModel):
     follow_timeout_seconds: float = Field(
         default=30, ge=1, le=600, description="Wait this long for each other standby to stream from the new primary."
     )
+    endpoint_probe_seconds: float = Field(
+        default=30, ge=1, le=600,
+        description="Keep retrying the write probe through the endpoint this long (at least pgbouncer's "
+        "server_login_retry plus two connect timeouts) before reporting the endpoint path as not yet confirmed.",
+    )
+    incident_at: datetime | None = Field(
+        default=None,
+        description="When the primary failed (e.g. the alert's firing time). The report measures write "
+        "availability from it; empty: from the run's start.",
+    )
 
 
 class NodeState(BaseModel):
@@ -152,6 +162,14 @@ class FailoverReport(BaseModel):
     steps: list[StepRecord] = Field(default_factory=list)
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     write_pause_ms: float | None = Field(default=None, description="From pgbouncer PAUSE to RESUME.")
+    writes_back_at: datetime | None = Field(default=None, description="When a write through the endpoint committed.")
+    write_availability_s: float | None = Field(
+        default=None, description="From the incident (request.incident_at) or the run's start to writes_back_at.")
+    write_availability_from: str | None = Field(default=None, description="'incident' or 'run start'.")
+    endpoint_verified: bool | None = Field(
+        default=None, description="A write through the endpoint committed on the new primary (None: not probed).")
+    endpoint_actions: list[str] = Field(
+        default_factory=list, description="What the run did to pgbouncer (PAUSE, ini, RELOAD, settings, RESUME).")
     data_loss: DataLoss = Field(default_factory=DataLoss)
     backup_path: str | None = None
     journal_path: str | None = None

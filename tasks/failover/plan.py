@@ -194,14 +194,24 @@ def plan_steps(mode: str, old: str, cand: str, followers: list[str] | tuple[str,
         s(phase=2, step="promote", node=cand, why="pg_promote, only if still in recovery (never twice)"),
         s(phase=2, step="verify-promotion", node=cand, why="not in recovery, timeline went up, a write commits"),
         s(phase=2, step="repoint-endpoint", node="endpoint", why=f"rewrite the pgbouncer ini to {cand}, RELOAD"),
+        s(phase=2, step="lift-login-retry", node="endpoint", why="SET server_login_retry = 0: logins that failed on "
+          f"the dead primary would otherwise keep pgbouncer away from {cand} for up to 15 s"),
         s(phase=2, step="resume-endpoint", node="endpoint", why="release the held clients onto the new primary"),
-        s(phase=3, step="probe-application", node="endpoint", why="a write then a read through the endpoint"),
+        s(phase=3, step="probe-application", node="endpoint", why="a write then a read through the endpoint, retried "
+          "until endpoint_probe_seconds"),
+        s(phase=3, step="restore-login-retry", node="endpoint", why="SET server_login_retry back to its value"),
         s(phase=3, step="update-cluster-block", node="cluster", why=f"primary_node={cand}, {old} recorded as fenced"),
         *[s(phase=3, step="follow-new-primary", node=n, why=f"its slot on {cand}, primary_conninfo aimed at {cand}, "
             "reload; wait until it streams on the new timeline (else: rejoin it)") for n in followers],
         s(phase=3, step="notify", node="slack", why="final verdict with the data-loss evidence"),
     ]
     return steps
+
+
+def probe_deadline(requested_s: float, login_retry: str | None, connect_timeout_s: float) -> float:
+    """How long phase 3 retries the write probe through the endpoint: the request's value, or longer when
+    pgbouncer's own login wait (server_login_retry) plus two connect timeouts needs more."""
+    return max(requested_s, float(login_retry or 0) + 2 * connect_timeout_s)
 
 
 def data_loss(mode: str, old_wal_end: str | None, promoted_at: str | None) -> DataLoss:

@@ -92,7 +92,7 @@ def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *a
     except BaseException as exc:
         _record(ctx, phase, step, node, "failed", _sentence(exc), started)
         raise
-    detail = result if isinstance(result, str) else ""
+    detail = result if isinstance(result, str) else str(result.get("detail", "")) if isinstance(result, dict) else ""
     _record(ctx, phase, step, node, "done", detail, started)
     if os.environ.get(FAULT_ENV) == step:
         raise InjectedFault(f"injected fault after step {step} ({FAULT_ENV})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from datetime import UTC, datetime
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -411,7 +412,39 @@ def application_target(candidate: ConnectionTarget, endpoint: EndpointControl) -
                                         "port": endpoint.admin_port, "via_pooler": True})
 
 
+@task(name="lift-login-retry", **STEP)
+def lift_login_retry(control: EndpointControl) -> dict:
+    """SET server_login_retry = 0 after the RELOAD (tasks/failover/endpoint.py says why); the value to restore."""
+    original, detail = ep.lift_login_retry(control)
+    return {"original": original, "detail": detail}
+
+
+@task(name="restore-login-retry", **STEP)
+def restore_login_retry(control: EndpointControl, original: str) -> str:
+    return ep.restore_login_retry(control, original)
+
+
 @task(name="probe-application", **STEP)
-def probe_application(target: ConnectionTarget) -> dict:
-    """Write then read through the application endpoint: it must reach a writable server."""
-    return write_then_read(target, "failover-probe")
+def probe_application(target: ConnectionTarget, deadline_s: float) -> dict:
+    """Write then read through the application endpoint, retrying until deadline_s: it must reach a writable server.
+
+    Never raises for an endpoint that is slow to come back: returns ok False with the last error (the new primary
+    itself was verified in phase 2; the report says so and what to check).
+    """
+    started = time.monotonic()
+    attempts, last = 0, ""
+    while True:
+        attempts += 1
+        try:
+            probe = write_then_read(target, "failover-probe")
+        except RunbookDBError as exc:
+            last = exc.sentence
+        else:
+            waited = time.monotonic() - started
+            return {**probe, "ok": True, "at": datetime.now(UTC).isoformat(), "attempts": attempts,
+                    "detail": f"a write committed and read back through the endpoint on port {probe['port']} "
+                              f"(attempt {attempts}, {waited:.1f} s)"}
+        if time.monotonic() - started >= deadline_s:
+            return {"ok": False, "attempts": attempts, "error": last,
+                    "detail": f"NOT confirmed after {attempts} attempts in {deadline_s:.0f} s: {last}"}
+        time.sleep(0.2)

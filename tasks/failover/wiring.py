@@ -11,7 +11,11 @@ from blocks.postgres_cluster import PostgresCluster
 from tasks.failover.journal import Journal
 from tasks.failover.model import FailoverPlan, FailoverRefused, NodeState
 from tasks.failover.plan import rerun_mode_decision, resume_point, unconfirmed_fence_refusal
-from tasks.failover.run import RunContext
+from tasks.failover.run import RunContext, run_step
+from tasks.failover.steps import restore_login_retry
+
+LOGIN_RETRY_FACT = "login_retry_original"  # journal fact: pgbouncer's server_login_retry before the run lifted it
+LOGIN_RETRY_RESTORED = "login_retry_restored"
 
 
 def resume_plan(ctx: RunContext, states: dict[str, NodeState], endpoint_error: str | None) -> FailoverPlan | None:
@@ -94,3 +98,34 @@ def save_cluster_block(block_name: str, new_primary: str, fenced: str) -> str:
     cluster.fenced_nodes = sorted({*cluster.fenced_nodes, fenced} - {new_primary})
     cluster.save(block_name, overwrite=True)
     return f"block {block_name}: primary_node={new_primary}, fenced={cluster.fenced_nodes}"
+
+
+def note_lifted(ctx: RunContext, lifted: dict) -> None:
+    """Remember the server_login_retry value to put back (the journal outlives the worker; hooks read it)."""
+    if lifted.get("original") is not None:
+        ctx.journal.facts[LOGIN_RETRY_FACT] = lifted["original"]
+        ctx.journal.facts[LOGIN_RETRY_RESTORED] = False
+        ctx.save()
+
+
+def note_probe(ctx: RunContext, probe: dict) -> None:
+    """The probe's verdict: when writes through the endpoint were confirmed, or why not yet."""
+    facts = ctx.journal.facts
+    facts["endpoint_verified"] = bool(probe["ok"])
+    if probe["ok"]:
+        facts["writes_back_at"] = probe["at"]
+        facts.pop("endpoint_error", None)
+    else:
+        facts["endpoint_error"] = probe["error"]
+        facts["endpoint_probe_detail"] = probe["detail"]
+    ctx.save()
+
+
+def restore_endpoint(ctx: RunContext, phase: int) -> None:
+    """SET server_login_retry back to the value the run found, once (a journaled step)."""
+    facts = ctx.journal.facts
+    if facts.get(LOGIN_RETRY_FACT) is None or facts.get(LOGIN_RETRY_RESTORED):
+        return
+    run_step(ctx, phase, "restore-login-retry", "endpoint", restore_login_retry, ctx.endpoint, facts[LOGIN_RETRY_FACT])
+    facts[LOGIN_RETRY_RESTORED] = True
+    ctx.save()

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,8 +20,8 @@ from blocks.failover_adapters import EndpointControl, NodeControl
 from blocks.postgres_cluster import PostgresCluster
 from flows.failover import failover
 from flows.rejoin import rejoin
-from sandbox.blocks import sandbox_endpoint_block, save_failover_blocks
-from sandbox.cluster import REPLICA_SLOT, Sandbox, free_port
+from sandbox.blocks import sandbox_endpoint_block
+from sandbox.cluster import REPLICA_SLOT, free_port
 from tasks.core.errors import ReadOnlyServer
 from tasks.core.limits import exclusive, failover_lock_name
 from tasks.failover.journal import JournalStore
@@ -31,34 +30,16 @@ from tasks.failover.plan import lsn_int
 from tasks.failover.run import FAULT_ENV, HANG_ENV
 from tasks.failover.slot import lease_file
 from tasks.failover.steps import application_target, fence_node, write_then_read
-from tests.helpers import save_slack_block, wait_for
+from tests.helpers import failover_fixtures, failover_request, save_slack_block, wait_for
 
 BLOCK = "fo-test"
 
 
-@pytest.fixture(scope="module")
-def box():
-    sb = Sandbox.ephemeral("pgrb-failover-")
-    sb.start()
-    yield sb
-    sb.destroy()
-
-
-@pytest.fixture(scope="module")
-def blocks(box, prefect_api):
-    save_failover_blocks(box, BLOCK)
-    return BLOCK
-
-
-@pytest.fixture(scope="module")
-def journal_dir():
-    return tempfile.mkdtemp(prefix="pgrb-journal-")
+box, blocks, journal_dir = failover_fixtures("pgrb-failover-", BLOCK)
 
 
 def request(journal_dir, **kw) -> FailoverRequest:
-    base = dict(cluster_block=BLOCK, node_control_block=BLOCK, endpoint_block=BLOCK, journal_dir=journal_dir,
-                lsn_gate_timeout_seconds=15, promote_timeout_seconds=15)
-    return FailoverRequest(**{**base, **kw})
+    return failover_request(BLOCK, journal_dir, **kw)
 
 
 def current(box) -> tuple[str, str]:
@@ -93,22 +74,27 @@ class Writer(threading.Thread):
         self.box, self.stop_event = box, threading.Event()
         self.insert = psycopg.sql.SQL("INSERT INTO {} (n) VALUES (%s)").format(psycopg.sql.Identifier("public", table))
         self.acked: list[int] = []
+        self.acked_at: list[float] = []  # perf_counter of each acknowledged commit
         self.errors: list[str] = []
 
     def run(self):
-        conn = self.box.connect("pgbouncer")
+        conn = None
         n = 0
         while not self.stop_event.is_set():
             n += 1
             try:
+                conn = conn or self.box.connect("pgbouncer")
                 conn.execute(self.insert, (n,))
                 self.acked.append(n)
+                self.acked_at.append(time.perf_counter())
             except psycopg.Error as exc:
                 self.errors.append(f"{n}: {type(exc).__name__}: {exc}")
-                conn.close()
-                conn = self.box.connect("pgbouncer")
+                if conn is not None:
+                    conn.close()
+                conn = None
             time.sleep(0.002)
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 def test_refusals_change_nothing(box, blocks, journal_dir, slack):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ from blocks.postgres_cluster import PostgresCluster, PostgresNode
 from tasks.failover.endpoint import ini_targets, rewrite_ini
 from tasks.failover.model import FailoverRefused, FailoverRequest, NodeState, RejoinRequest
 from tasks.failover.node_control import parse_controldata, parse_wal_end
-from tasks.failover.plan import data_loss, decide, lsn_int
+from tasks.failover.plan import data_loss, decide, lsn_int, probe_deadline
 from tasks.failover.rejoin import needs_rewind, slot_name
+from tasks.failover.report import endpoint_sentence, write_availability
 from tasks.failover.steps import _redact, switch_point
 
 CLUSTER = PostgresCluster(
@@ -262,3 +264,35 @@ def test_a_failover_rerun_supersedes_a_switchover_only_before_any_promotion():
     crash = decide(FailoverRequest(mode="failover"), CLUSTER, {"a": primary(), "b": standby("b")}, None)
     action, note = rerun_mode_decision(crash, [rec("pause-endpoint")], "switchover", "r2")
     assert action == "resume" and "resuming it in failover mode" in note
+
+
+def test_the_probe_deadline_covers_pgbouncers_login_wait():
+    assert probe_deadline(30, "15", 5) == 30  # the request's value already covers 15 s + two connect timeouts
+    assert probe_deadline(10, "15", 5) == 25
+    assert probe_deadline(10, None, 5) == 10  # endpoint 'none', or nothing was lifted
+
+
+def test_write_availability_is_measured_from_the_incident_or_the_run_start():
+    start = datetime(2026, 1, 1, 3, 0, 0, tzinfo=UTC)
+    facts = {"endpoint_verified": True, "writes_back_at": (start + timedelta(seconds=4.5)).isoformat()}
+    assert write_availability(facts, None, start) == {
+        "endpoint_verified": True, "writes_back_at": start + timedelta(seconds=4.5), "write_availability_s": 4.5,
+        "write_availability_from": "run start"}
+    incident = start - timedelta(seconds=60)
+    assert write_availability(facts, incident, start)["write_availability_s"] == 64.5
+    assert write_availability({}, None, start) == {}  # not probed (dry run, refused)
+    endpoint = EndpointControl(admin_host="pgb", admin_port=6432)
+    sentence = endpoint_sentence(facts, "b", endpoint, incident, start)
+    assert sentence == "writes through pgbouncer back at 03:00:04 UTC, 64.5 s after the incident"
+    down = endpoint_sentence({"endpoint_verified": False, "endpoint_error": "is unreachable: timeout"}, "b", endpoint,
+                             None, start)
+    assert down.startswith("WARNING: writes through pgbouncer NOT confirmed yet (is unreachable: timeout)")
+    assert "b itself is up and verified" in down and "pgb:6432" in down
+
+
+def test_the_plan_lifts_and_restores_server_login_retry_around_resume():
+    steps = [s.step for s in decide(FailoverRequest(mode="failover", candidate="b"), CLUSTER,
+                                    {"a": NodeState(node="a", reachable=False), "b": standby("b"),
+                                     "c": standby("c")}, None, "pgbouncer").steps]
+    assert steps.index("repoint-endpoint") < steps.index("lift-login-retry") < steps.index("resume-endpoint")
+    assert steps.index("probe-application") + 1 == steps.index("restore-login-retry")
