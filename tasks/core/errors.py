@@ -207,14 +207,20 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, RunbookDBError) and exc.transient
 
 
-def retry_if_transient(task, task_run, state) -> bool:
-    """Prefect `retry_condition_fn`: retry only transient database errors."""
+def raised_by(state) -> BaseException | None:
+    """The exception a failed Prefect task run's state holds, for a `retry_condition_fn` to inspect."""
     exc = state.data if isinstance(state.data, BaseException) else None
     if exc is None:
         try:
             state.result(raise_on_failure=True)
         except BaseException as raised:  # noqa: BLE001 - inspecting, not handling
             exc = raised
+    return exc
+
+
+def retry_if_transient(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry only transient database errors."""
+    exc = raised_by(state)
     return exc is not None and is_transient(exc)
 
 

@@ -13,7 +13,7 @@ from psycopg import sql
 from pydantic import BaseModel, Field
 
 from blocks.scalers import SCALER_TYPES, NoScaler, PgBouncerPoolScaler, WebhookScaler
-from tasks.core.errors import classify
+from tasks.core.errors import classify, raised_by
 
 ScaleStatus = Literal["not_configured", "planned", "scaled", "at_max", "requested", "failed"]
 
@@ -71,12 +71,7 @@ def load_scaler(name: str | None) -> Block | None:
 
 def _retry_scaler(task, task_run, state) -> bool:
     """Retry webhook timeouts/5xx and lost console connections; never a refusal or a bad block."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None:
-        try:
-            state.result(raise_on_failure=True)
-        except BaseException as raised:  # noqa: BLE001 - inspecting, not handling
-            exc = raised
+    exc = raised_by(state)
     return isinstance(exc, ScalerError) and exc.transient
 
 
