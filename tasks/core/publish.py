@@ -33,10 +33,8 @@ def publish_table(key: str, rows: list[dict], description: str) -> str:
 @task(name="notify-slack", cache_policy=NO_CACHE)
 def artifact_url(run_url: str | None, key: str) -> str | None:
     """The UI page of an artifact key (its latest version and history), beside a flow run's page."""
-    marker = "/runs/flow-run/"
-    if not run_url or marker not in run_url:
-        return None
-    return f"{run_url.split(marker)[0]}/artifacts/key/{key}"
+    found = re.match(r"^(.*?)/(?:flow-)?runs/flow-run/[^/]+/?$", run_url or "")
+    return f"{found[1]}/artifacts/key/{key}" if found else None
 
 
 def notify_slack(

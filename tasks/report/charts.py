@@ -35,7 +35,7 @@ def _rc() -> dict:
         "xtick.color": MUTED, "ytick.color": MUTED, "text.color": TEXT, "axes.prop_cycle": cycler(color=PALETTE),
         "lines.linewidth": 1.6, "lines.markersize": 3.5, "legend.frameon": False, "axes.grid": True,
         "grid.color": GRID, "grid.linewidth": 0.6, "axes.spines.top": False, "axes.spines.right": False,
-        "path.simplify": True,
+        "path.simplify": True, "text.parse_math": False,  # "$1 ... $2" in a statement is text, not TeX
     }
 
 
@@ -48,8 +48,11 @@ def line_chart(title: str, x: Sequence[datetime], series: dict[str, Sequence[Num
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 
+    names = list(series) + ([limit[0]] if limit else [])
+    ncols = 1 if max(map(len, names)) > 28 else 3
+    rows = -(-len(names) // ncols) if legend or len(names) > 1 else 0
     with _LOCK, matplotlib.rc_context(_rc()):
-        fig = Figure(figsize=(6.4, 2.4), facecolor=PANEL)
+        fig = Figure(figsize=(6.4, 2.2 + 0.2 * rows), facecolor=PANEL)
         ax = fig.subplots()
         ax.set_facecolor(PANEL)
         marker = "o" if len(x) <= 10 else None  # markers cost ~100 bytes a point
@@ -73,8 +76,9 @@ def line_chart(title: str, x: Sequence[datetime], series: dict[str, Sequence[Num
         ax.set_ylim(bottom=0)
         ax.set_title(title, loc="left", fontsize=10)
         if legend or len(series) > 1 or limit:
-            ax.legend(loc="upper left", bbox_to_anchor=(0, -0.14), ncols=3, fontsize=8)
-        fig.tight_layout()
+            fig.legend(loc="lower left", ncols=ncols, fontsize=8)
+        height = fig.get_figheight()
+        fig.tight_layout(rect=(0, (0.2 * rows + 0.05) / height if rows else 0, 1, 1))
         buf = io.BytesIO()
         fig.savefig(buf, format="svg", facecolor=PANEL,
                     metadata={"Date": None, "Creator": None, "Format": None, "Type": None})

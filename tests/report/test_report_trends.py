@@ -28,7 +28,8 @@ def point(day: int, *, size: int, wal: int | None = 2 * GiB, hit: int = 990, rea
     return TrendPoint.model_validate({
         "started_at": at, "previous_at": at - timedelta(hours=hours) if day else None,
         "connections": {"groups": [{"active": 2 + day % 3, "idle": 5, "idle_in_transaction": day % 2, "other": 0}]},
-        "storage": {"databases": [{"datname": "app", "size_bytes": size}, {"datname": "postgres", "size_bytes": 8 << 20}]},
+        "storage": {"databases": [{"datname": "app", "size_bytes": size},
+                                  {"datname": "postgres", "size_bytes": 8 << 20}]},
         "cache_delta": [{"kind": "database", "name": "app", "blks_hit": hit, "blks_read": read},
                         {"kind": "table", "name": "app.t", "blks_hit": 1, "blks_read": 1000}],
         "statements_delta": {"since": since, "statements": [
@@ -57,7 +58,8 @@ def test_deltas_from_a_reset_or_over_minutes_are_not_per_day_figures():
 
 
 def test_every_chart_is_a_small_valid_svg_embedded_as_a_data_uri():
-    pts = [point(d, size=(10 + d) * GiB) for d in range(30)]
+    odd = (("q1", "SELECT a FROM t WHERE a < $1 AND b > $2 -- ]]> &amp;", 3e6), ("q2", "SELECT 1", 1e6))
+    pts = [point(d, size=(10 + d) * GiB, statements=odd) for d in range(30)]
     charts = build_charts(pts, cache_warning=0.95)
     assert [c.title for c in charts if not c.svg] == []
     assert len(charts) == 7
