@@ -210,6 +210,7 @@ def test_a_vacuum_of_hundreds_of_tables_moves_its_progress_artifact(stack):
         "log_dir": tempfile.mkdtemp(prefix="pgrb-e2e-vaclog-")}}, "e2e-vacuum-progress")
     query = {"artifacts": {"flow_run_id": {"any_": [run["id"]]}, "key": {"any_": ["vacuum-progress-sandbox"]}}}
     seen: list[float] = []
+    in_browser: list[int] = []  # tables done, as the run's Artifacts tab says
     pw, browser, context = _browser()
     try:
         page = context.new_page()
@@ -223,12 +224,15 @@ def test_a_vacuum_of_hundreds_of_tables_moves_its_progress_artifact(stack):
                 if 0 < bars[0]["data"] < 100 and shot < 2:  # the bar on the run's page, mid-run
                     page.goto(f"http://127.0.0.1:{stack.port}/v2/runs/flow-run/{run['id']}?tab=Artifacts",
                               wait_until="networkidle")
+                    card = page.get_by_text(re.compile(r"\d+ of 300 tables")).first
+                    card.wait_for(timeout=30_000)
+                    in_browser.append(int(re.search(r"(\d+) of 300 tables", card.inner_text())[1]))
                     shot += 1
                     page.screenshot(path=str(SHOTS / f"vacuum-progress-{shot}.png"), full_page=True)
             time.sleep(0.2)
         page.goto(f"http://127.0.0.1:{stack.port}/v2/runs/flow-run/{run['id']}?tab=Artifacts",
                   wait_until="networkidle")
-        page.get_by_text("vacuum-progress-sandbox").first.wait_for(timeout=30_000)
+        page.get_by_text("300 of 300 tables").first.wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "vacuum-progress-done.png"), full_page=True)
     finally:
         context.close()
@@ -240,6 +244,7 @@ def test_a_vacuum_of_hundreds_of_tables_moves_its_progress_artifact(stack):
     assert "finished: 300 vacuumed" in bar["description"], bar["description"]
     moving = [v for v in seen if 0 < v < 100]
     assert len(moving) >= 2 and moving == sorted(moving), seen  # it moved, forward, before the end
+    assert in_browser and all(0 < n < 300 for n in in_browser), in_browser  # the browser saw it mid-run
 
 
 ACTIVE_DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -265,13 +270,13 @@ def test_the_report_page_shows_trend_charts_from_two_stored_days(stack):
     try:
         page = context.new_page()
         page.goto(f"http://127.0.0.1:{stack.port}/v2/artifacts/artifact/{report['id']}", wait_until="networkidle")
-        charts = page.locator("img[src^='data:image/svg+xml']")
-        charts.first.wait_for(timeout=30_000)
-        assert charts.count() >= 6
-        for i in range(charts.count()):  # each image decoded and laid out by the browser
-            assert charts.nth(i).evaluate("img => img.complete && img.naturalWidth > 0"), i
-        assert page.get_by_text("Trends over the last 90 days").count() >= 1
-        charts.first.scroll_into_view_if_needed()
+        # every chart an <img> the browser decoded (the page renders the markdown after loading the artifact)
+        page.wait_for_function("""() => {
+            const imgs = [...document.querySelectorAll("img[src^='data:image/svg+xml']")];
+            return imgs.length >= 6 && imgs.every(img => img.complete && img.naturalWidth > 0);
+        }""", timeout=60_000)
+        page.get_by_text("Trends over the last 90 days").first.wait_for(timeout=30_000)
+        page.locator("img[src^='data:image/svg+xml']").first.scroll_into_view_if_needed()
         page.screenshot(path=str(SHOTS / "performance-report-charts.png"), full_page=True)
     finally:
         context.close()
