@@ -55,6 +55,7 @@ def line_chart(title: str, x: Sequence[datetime], series: dict[str, Sequence[Num
         fig = Figure(figsize=(6.4, 2.2 + 0.2 * rows), facecolor=PANEL)
         ax = fig.subplots()
         ax.set_facecolor(PANEL)
+        ax.set_axisbelow(True)  # grid behind the bars
         marker = "o" if len(x) <= 10 else None  # markers cost ~100 bytes a point
         for i, (name, values) in enumerate(series.items()):
             xs = [t for t, v in zip(x, values, strict=True) if v is not None]
@@ -73,7 +74,12 @@ def line_chart(title: str, x: Sequence[datetime], series: dict[str, Sequence[Num
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
-        ax.set_ylim(bottom=0)
+        drawn = [v for values in series.values() for v in values if v is not None]
+        if min(drawn, default=0) >= 0:  # amounts from zero; a shrinking database's growth goes below it
+            ax.set_ylim(bottom=0)
+        if not any(drawn):  # all zero: one tick, not "0 B" five times
+            ax.set_ylim(-0.5, 1)
+            ax.set_yticks([0])
         ax.set_title(title, loc="left", fontsize=10)
         if legend or len(series) > 1 or limit:
             fig.legend(loc="lower left", ncols=ncols, fontsize=8)
