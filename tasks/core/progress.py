@@ -111,19 +111,25 @@ class Progress:
         with self._lock:
             return self._done
 
-    def close(self, outcome: str) -> None:
-        """The final state, sent at once (not throttled): `outcome` says what was done or where it stopped."""
+    def close(self, outcome: str, wait: bool = True) -> None:
+        """The final state, sent at once (not throttled): `outcome` says what was done or where it stopped.
+        With `wait` (the default) it returns once that state is sent (at most ~10 s if the API hangs);
+        without, the background thread sends it and the caller goes on (a failover undoing a failed step)."""
         with self._lock:
             if self._outcome is not None:
                 return
             self._outcome = outcome
         self._stop.set()
         self._wake.set()
+        if self._thread is None:
+            self._deliver()
+        elif wait:
+            self.join()
+
+    def join(self, timeout: float = 10) -> None:
+        """Wait until the final state is sent (or the API has hung for `timeout` seconds)."""
         if self._thread is not None:
-            self._thread.join(timeout=10)
-            if self._thread.is_alive():  # the API hangs: leave the bar where it is rather than wait longer
-                return
-        self._deliver()
+            self._thread.join(timeout=timeout)
 
     # ------------------------------------------------------------ the background thread
     def _snapshot(self) -> ProgressState:
@@ -131,24 +137,26 @@ class Progress:
             return ProgressState(self.key, self.title, self.unit, self.total, self._done, self._current,
                                  dict(self._counts), self._outcome)
 
-    def _deliver(self) -> None:
+    def _deliver(self) -> bool:
+        """Send the current state; True when it was the final one."""
+        state = self._snapshot()
         try:
-            self._send(self._snapshot())
+            self._send(state)
             self.sent += 1
         except Exception as exc:  # noqa: BLE001 - a progress bar never fails the run
             if not self._failed_once:
                 self._failed_once = True
                 logger.warning("progress artifact %s not updated: %s: %s", self.key, type(exc).__name__, exc)
+        return state.outcome is not None
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while True:
             self._wake.wait()
-            if self._stop.is_set():
-                return  # close() sends the final state
             self._wake.clear()
-            self._deliver()
-            if self._stop.wait(self.min_interval):  # at most one update per interval
-                return
+            if self._deliver():
+                return  # the final state is sent
+            if not self._stop.is_set():
+                self._stop.wait(self.min_interval)  # at most one update per interval; closing cuts it short
 
 
 class PrefectSender:

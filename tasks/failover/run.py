@@ -86,6 +86,7 @@ def close_context(run_key: str) -> None:
         last = next((s for s in reversed(ctx.journal.steps) if s.status != "started"), None)
         where = f"after step {last.step} on {last.node} ({last.status})" if last else "before its first step"
         close_progress(ctx, f"stopped {where}: see the run's state and the failover report")
+        ctx.bar.join()  # the run is over: let the last state reach the API
 
 
 def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -98,7 +99,7 @@ def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *a
         result = fn(*args, **kwargs)
     except BaseException as exc:
         _record(ctx, phase, step, node, "failed", _sentence(exc), started)
-        close_progress(ctx, f"stopped at step {step} on {node}: {_sentence(exc)}")
+        close_progress(ctx, f"stopped at step {step} on {node}: {_sentence(exc)}", wait=False)  # undo first
         raise
     detail = result if isinstance(result, str) else ""
     _record(ctx, phase, step, node, "done", detail, started)
@@ -140,13 +141,13 @@ def _move_progress(ctx: RunContext, current: str) -> None:
     ctx.bar.set(len(planned & finished), current)
 
 
-def close_progress(ctx: RunContext, outcome: str, complete: bool = False) -> None:
+def close_progress(ctx: RunContext, outcome: str, complete: bool = False, wait: bool = True) -> None:
     """The bar's last state: completed (every step), or where the run stopped and why."""
     if ctx.bar is None:
         return
     if complete:
         ctx.bar.set(ctx.bar.total)
-    ctx.bar.close(outcome)
+    ctx.bar.close(outcome, wait=wait)
 
 
 def _sentence(exc: BaseException) -> str:

@@ -99,3 +99,15 @@ def test_an_explicit_outcome_wins_and_progress_can_be_turned_off(monkeypatch):
     monkeypatch.delenv(PROGRESS_ENV)
     with track_progress("k", 0, "Vacuum", "tables", send=rec) as bar:
         assert bar is None  # nothing to count: no bar
+
+
+def test_closing_without_waiting_returns_at_once_and_the_final_state_still_arrives():
+    gate = threading.Event()
+    rec = Recorder(block=gate)  # the API hangs until released
+    bar = Progress("k", 5, "Switchover of x", "steps", send=rec, min_interval=0.05).start()
+    bar.set(3, "fence on primary: done")
+    bar.close("stopped at step lsn-gate on replica: timeout", wait=False)  # the failover's undo goes on first
+    assert not rec.states  # nothing sent yet: the caller did not wait
+    gate.set()
+    bar.join()
+    assert rec.states[-1].outcome == "stopped at step lsn-gate on replica: timeout" and rec.states[-1].done == 3
