@@ -2,7 +2,8 @@
 
 Each section is its own retryable task, submitted together; a failing one is a failed section,
 the others still report. The whole report is stored (JSON in a filesystem block) so the next
-run subtracts its counters: the statistics views are never reset.
+run subtracts its counters: the statistics views are never reset. The stored copies of the last
+history_days are drawn as trend charts in the report (images in its markdown artifact).
 """
 
 from datetime import UTC, datetime
