@@ -182,7 +182,8 @@ def crash_main(runs: int) -> None:
 
                     def via_flow(old, new, block=block):
                         report = failover(FailoverRequest(cluster_block=block, node_control_block=block,
-                                                          endpoint_block=block, journal_dir=journal, mode="failover"))
+                                                          endpoint_block=block, journal_dir=journal, mode="failover",
+                                                          confirm_cluster=block))
                         assert report.status == "completed", report.summary
                         resumed = next(s.at for s in report.steps if s.step == "resume-endpoint" and s.status == "done")
                         return report.data_loss.gap_bytes, resumed.timestamp()
@@ -263,7 +264,8 @@ def main() -> None:
 
             def via_flow(old, new):
                 report = failover(FailoverRequest(cluster_block=BLOCK, node_control_block=BLOCK,
-                                                  endpoint_block=BLOCK, journal_dir=journal))
+                                                  endpoint_block=BLOCK, journal_dir=journal,
+                                                  confirm_cluster=BLOCK))
                 assert report.status == "completed", report.summary
                 for s in report.steps:
                     if s.phase == 2 and s.status == "done":

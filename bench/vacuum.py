@@ -4,7 +4,9 @@ On a fresh sandbox (temp dir, free ports, autovacuum off):
   1. 1,000 tables, 10 % with dead tuples: wall time of `vacuumdb --jobs 2 --analyze` (vacuums every
      table) and of the vacuum flow (concurrency 2, only what needs it); the ratio flow / vacuumdb.
   2. the same where every table needs it.
-  3. the tier-1 bloat estimate (tables and btree indexes from pg_statistic) at 1,000 / 5,000 /
+  3. the progress artifact's cost: the flow with every table needing vacuum, with and without its progress
+     artifact (PG_RUNBOOKS_PROGRESS=off), alternated, 3 runs each: medians and the ratio with / without.
+  4. the tier-1 bloat estimate (tables and btree indexes from pg_statistic) at 1,000 / 5,000 /
      20,000 tables: median of 3 runs of the catalog reads plus the estimate.
 Prints figures; asserts nothing. Usage: ./run bench vacuum [--max-tables 20000]
 """
@@ -72,16 +74,32 @@ def vacuumdb(box: Sandbox, *args: str) -> float:
     return time.monotonic() - t0
 
 
-def run_flow(one_connection: bool = False) -> tuple[float, int]:
+def run_flow(one_connection: bool = False, progress: bool = True) -> tuple[float, int]:
     from flows.vacuum import vacuum
+    from tasks.core.progress import PROGRESS_ENV
     from tasks.maintenance.vacuum_plan import VacuumParams
 
+    os.environ[PROGRESS_ENV] = "on" if progress else "off"
     t0 = time.monotonic()
     report = vacuum(cluster_block="bench", params=VacuumParams(
         min_dead_tuples=50, dead_tuple_ratio=0.1, concurrency=2, max_tables=5000,
         one_connection_per_batch=one_connection,
         log_dir=tempfile.mkdtemp(prefix="pgrb-bench-log-")))
     return time.monotonic() - t0, report.count("vacuumed")
+
+
+def progress_cost(box: Sandbox, dirty: range, rounds: int = 3) -> None:
+    """The flow with and without its progress artifact, alternated on the same workload."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for progress in (False, True):
+            make_dead(box, dirty)
+            seconds, _ = run_flow(progress=progress)
+            times[progress].append(seconds)
+    with_s, without_s = statistics.median(times[True]), statistics.median(times[False])
+    print(f"progress artifact: {len(dirty)} tables vacuumed, median of {rounds}: with progress {with_s:.2f} s, "
+          f"without {without_s:.2f} s, ratio with/without {with_s / without_s:.3f} "
+          f"(reference: the same flow without progress; runs {sorted(times[True])} vs {sorted(times[False])})")
 
 
 def estimate_seconds(box: Sandbox, min_pages: int) -> tuple[float, float, int]:
@@ -150,6 +168,7 @@ def main() -> int:
                       f"vacuum flow {flow_s:.2f} s ({done} tables vacuumed, a connection per table), ratio "
                       f"flow/vacuumdb {flow_s / ref:.2f}; with one_connection_per_batch {shared_s:.2f} s "
                       f"({shared_done} tables), ratio {shared_s / ref:.2f}")
+            progress_cost(box, range(0, args.tables))
 
         have = args.tables
         for size in (1000, 5000, 20000):

@@ -19,7 +19,7 @@ from tasks.failover.approval import await_approval
 from tasks.failover.dblock import database_lock
 from tasks.failover.followers import follow_new_primary
 from tasks.failover.model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
-from tasks.failover.plan import data_loss, decide, followers, probe_deadline
+from tasks.failover.plan import data_loss, decide, followers, probe_deadline, refuse_unconfirmed
 from tasks.failover.report import (
     endpoint_actions,
     endpoint_sentence,
@@ -27,7 +27,16 @@ from tasks.failover.report import (
     render_markdown,
     write_availability,
 )
-from tasks.failover.run import RunContext, close_context, context, open_context, post_progress, reply_phase, run_step
+from tasks.failover.run import (
+    RunContext,
+    close_context,
+    close_progress,
+    context,
+    open_context,
+    post_progress,
+    reply_phase,
+    run_step,
+)
 from tasks.failover.run import skip_step as skip
 from tasks.failover.slot import cluster_slot
 from tasks.failover.steps import (
@@ -188,6 +197,7 @@ def failover(request: FailoverRequest = FailoverRequest()) -> FailoverReport:
     ctx = open_context(request, run_key, runtime.flow_run.ui_url)
     try:
         name = ctx.cluster.cluster_name
+        refuse_unconfirmed(request, name)  # before phase 1 and any lock: a mismatch changes nothing
         with ctx.store.exclusive(name, run_key), cluster_slot(name, ctx.store), database_lock(ctx.cluster):
             post_progress(ctx, "phase 1/3 pre-failover", "phase 1: checking nodes, endpoint and lag")
             plan = pre_failover(run_key)
@@ -253,6 +263,7 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
         followers=dict(facts.get("followers", {})),
         started_at=ctx.started_at, finished_at=datetime.now(UTC))
     post_progress(ctx, "DONE" if status == "completed" else "DRY RUN", summary)
+    close_progress(ctx, f"completed: {summary}", complete=True)
     ctx.save()  # a dry run writes no journal (ctx.save), so it never archives one either
     if status == "completed":
         ctx.store.archive(plan.cluster)
@@ -269,7 +280,8 @@ if __name__ == "__main__":
     parser.add_argument("--mode", choices=["switchover", "failover"], default="switchover")
     parser.add_argument("--candidate")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--confirm-cluster", default="", help="the cluster block again (a real run needs it)")
     args = parser.parse_args()
     result = failover(FailoverRequest(cluster_block=args.cluster_block, mode=args.mode, candidate=args.candidate,
-                                      dry_run=args.dry_run))
+                                      dry_run=args.dry_run, confirm_cluster=args.confirm_cluster))
     print(render_markdown(result))

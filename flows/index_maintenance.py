@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.outcomes import gather
+from tasks.core.progress import track_progress
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.core.relations import RelationRef
 from tasks.maintenance import bloat_report
@@ -25,7 +26,7 @@ from tasks.maintenance.indexes import (
     read_index_inventory,
     read_index_scans,
     resolve_indexes,
-    run_index_action,
+    run_index_actions,
 )
 from tasks.maintenance.maintenance_log import MaintenanceLogFailed, write_maintenance_log
 
@@ -83,11 +84,11 @@ def index_maintenance(
                 for ix in indexes}
         # MissingIndexGrant (naming the grant) before any index is touched when this role may not act on all.
         check_index_grants(primary, [refs[a.index] for a in report.actions if a.status == "planned"])
-        report.actions = [
-            run_index_action(primary, a, refs[a.index], params.lock_timeout_ms, params.statement_timeout_ms)
-            if a.status == "planned" else a
-            for a in report.actions
-        ]
+        with track_progress(artifact_key("indexes-progress", report.cluster),
+                            sum(a.status == "planned" for a in report.actions),
+                            f"Index maintenance of {report.cluster}", "indexes") as bar:
+            report.actions = run_index_actions(primary, report.actions, refs, params.lock_timeout_ms,
+                                               params.statement_timeout_ms, bar)
 
     rows = rules.log_rows(report)
     if rows and not params.dry_run:

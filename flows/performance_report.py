@@ -2,7 +2,8 @@
 
 Each section is its own retryable task, submitted together; a failing one is a failed section,
 the others still report. The whole report is stored (JSON in a filesystem block) so the next
-run subtracts its counters: the statistics views are never reset.
+run subtracts its counters: the statistics views are never reset. The stored copies of the last
+history_days are drawn as trend charts in the report (images in its markdown artifact).
 """
 
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from prefect import flow, get_run_logger, runtime
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.host_metrics import sample_host
 from tasks.core.outcomes import gather
-from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
+from tasks.core.publish import artifact_key, artifact_url, notify_slack, publish_markdown, publish_table
 from tasks.report import performance as rules
 from tasks.report.cache import read_cache
 from tasks.report.checkpoints import read_checkpoints
@@ -20,7 +21,8 @@ from tasks.report.connections import read_connections
 from tasks.report.performance import PerformanceReport, ReportParams
 from tasks.report.statements import read_statements
 from tasks.report.storage import read_storage
-from tasks.report.store import ReportStoreError, load_previous, prune_history, store_report
+from tasks.report.store import ReportStoreError, load_history, load_previous, prune_history, store_report
+from tasks.report.trends import TrendPoint, trend_section
 from tasks.report.wraparound import read_wraparound
 
 
@@ -65,8 +67,12 @@ def performance_report(
     rules.finish_report(report)
     report.finished_at = datetime.now(UTC)
 
+    history, history_note = load_history(params.state_dir, params.storage_block, report.cluster,
+                                         params.history_days, report.started_at, TrendPoint)
+    trends, report.charts = trend_section(history, report, params.history_days, params.cache_hit_warning,
+                                          history_note)
     key = artifact_key("performance", report.cluster)
-    report.artifact_key = publish_markdown(key, rules.render_markdown(report, params), report.summary)
+    report.artifact_key = publish_markdown(key, rules.render_markdown(report, params, trends), report.summary)
     if report.statements_delta:
         publish_table(f"{key}-statements", rules.statement_rows(report.statements_delta, "total_ms", params.top_n),
                       "Top statements by total time since the previous report")
@@ -76,7 +82,8 @@ def performance_report(
     if slack_block:
         report.notification = notify_slack(
             slack_block, f"Performance report {report.cluster}: {report.status.upper()}", report.summary,
-            rules.slack_lines(report, params), runtime.flow_run.ui_url)
+            rules.slack_lines(report, params), runtime.flow_run.ui_url,
+            {"Report with trend charts": artifact_url(runtime.flow_run.ui_url, key)})
     try:
         report.stored_at = store_report(params.state_dir, params.storage_block, report.cluster, report,
                                         report.started_at)

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.bounded import run_bounded
+from tasks.core.progress import finish, track_progress
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.maintenance import vacuum_plan as plan
 from tasks.maintenance.maintenance_log import MaintenanceLogFailed, write_maintenance_log
@@ -52,14 +53,17 @@ def vacuum(
     if params.dry_run:
         report.results = [plan.planned_result(c) for c in candidates]
     else:
-        started, not_started = run_bounded(
-            plan.batches(candidates, params.batch_tables, params.concurrency),
-            lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
-                                               params.statement_timeout_ms, deadline,
-                                               params.one_connection_per_batch),
-            params.concurrency, deadline)
-        report.results = [result for _, future in started for result in future.result()]
-        report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]
+        with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
+                            f"Vacuum of {report.cluster}", "tables") as bar:
+            started, not_started = run_bounded(
+                plan.batches(candidates, params.batch_tables, params.concurrency),
+                lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
+                                                   params.statement_timeout_ms, deadline,
+                                                   params.one_connection_per_batch, bar),
+                params.concurrency, deadline)
+            report.results = [result for _, future in started for result in future.result()]
+            report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]
+            finish(bar, plan.progress_outcome(report))
 
     rows = plan.log_rows(report)
     if rows and not params.dry_run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from sandbox.cluster import Sandbox
 
@@ -88,5 +89,31 @@ def failover_request(block: str, journal_dir: str, **kw):
     from tasks.failover.model import FailoverRequest
 
     base = dict(cluster_block=block, node_control_block=block, endpoint_block=block, journal_dir=journal_dir,
-                lsn_gate_timeout_seconds=15, promote_timeout_seconds=15)
+                lsn_gate_timeout_seconds=15, promote_timeout_seconds=15, confirm_cluster=block)
     return FailoverRequest(**{**base, **kw})
+
+
+def seed_report_history(state_dir: str | Path, cluster: str, days: int = 2) -> list[Path]:
+    """Turn the one stored daily report of `cluster` into `days` daily reports, 1..days days before now (same
+    figures; each counts from the one before it), latest.json being the newest: the history the next report's
+    trend charts read. Returns the stored copies, oldest first."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    folder = Path(state_dir) / cluster
+    (original,) = [p for p in folder.glob("*.json") if p.name != "latest.json"]
+    data = json.loads(original.read_text())
+    original.unlink()
+    now = datetime.now(UTC).replace(microsecond=0)
+    written = []
+    for back in range(days, 0, -1):
+        at = now - timedelta(days=back)
+        data.update(started_at=at.isoformat(), finished_at=at.isoformat(),
+                    previous_at=(at - timedelta(days=1)).isoformat() if back < days else None)
+        if data.get("statements_delta") and back < days:
+            data["statements_delta"]["since"] = "previous report"
+        path = folder / f"{at:%Y%m%dT%H%M%SZ}.json"
+        path.write_text(json.dumps(data))
+        written.append(path)
+    (folder / "latest.json").write_text(written[-1].read_text())
+    return written

@@ -182,6 +182,109 @@ def test_trigger_script_cli(stack):
     assert '"state": "COMPLETED"' in proc.stdout
 
 
+VAC_SCHEMA = "e2e_vac"
+
+
+def _dead_tables(stack, n: int) -> list[str]:
+    """n small tables on the primary, half their rows dead (autovacuum off on them): a nightly vacuum's workload."""
+    from psycopg import sql
+
+    with stack.sandbox.connect(_primary_in_block(stack)) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(VAC_SCHEMA)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(VAC_SCHEMA)))
+        for i in range(n):
+            table = sql.Identifier(VAC_SCHEMA, f"t{i}")
+            conn.execute(sql.SQL("CREATE TABLE {} (id int, pad text) WITH (autovacuum_enabled = off)").format(table))
+            conn.execute(sql.SQL("INSERT INTO {} SELECT g, 'padding' FROM generate_series(1, 200) g").format(table))
+            conn.execute(sql.SQL("DELETE FROM {} WHERE id % 2 = 0").format(table))
+    return [f"{VAC_SCHEMA}.t{i}" for i in range(n)]
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed (./run install)")
+def test_a_vacuum_of_hundreds_of_tables_moves_its_progress_artifact(stack):
+    """300 tables, one at a time on the worker: the run's progress artifact moves while it runs (read from the API
+    and seen on the run's page in the browser) and ends at 100 % with what was done."""
+    tables = _dead_tables(stack, 300)
+    run = create_run(stack.api_url, "vacuum/vacuum", {"cluster_block": "sandbox", "params": {
+        "tables": tables, "concurrency": 1, "batch_tables": 10,
+        "log_dir": tempfile.mkdtemp(prefix="pgrb-e2e-vaclog-")}}, "e2e-vacuum-progress")
+    query = {"artifacts": {"flow_run_id": {"any_": [run["id"]]}, "key": {"any_": ["vacuum-progress-sandbox"]}}}
+    seen: list[float] = []
+    in_browser: list[int] = []  # tables done, as the run's Artifacts tab says
+    pw, browser, context = _browser()
+    try:
+        page = context.new_page()
+        shot = 0
+        deadline = time.monotonic() + 300
+        while (state := api(stack, f"/flow_runs/{run['id']}")["state"]["type"]) not in ACTIVE_DONE:
+            assert time.monotonic() < deadline, "the vacuum run never ended"
+            bars = post(stack, "/artifacts/filter", query)
+            if bars and (not seen or bars[0]["data"] != seen[-1]):
+                seen.append(bars[0]["data"])
+                if 0 < bars[0]["data"] < 100 and shot < 2:  # the bar on the run's page, mid-run
+                    page.goto(f"http://127.0.0.1:{stack.port}/v2/runs/flow-run/{run['id']}?tab=Artifacts",
+                              wait_until="networkidle")
+                    card = page.get_by_text(re.compile(r"\d+ of 300 tables")).first
+                    card.wait_for(timeout=30_000)
+                    in_browser.append(int(re.search(r"(\d+) of 300 tables", card.inner_text())[1]))
+                    shot += 1
+                    page.screenshot(path=str(SHOTS / f"vacuum-progress-{shot}.png"), full_page=True)
+            time.sleep(0.2)
+        page.goto(f"http://127.0.0.1:{stack.port}/v2/runs/flow-run/{run['id']}?tab=Artifacts",
+                  wait_until="networkidle")
+        page.get_by_text("300 of 300 tables").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "vacuum-progress-done.png"), full_page=True)
+    finally:
+        context.close()
+        browser.close()
+        pw.stop()
+    assert state == "COMPLETED", state
+    (bar,) = post(stack, "/artifacts/filter", query)
+    assert bar["data"] == 100.0 and "300 of 300 tables" in bar["description"], bar
+    assert "finished: 300 vacuumed" in bar["description"], bar["description"]
+    moving = [v for v in seen if 0 < v < 100]
+    assert len(moving) >= 2 and moving == sorted(moving), seen  # it moved, forward, before the end
+    assert in_browser and all(0 < n < 300 for n in in_browser), in_browser  # the browser saw it mid-run
+
+
+ACTIVE_DONE = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed (./run install)")
+def test_the_report_page_shows_trend_charts_from_two_stored_days(stack):
+    """The performance-report deployment on the worker, with two stored days of history (seeded from its own first
+    report): the report page in the browser shows the charts as images that load."""
+    from tests.helpers import seed_report_history
+
+    state_dir = tempfile.mkdtemp(prefix="pgrb-e2e-reports-")
+    parameters = {"cluster_block": "sandbox", "params": {"state_dir": state_dir}}
+    first = _run_to_end(stack, "performance-report/performance-report", parameters, "e2e-report-first")
+    assert first["state"]["type"] == "COMPLETED", first["state"]
+    seed_report_history(state_dir, "sandbox", days=2)
+    done = _run_to_end(stack, "performance-report/performance-report", parameters, "e2e-report-trends")
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    (report,) = post(stack, "/artifacts/filter", {"artifacts": {
+        "flow_run_id": {"any_": [done["id"]]}, "key": {"any_": ["performance-sandbox"]}}})
+    assert report["data"].count("](data:image/svg+xml;base64,") >= 6
+    pw, browser, context = _browser()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{stack.port}/v2/artifacts/artifact/{report['id']}", wait_until="networkidle")
+        # every chart an <img> the browser decoded (the page renders the markdown after loading the artifact)
+        page.wait_for_function("""() => {
+            const imgs = [...document.querySelectorAll("img[src^='data:image/svg+xml']")];
+            return imgs.length >= 6 && imgs.every(img => img.complete && img.naturalWidth > 0);
+        }""", timeout=60_000)
+        page.get_by_text("Trends over the last 90 days").first.wait_for(timeout=30_000)
+        page.get_by_text("Trends over the last 90 days").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "performance-report-trends.png"))  # the charts as the on-call sees them
+        page.screenshot(path=str(SHOTS / "performance-report-charts.png"), full_page=True)
+    finally:
+        context.close()
+        browser.close()
+        pw.stop()
+
+
 def _browser():
     from playwright.sync_api import sync_playwright
 
@@ -263,11 +366,11 @@ def test_block_types_register_with_the_prefect_cli(stack):
 def test_ui_failover_form_shows_typed_parameters_and_a_dry_run_completes(stack):
     def fill(page):
         for label in ("Candidate (Optional)", "Cluster Block (Optional)", "Mode (Optional)", "Force (Optional)",
-                      "Require Approval (Optional)"):
+                      "Require Approval (Optional)", "Confirm Cluster (Optional)"):
             assert page.get_by_text(label, exact=True).count() >= 1, label
-        dry_run = page.get_by_role("switch", name="Dry Run (Optional)")
-        dry_run.click()
-        assert dry_run.get_attribute("aria-checked") == "true"
+        # the form opens as a dry run (the deployment's default) and says what a dry run shows
+        assert page.get_by_role("switch", name="Dry Run (Optional)").get_attribute("aria-checked") == "true"
+        assert page.get_by_text("a dry run shows the candidate it would promote", exact=False).count() >= 1
         assert page.get_by_role("switch", name="Force (Optional)").get_attribute("aria-checked") == "false"
         page.screenshot(path=str(SHOTS / "failover-run-form.png"), full_page=True)
 
@@ -297,7 +400,8 @@ def _submit_failover_form(stack, fill) -> list[dict]:
 
 
 def _failover_params(**request):
-    return {"request": {"cluster_block": "sandbox", "mode": "switchover", **request}}
+    """A failover request as incident tooling sends it: the cluster named, and confirmed (as --cluster does)."""
+    return {"request": {"cluster_block": "sandbox", "mode": "switchover", "confirm_cluster": "sandbox", **request}}
 
 
 def test_second_failover_trigger_is_cancelled_while_the_first_runs(stack):
@@ -542,22 +646,52 @@ def test_failover_after_a_crash_via_the_cli_then_rejoin_restores_streaming(stack
 
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed (./run install)")
+def test_ui_form_without_the_typed_cluster_is_refused_and_changes_nothing(stack):
+    """An on-call engineer turns the dry run off and submits without typing the cluster again: the run is refused
+    before phase 1 (no lock, no journal) and the primary stays where it was."""
+    old = _primary_in_block(stack)
+
+    def real_run_unconfirmed(page):
+        page.get_by_role("switch", name="Dry Run (Optional)").click()
+        assert page.get_by_role("switch", name="Dry Run (Optional)").get_attribute("aria-checked") == "false"
+        page.screenshot(path=str(SHOTS / "failover-form-unconfirmed.png"), full_page=True)
+
+    new = _submit_failover_form(stack, real_run_unconfirmed)
+    assert new and new[0]["parameters"]["request"]["dry_run"] is False
+    assert not new[0]["parameters"]["request"].get("confirm_cluster")
+    done = wait_for(stack.api_url, new[0]["id"], timeout=120)
+    assert done["state"]["type"] == "FAILED", done["state"]
+    assert "needs the cluster typed again in confirm_cluster" in (done["state"]["message"] or ""), done["state"]
+    assert _primary_in_block(stack) == old and _block_data(stack)["fenced_nodes"] == []
+    with stack.sandbox.connect(old) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed (./run install)")
 def test_ui_form_runs_a_real_switchover_then_rejoin(stack):
-    """An on-call engineer submits the failover form as it opens (switchover, no dry run) on the real worker: the
-    primary moves, pgbouncer follows, and the rejoin deployment makes the old primary a standby again."""
+    """An on-call engineer turns the dry run off and types the cluster again on the failover form: a real switchover
+    on the worker; the primary moves, pgbouncer follows, and the rejoin deployment makes the old primary a standby
+    again. The progress artifact went through every step."""
     old = _primary_in_block(stack)
     cand = next(n for n in ("primary", "replica") if n != old)
     stack.sandbox.wait_streaming(old)
-    def as_it_opens(page):
-        assert page.get_by_role("switch", name="Dry Run (Optional)").get_attribute("aria-checked") == "false"
 
-    new = _submit_failover_form(stack, as_it_opens)
-    assert new and not new[0]["parameters"]["request"].get("dry_run")
+    def real_run_confirmed(page):
+        page.get_by_role("switch", name="Dry Run (Optional)").click()
+        page.get_by_label("Confirm Cluster (Optional)").fill("sandbox")
+        page.screenshot(path=str(SHOTS / "failover-form-confirmed.png"), full_page=True)
+
+    new = _submit_failover_form(stack, real_run_confirmed)
+    assert new and new[0]["parameters"]["request"]["dry_run"] is False
+    assert new[0]["parameters"]["request"]["confirm_cluster"] == "sandbox"
     done = wait_for(stack.api_url, new[0]["id"], timeout=180)
     assert done["state"]["type"] == "COMPLETED", done["state"]
     assert _primary_in_block(stack) == cand and _block_data(stack)["fenced_nodes"] == [old]
     with stack.sandbox.connect("pgbouncer") as conn:
         assert conn.execute("SELECT inet_server_port()").fetchone()[0] == stack.sandbox.node_port(cand)
+    (bar,) = post(stack, "/artifacts/filter", {"artifacts": {
+        "flow_run_id": {"any_": [new[0]["id"]]}, "key": {"any_": ["failover-progress-sandbox"]}}})
+    assert bar["type"] == "progress" and bar["data"] == 100.0 and "completed" in bar["description"], bar
     node, summary = _rejoin_via_rest(stack, "rejoin-after-ui-switchover")
     assert node == old and "no rewind needed" in summary, summary
 

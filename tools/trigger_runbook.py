@@ -99,13 +99,16 @@ def runbook_parameters(schema: dict | None, params: dict, cluster: str | None, m
                        approval: bool | None = None) -> dict:
     """The flow's parameters from --param plus --cluster/--mode, shaped by the deployment's schema:
     a flow taking one `request` model (failover) gets them inside it, and `approval` (when given)
-    becomes its require_approval unless --param set it explicitly."""
+    becomes its require_approval unless --param set it explicitly. --cluster also confirms the cluster
+    (confirm_cluster, which a real failover needs): naming it on the command line is the deliberate act,
+    and the approval in the UI stays on unless --no-approval."""
     params = dict(params)
     properties = (schema or {}).get("properties", {})
     if "request" in properties:
         request = dict(params.get("request") or {})
         if cluster:
             request["cluster_block"] = cluster
+            request.setdefault("confirm_cluster", cluster)
         if mode:
             request["mode"] = mode
         if approval is not None:

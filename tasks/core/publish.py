@@ -31,14 +31,22 @@ def publish_table(key: str, rows: list[dict], description: str) -> str:
 
 
 @task(name="notify-slack", cache_policy=NO_CACHE)
+def artifact_url(run_url: str | None, key: str) -> str | None:
+    """The UI page of an artifact key (its latest version and history), beside a flow run's page."""
+    found = re.match(r"^(.*?)/(?:flow-)?runs/flow-run/[^/]+/?$", run_url or "")
+    return f"{found[1]}/artifacts/key/{key}" if found else None
+
+
 def notify_slack(
     slack_block: str | None,
     title: str,
     summary: str,
     detail_lines: list[str],
     link: str | None = None,
+    more_links: dict[str, str | None] | None = None,
 ) -> NotificationOutcome:
-    """Parent message with the verdict, details as a thread reply, parent updated with the link.
+    """Parent message with the verdict, details as a thread reply, parent updated with the link(s):
+    the flow run, then `more_links` (label → URL, e.g. a report artifact).
 
     Never raises: failures are in the returned outcome.
     """
@@ -47,7 +55,9 @@ def notify_slack(
         return thread.outcome
     thread.post(f"{title}: {summary}", section_blocks(title, [summary]))
     thread.reply(f"Details of {title}", section_blocks("Details", detail_lines))
-    footer = f"<{link}|Flow run in Prefect>" if link else None
+    links = [f"<{link}|Flow run in Prefect>"] if link else []
+    links += [f"<{url}|{label}>" for label, url in (more_links or {}).items() if url]
+    footer = " · ".join(links) or None
     thread.update(
         f"{title}: {summary}",
         section_blocks(title, [summary, f"{len(detail_lines)} finding(s) in the thread."], footer),

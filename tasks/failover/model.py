@@ -52,7 +52,18 @@ class FailoverRequest(BaseModel):
         "then repointed, but direct clients could still write to it. Always refused with endpoint kind 'none' "
         "(libpq multi-host): nothing else keeps clients off an old primary.",
     )
-    dry_run: bool = Field(default=False, description="Run only phase 1: checks, backup and the plan of every step.")
+    dry_run: bool = Field(
+        default=False,
+        description="Run only phase 1 and change nothing: a dry run shows the candidate it would promote and its "
+        "lag in bytes, every reason it would refuse, the pre-failover backup (node states, settings, endpoint) and "
+        "each step of phases 2 and 3 with its node and why, in the run's report. The UI form opens with it on.",
+    )
+    confirm_cluster: str = Field(
+        default="",
+        description="A real switchover or failover (dry run off) needs the cluster typed again here: the "
+        "cluster_block above (or the block's cluster_name). Empty or different: refused before phase 1, nothing "
+        "changes. Not needed for a dry run.",
+    )
     require_approval: bool = Field(
         default=False,
         description="Pause after phase 1 until the on-call approves the plan in the Prefect UI (for automatic "

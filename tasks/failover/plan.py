@@ -53,6 +53,25 @@ def unconfirmed_fence_refusal(request: FailoverRequest, endpoint_kind: str) -> s
     return None
 
 
+def confirmation_refusal(request: FailoverRequest, cluster_name: str) -> str | None:
+    """A real run needs the cluster named twice (cluster_block, then confirm_cluster), like a destructive
+    dialog: one click on a form's defaults never switches a primary. A dry run needs nothing."""
+    typed = request.confirm_cluster.strip()
+    if request.dry_run or typed in {request.cluster_block, cluster_name}:
+        return None
+    if not typed:
+        return (f"a real {request.mode} needs the cluster typed again in confirm_cluster "
+                f"({request.cluster_block!r}); run it with dry_run on first to see the plan")
+    return (f"confirm_cluster {typed!r} is not the cluster of this run ({request.cluster_block!r}, cluster_name "
+            f"{cluster_name!r}): check which cluster you meant, then type its name again")
+
+
+def refuse_unconfirmed(request: FailoverRequest, cluster_name: str) -> None:
+    """FailoverRefused before phase 1 (no lock taken, no journal, nothing changed) unless confirmed."""
+    if reason := confirmation_refusal(request, cluster_name):
+        raise FailoverRefused([reason])
+
+
 def decide(
     request: FailoverRequest, cluster: PostgresCluster, states: dict[str, NodeState], endpoint_error: str | None,
     endpoint_kind: str = "pgbouncer",

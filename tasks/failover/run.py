@@ -17,6 +17,8 @@ from blocks.failover_adapters import EndpointControl, NodeControl
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.findings import md_cell
 from tasks.core.notify import SlackThread, open_thread, section_blocks
+from tasks.core.progress import Progress, progress_enabled
+from tasks.core.publish import artifact_key
 from tasks.failover.journal import Journal, JournalStore
 from tasks.failover.model import FailoverRequest, StepRecord
 
@@ -46,6 +48,7 @@ class RunContext:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     progress: list[str] = field(default_factory=list)
     supersedes: tuple[str, str] | None = None  # (run id, why) of an unfinished run this one replaces
+    bar: Progress | None = None  # the progress artifact of phases 2 and 3, one step per planned step
 
     @property
     def clients_paused(self) -> bool:
@@ -78,7 +81,12 @@ def context(run_key: str) -> RunContext | None:
 
 
 def close_context(run_key: str) -> None:
-    _CONTEXTS.pop(run_key, None)
+    ctx = _CONTEXTS.pop(run_key, None)
+    if ctx is not None and ctx.bar is not None:  # not closed by the report: the run stopped early
+        last = next((s for s in reversed(ctx.journal.steps) if s.status != "started"), None)
+        where = f"after step {last.step} on {last.node} ({last.status})" if last else "before its first step"
+        close_progress(ctx, f"stopped {where}: see the run's state and the failover report")
+        ctx.bar.join()  # the run is over: let the last state reach the API
 
 
 def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -91,6 +99,7 @@ def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *a
         result = fn(*args, **kwargs)
     except BaseException as exc:
         _record(ctx, phase, step, node, "failed", _sentence(exc), started)
+        close_progress(ctx, f"stopped at step {step} on {node}: {_sentence(exc)}", wait=False)  # undo first
         raise
     detail = result if isinstance(result, str) else str(result.get("detail", "")) if isinstance(result, dict) else ""
     _record(ctx, phase, step, node, "done", detail, started)
@@ -110,6 +119,35 @@ def _record(ctx: RunContext, phase: int, step: str, node: str, status: str, deta
         phase=phase, step=step, node=node, status=status, detail=detail[:500], at=datetime.now(UTC),
         duration_ms=round((time.perf_counter() - started) * 1000, 1)))
     ctx.save()
+    _move_progress(ctx, f"{step} on {node}: {status}")
+
+
+# ---------------------------------------------------------------- progress artifact
+def _move_progress(ctx: RunContext, current: str) -> None:
+    """The bar counts the planned steps the journal has done or skipped (a resumed run starts where the
+    earlier one stopped). It starts with phase 2's first step; its API calls run in a background thread,
+    so no step waits for them."""
+    plan = ctx.journal.plan
+    if ctx.request.dry_run or not plan.steps:
+        return
+    if ctx.bar is None:
+        if not progress_enabled():
+            return
+        ctx.bar = Progress(artifact_key("failover-progress", plan.cluster), len(plan.steps),
+                           f"{plan.mode.capitalize()} of {plan.cluster}: {plan.old_primary} → {plan.candidate}",
+                           "steps", flow_run_id=ctx.run_id if ctx.run_id != "local" else None).start()
+    planned = {(p.step, p.node) for p in plan.steps}
+    finished = {(s.step, s.node) for s in ctx.journal.steps if s.status in ("done", "skipped")}
+    ctx.bar.set(len(planned & finished), current)
+
+
+def close_progress(ctx: RunContext, outcome: str, complete: bool = False, wait: bool = True) -> None:
+    """The bar's last state: completed (every step), or where the run stopped and why."""
+    if ctx.bar is None:
+        return
+    if complete:
+        ctx.bar.set(ctx.bar.total)
+    ctx.bar.close(outcome, wait=wait)
 
 
 def _sentence(exc: BaseException) -> str:

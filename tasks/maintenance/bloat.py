@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, connect
 from tasks.core.errors import LockTimeout, RunbookDBError
+from tasks.core.progress import Progress
 
 
 class TableStats(BaseModel):
@@ -298,11 +299,14 @@ class Measured(BaseModel):
 
 @task(name="measure-relations", **DB_TASK)
 def measure_relations(target: ConnectionTarget, ext_schema: str, table_oids: list[int], index_oids: list[int],
-                      exact: bool, lock_timeout_ms: int = 1_000, statement_timeout_ms: int = 300_000) -> list[Measured]:
+                      exact: bool, lock_timeout_ms: int = 1_000, statement_timeout_ms: int = 300_000,
+                      progress: Progress | None = None) -> list[Measured]:
     """pgstattuple_approx (or pgstattuple when `exact`) per table, pgstatindex per index.
 
-    A relation that is locked or fails is a Measured with `error`; the others go on.
+    A relation that is locked or fails is a Measured with `error`; the others go on. Each relation measured
+    moves the run's `progress` bar (set, not added: a retried task starts the count again).
     """
+    table_tier = "pgstattuple" if exact else "pgstattuple_approx"
     table_sql = _in_schema(EXACT_TABLE_SQL if exact else APPROX_TABLE_SQL, ext_schema,
                            "pgstattuple" if exact else "pgstattuple_approx")
     index_sql = _in_schema(INDEX_PHYSICAL_SQL, ext_schema, "pgstatindex")
@@ -317,6 +321,7 @@ def measure_relations(target: ConnectionTarget, ext_schema: str, table_oids: lis
                 out.append(Measured(oid=oid, error="locked by another session (lock_timeout)"))
             except RunbookDBError as exc:
                 out.append(Measured(oid=oid, error=exc.sentence))
+            _measured(progress, out, f"table oid {oid} ({table_tier})")
         for oid in index_oids:
             try:
                 out.append(Measured(oid=oid, index=s.fetch_one(index_sql, {"oid": oid}, IndexPhysical)))
@@ -324,7 +329,13 @@ def measure_relations(target: ConnectionTarget, ext_schema: str, table_oids: lis
                 out.append(Measured(oid=oid, error="locked by another session (lock_timeout)"))
             except RunbookDBError as exc:
                 out.append(Measured(oid=oid, error=exc.sentence))
+            _measured(progress, out, f"index oid {oid} (pgstatindex)")
     return out
+
+
+def _measured(progress: Progress | None, out: list[Measured], what: str) -> None:
+    if progress is not None:
+        progress.set(len(out), f"{what}: {'failed, ' + out[-1].error if out[-1].error else 'measured'}")
 
 
 def _in_schema(template: str, schema: str, function: str) -> sql.Composed:

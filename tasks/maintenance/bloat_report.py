@@ -301,6 +301,7 @@ def render_markdown(report: BloatReport, p: BloatParams) -> str:
                      f"{human_bytes(f.bloat_bytes)} | {f.bloat_ratio:.0%} | {f.method} | "
                      f"{'yes' if f.reliable else 'no: ' + md_cell('; '.join(f.caveats))} | "
                      f"{md_cell(f.recommendation)} |")
+    lines += ["", f"**What was done:** {md_cell(report.summary)} (read-only: nothing was changed)"]
     return "\n".join(lines) + "\n"
 
 

@@ -322,6 +322,7 @@ def render_markdown(report: IndexReport) -> str:
         for a in report.actions:
             lines.append(f"| {md_cell(a.index)} | {a.action} | {a.status} | {human_bytes(a.size_before)} → "
                          f"{human_bytes(a.size_after)} | {md_cell(a.error or a.reason)} |")
+    lines += ["", f"**What was done:** {md_cell(report.summary)}"]
     return "\n".join(lines) + "\n"
 
 

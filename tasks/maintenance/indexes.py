@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, Session, connect
 from tasks.core.errors import LockTimeout, PermissionDenied, RunbookDBError
+from tasks.core.progress import Progress
 from tasks.core.relations import RelationRef, resolve, resolve_ref
 
 
@@ -314,3 +315,17 @@ def run_index_action(target: ConnectionTarget, planned: IndexActionResult, ref: 
             result.summary = result.summary.rstrip(".") + "; " + "; ".join(result.cleanup) + "."
     result.duration_s = round(time.monotonic() - t0, 3)
     return result
+
+
+def run_index_actions(target: ConnectionTarget, actions: list[IndexActionResult], refs: dict[str, RelationRef],
+                      lock_timeout_ms: int, statement_timeout_ms: int,
+                      progress: Progress | None = None) -> list[IndexActionResult]:
+    """Each planned action in turn (the others as they are); each outcome moves the run's progress bar."""
+    out = []
+    for action in actions:
+        if action.status == "planned":
+            action = run_index_action(target, action, refs[action.index], lock_timeout_ms, statement_timeout_ms)
+            if progress is not None:
+                progress.advance(1, f"{action.index} {action.action}: {action.status}", action.status)
+        out.append(action)
+    return out

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, Session, connect
 from tasks.core.errors import LockTimeout, RunbookDBError
+from tasks.core.progress import Progress
 from tasks.core.relations import RelationRef, resolve
 from tasks.core.server_capabilities import capabilities
 
@@ -176,17 +177,18 @@ def vacuum_tables(
     statement_timeout_ms: int,
     deadline_epoch: float | None = None,
     one_connection: bool = False,
+    progress: Progress | None = None,
 ) -> list[VacuumResult]:
     """VACUUM a batch of tables one after the other; never raises for a database error. Batches keep
     Prefect's per-task cost off thousands of small tables.
 
     Each table gets its own autocommit connection, or with `one_connection` the batch shares one
     dedicated autocommit connection (a new one after a connection is lost): opening a connection
-    (SCRAM) costs more than vacuuming a small table.
+    (SCRAM) costs more than vacuuming a small table. Each table's outcome moves the run's `progress` bar.
     """
     if not one_connection:
-        return [vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms, deadline_epoch)
-                for ref in refs]
+        return [counted(progress, vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms,
+                                             deadline_epoch)) for ref in refs]
     results: list[VacuumResult] = []
     with contextlib.ExitStack() as stack:
         session: Session | None = None
@@ -199,9 +201,16 @@ def vacuum_tables(
                         statement_timeout_ms=statement_timeout_ms))
                 except RunbookDBError:
                     session = None  # vacuum_one reconnects and reports the error for this table
-            results.append(vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms,
-                                      deadline_epoch, session=session))
+            results.append(counted(progress, vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms,
+                                                        deadline_epoch, session=session)))
     return results
+
+
+def counted(progress: Progress | None, result: VacuumResult) -> VacuumResult:
+    """The table's outcome on the progress bar (a table the window stopped is not done: the bar stays there)."""
+    if progress is not None and result.status != "skipped-window":
+        progress.advance(1, f"{result.table} {result.status}", result.status)
+    return result
 
 
 def vacuum_one(

@@ -164,6 +164,16 @@ def finish_report(report: VacuumReport) -> VacuumReport:
     return report
 
 
+def progress_outcome(report: VacuumReport) -> str:
+    """The progress bar's last line: the tally, and where the run stopped when the window ended."""
+    window = [r.table for r in report.results if r.status == "skipped-window"]
+    tally = ", ".join(f"{report.count(s)} {s}" for s in ("vacuumed", "skipped-locked", "failed") if report.count(s))
+    if window:
+        return (f"stopped: the maintenance window ended before {window[0]}; {len(window)} of "
+                f"{len(report.planned)} tables not started ({tally or 'none done'})")
+    return f"finished: {tally or 'nothing to do'}"
+
+
 def log_rows(report: VacuumReport) -> list[dict]:
     """The maintenance log as table-artifact rows."""
     return [
@@ -184,6 +194,7 @@ def render_markdown(report: VacuumReport, candidates: list[Candidate]) -> str:
             f"| {md_cell(r.table)} | {r.status} | {md_cell(why.get(r.table, 'requested'))} | "
             f"{human_seconds(r.duration_s)} | {r.dead_before} → {r.dead_after} | {r.pages_before} → {r.pages_after} | "
             f"{md_cell(r.error or r.reason)} |")
+    lines += ["", f"**What was done:** {md_cell(report.summary)}"]
     return "\n".join(lines) + "\n"
 
 

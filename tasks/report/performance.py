@@ -94,6 +94,7 @@ class PerformanceReport(BaseModel):
     stored_at: str | None = Field(default=None, description="Path of the stored copy in the report store.")
     store_error: str | None = None
     history: str | None = Field(default=None, description="What pruning the stored history did, or why not.")
+    charts: list[str] = Field(default_factory=list, description="Titles of the trend charts drawn in the report.")
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
     artifact_key: str | None = None
 
@@ -321,7 +322,8 @@ def _table(headers: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
-def render_markdown(report: PerformanceReport, p: ReportParams) -> str:
+def render_markdown(report: PerformanceReport, p: ReportParams, trends: list[str] | None = None) -> str:
+    """The report; `trends` (the trend section's lines) go right after the section verdicts."""
     out = [f"# Performance report of {md_cell(report.cluster)}: {report.status.upper()}", "",
            md_cell(report.summary), "",
            f"Node {report.node}, started {report.started_at:%Y-%m-%d %H:%M:%S} UTC. "
@@ -331,6 +333,7 @@ def render_markdown(report: PerformanceReport, p: ReportParams) -> str:
         out += [f"The previous report has no {', '.join(report.no_baseline)} figures (the section failed): "
                 "those are totals since the statistics were last reset.", ""]
     out += _table(["status", "section", "summary"], [[c.status, c.name, c.summary] for c in report.checks])
+    out += trends or []
     c = report.connections
     if c:
         out += ["", "## Connections", ""]

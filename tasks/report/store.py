@@ -104,24 +104,57 @@ def prune_history(state_dir: str, storage_block: str | None, cluster: str, keep_
     if keep_days <= 0:
         return "history kept: history_days is 0"
     store = open_store(state_dir, storage_block)
-    folder = _slug(cluster)
     cutoff = (now - timedelta(days=keep_days)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    if isinstance(store, LocalFileSystem):
-        root = Path(store.basepath or ".").expanduser() / folder
-        names = [p.name for p in root.iterdir()] if root.is_dir() else []
-
-        def remove(name: str) -> None:
-            (root / name).unlink(missing_ok=True)
-    elif isinstance(store, RemoteFileSystem):
-        fs, root = store.filesystem, f"{store.basepath.rstrip('/')}/{folder}"
-        names = [posixpath.basename(n.rstrip("/")) for n in fs.ls(root, detail=False)] if fs.exists(root) else []
-
-        def remove(name: str) -> None:
-            fs.rm(f"{root}/{name}")
-    else:
+    listed = _history_files(store, _slug(cluster))
+    if listed is None:
         return f"history not pruned: a {type(store).__name__} block cannot list its files (prune it by its own rules)"
+    names, folder = listed
     old = sorted(n for n in names if (m := HISTORY_FILE.match(n)) and m.group(1) < cutoff)
     for name in old:
-        remove(name)
+        _remove(store, folder, name)
     kept = sum(1 for n in names if HISTORY_FILE.match(n)) - len(old)
     return f"{len(old)} stored report(s) older than {keep_days} days removed, {kept} kept"
+
+
+def _history_files(store: WritableFileSystem, folder: str) -> tuple[list[str], str] | None:
+    """The file names in a cluster's folder and the folder's path in the store; None if it cannot list."""
+    if isinstance(store, LocalFileSystem):
+        root = Path(store.basepath or ".").expanduser() / folder
+        return ([p.name for p in root.iterdir()] if root.is_dir() else []), str(root)
+    if isinstance(store, RemoteFileSystem):
+        fs, root = store.filesystem, f"{store.basepath.rstrip('/')}/{folder}"
+        return ([posixpath.basename(n.rstrip("/")) for n in fs.ls(root, detail=False)] if fs.exists(root) else []), root
+    return None
+
+
+def _remove(store: WritableFileSystem, root: str, name: str) -> None:
+    if isinstance(store, LocalFileSystem):
+        (Path(root) / name).unlink(missing_ok=True)
+    else:
+        store.filesystem.rm(f"{root}/{name}")
+
+
+@task(name="load-report-history", cache_policy=NO_CACHE)
+def load_history(state_dir: str, storage_block: str | None, cluster: str, days: int, now: datetime,
+                 model: type[BaseModel]) -> tuple[list[BaseModel], str | None]:
+    """The stored reports of the last `days` days (0: all kept), oldest first, read as `model` (a slim model
+    reads only the fields a chart needs); and a note when some or all could not be read. Never raises: the
+    report runs without trends and says why."""
+    try:
+        store = open_store(state_dir, storage_block)
+        listed = _history_files(store, _slug(cluster))
+    except Exception as exc:  # noqa: BLE001 - any storage backend failure; the report still runs
+        return [], f"history not read ({type(exc).__name__}: {exc})"[:300]
+    if listed is None:
+        return [], f"history not read: a {type(store).__name__} block cannot list its files"
+    names, _ = listed
+    cutoff = (now - timedelta(days=days)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") if days > 0 else ""
+    wanted = sorted(n for n in names if (m := HISTORY_FILE.match(n)) and m.group(1) >= cutoff)
+    points, unreadable = [], 0
+    for name in wanted:
+        try:
+            points.append(model.model_validate_json(store.read_path(f"{_slug(cluster)}/{name}")))
+        except Exception:  # noqa: BLE001 - one damaged copy never hides the others
+            unreadable += 1
+    return points, (f"{unreadable} stored report(s) could not be read and are not in the charts"
+                    if unreadable else None)

@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import psycopg.sql
 import pytest
+from prefect.artifacts import Artifact
 
 from blocks.failover_adapters import EndpointControl, NodeControl
 from blocks.postgres_cluster import PostgresCluster
@@ -99,6 +100,12 @@ class Writer(threading.Thread):
 
 def test_refusals_change_nothing(box, blocks, journal_dir, slack):
     save_slack_block(slack, "fo-slack", "xoxb-ok-refusals")
+    # a real run without the cluster typed again (a form submitted as it opens), or with another cluster's name
+    with pytest.raises(FailoverRefused, match="needs the cluster typed again in confirm_cluster"):
+        failover(request(journal_dir, confirm_cluster="", slack_block="fo-slack"))
+    with pytest.raises(FailoverRefused, match="confirm_cluster 'orders' is not the cluster of this run"):
+        failover(request(journal_dir, confirm_cluster="orders"))
+    assert JournalStore(journal_dir).load(BLOCK) is None  # refused before phase 1: no journal, no backup
     # the candidate is the primary
     with pytest.raises(FailoverRefused, match="actually a primary"):
         failover(request(journal_dir, candidate="primary", slack_block="fo-slack"))
@@ -281,6 +288,8 @@ def test_lsn_gate_failure_after_the_fence_is_undone(box, blocks, journal_dir, sl
     assert set(writer.acked) <= have  # every acknowledged commit is on the old primary
     block = PostgresCluster.load(BLOCK)
     assert block.primary_node == old and block.fenced_nodes == []
+    bar = Artifact.get(f"failover-progress-{block.cluster_name}")  # stopped where the run stopped
+    assert 0 < bar.data < 100 and f"stopped at step lsn-gate on {cand}" in bar.description, bar
     hook = [c for c in slack.calls("chat.postMessage", "xoxb-ok-gate") if "failed at step lsn-gate" in c.raw]
     assert hook and f"restarted {old}" in hook[0].raw and "RESUME sent to pgbouncer" in hook[0].raw
     box.wait_streaming(old)  # the standby follows the restarted primary again
@@ -347,6 +356,10 @@ def test_switchover_under_writes_loses_nothing_and_one_trigger_wins(box, blocks,
     assert not [c for c in slack.calls() if secret in c.raw]
     done = {c.body.get("ts") for c in slack.calls("chat.update", "xoxb-ok-switchover") if "DONE" in c.raw}
     assert parent and len(done) == 1  # the winner's one parent message, updated in place to DONE
+    bar = Artifact.get(f"failover-progress-{report.cluster}")  # the steps of phases 2 and 3, all done
+    assert bar.type == "progress" and bar.data == 100.0, bar
+    assert f"{len(report.plan.steps)} of {len(report.plan.steps)} steps" in bar.description
+    assert "completed: " in bar.description and "primary → replica" in bar.description, bar.description
 
 
 def test_rejoin_after_switchover_needs_no_rewind(box, blocks):

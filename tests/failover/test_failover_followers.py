@@ -76,7 +76,7 @@ def three(prefect_api):
 def _request(**kw) -> FailoverRequest:
     return FailoverRequest(**{"cluster_block": BLOCK, "node_control_block": BLOCK, "endpoint_block": BLOCK,
                               "journal_dir": tempfile.mkdtemp(prefix="pgrb-three-journal-"),
-                              "follow_timeout_seconds": 20, **kw})
+                              "follow_timeout_seconds": 20, "confirm_cluster": BLOCK, **kw})
 
 
 def _at(box: Sandbox, node_port: int) -> str:

@@ -128,8 +128,25 @@ def test_prefect_yaml_deploys_failover_one_at_a_time():
     deployments = {d["name"]: d for d in config["deployments"]}
     assert deployments["failover"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert "schedules" not in deployments["failover"] and "schedules" not in deployments["rejoin"]
-    FailoverRequest(**deployments["failover"]["parameters"]["request"])
+    ui = FailoverRequest(**deployments["failover"]["parameters"]["request"])
+    assert ui.dry_run is True  # the UI form opens as a dry run: Submit with the defaults shows the plan only
+    assert FailoverRequest().dry_run is False  # a request from incident tooling replaces the deployment's whole
     RejoinRequest(**deployments["rejoin"]["parameters"]["request"])
+
+
+def test_a_real_run_needs_the_cluster_typed_again_a_dry_run_does_not():
+    from tasks.failover.plan import confirmation_refusal, refuse_unconfirmed
+
+    real = FailoverRequest(cluster_block="orders-block")
+    assert "needs the cluster typed again" in confirmation_refusal(real, "orders")
+    assert confirmation_refusal(real.model_copy(update={"confirm_cluster": "orders-block"}), "orders") is None
+    assert confirmation_refusal(real.model_copy(update={"confirm_cluster": " orders "}), "orders") is None  # name
+    wrong = real.model_copy(update={"confirm_cluster": "payments"})
+    assert "'payments' is not the cluster of this run" in confirmation_refusal(wrong, "orders")
+    assert confirmation_refusal(real.model_copy(update={"confirm_cluster": "Orders"}), "orders") is not None
+    assert confirmation_refusal(real.model_copy(update={"dry_run": True}), "orders") is None
+    with pytest.raises(FailoverRefused, match="nothing was changed"):
+        refuse_unconfirmed(wrong, "orders")
 
 
 def test_the_ui_form_is_one_model_with_bounds():
@@ -141,7 +158,8 @@ def test_the_ui_form_is_one_model_with_bounds():
     model = schema["definitions"]["FailoverRequest"]["properties"]
     assert model["mode"]["enum"] == ["switchover", "failover"]
     assert model["max_lag_bytes"]["minimum"] == 0 and model["max_lag_bytes"]["default"] == 1024 * 1024
-    assert {"candidate", "force", "dry_run", "lsn_gate_timeout_seconds"} <= set(model)
+    assert {"candidate", "force", "dry_run", "lsn_gate_timeout_seconds", "confirm_cluster"} <= set(model)
+    assert "a dry run shows the candidate" in model["dry_run"]["description"]
 
 
 class TestNodeControlStandard(BlockStandardTestSuite):

@@ -127,6 +127,12 @@ def test_exact_tier_on_request(bloated, cluster_block, sandbox):
     exact = bloat_analysis(cluster_block=cluster_block, params=PARAMS.model_copy(update={"exact": True}))
     f = _finding(exact, "exact")
     assert f.method == "pgstattuple" and abs(f.bloat_ratio - 0.5) <= TOLERANCE
+    from prefect.artifacts import Artifact
+
+    bar = Artifact.get(f"bloat-progress-{exact.cluster}-{exact.database}")  # measured tier, per relation
+    assert bar.type == "progress" and bar.data == 100.0 and "(pgstattuple)" in bar.description, bar
+    assert "measured" in bar.description or "finished" in bar.description, bar.description
+    assert "**What was done:**" in Artifact.get(exact.artifact_key).data
 
 
 def test_role_that_cannot_read_rows_is_flagged_not_alarming(bloated, monitor_cluster_block):

@@ -148,6 +148,13 @@ def test_actions_rebuild_bloated_and_drop_only_listed(sandbox, cluster_block, id
     log = read_maintenance_log(str(tmp_path))
     assert {r["index"] for r in log} >= {f"{S}.big_v", f"{S}.{HOSTILE}"}
     assert "drop(s) refused" in report.summary
+    from prefect.artifacts import Artifact
+
+    ran = [a for a in report.actions if a.status not in ("planned", "refused")]
+    bar = Artifact.get(f"indexes-progress-{report.cluster}")  # one step per index acted on
+    assert bar.type == "progress" and bar.data == 100.0, bar
+    assert f"{len(ran)} of {len(ran)} indexes" in bar.description and "done" in bar.description, bar.description
+    assert "**What was done:**" in Artifact.get(report.artifact_key).data
 
 
 def _ix(oid, name, cols, **kw):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from prefect.artifacts import Artifact
 from psycopg import sql
 
 from flows.vacuum import vacuum
@@ -112,6 +113,11 @@ def test_vacuums_what_needs_it_and_nothing_else(sandbox, cluster_block, vac_tabl
     assert {r["table"] for r in log} == set(by_table) and all(r["runbook"] == "vacuum" for r in log)
     assert psql(sandbox, "primary", sql.SQL("SELECT count(*) FROM {}").format(
         sql.Identifier(SCHEMA, "x")))[0][0] == 5000
+    bar = Artifact.get(f"vacuum-progress-{report.cluster}")  # the progress bar ends at what was done
+    assert bar.type == "progress" and bar.data == 100.0, bar
+    assert f"{len(report.results)} of {len(report.results)} tables" in bar.description
+    assert f"finished: {report.count('vacuumed')} vacuumed" in bar.description
+    assert report.artifact_key and "**What was done:**" in Artifact.get(report.artifact_key).data
 
 
 def test_hostile_name_vacuums_that_table_only(sandbox, cluster_block, vac_tables, tmp_path):
@@ -218,6 +224,9 @@ def test_window_ending_during_the_first_table_skips_the_rest(sandbox, cluster_bl
     assert {t for t, n in after.items() if n != before.get(t, 0)} == {f"{SCHEMA}.Slow"}, "only Slow was vacuumed"
     assert report.status == "warning" and "2 not started before the maintenance window ended" in report.summary
     assert {r["table"]: r["status"] for r in read_maintenance_log(str(tmp_path))} == status
+    bar = Artifact.get(f"vacuum-progress-{report.cluster}")  # the bar stays where the window stopped the run
+    assert bar.data == round(100 / 3, 1) and "1 of 3 tables" in bar.description, bar
+    assert f"stopped: the maintenance window ended before {SCHEMA}.dirty" in bar.description, bar.description
 
 
 def test_dry_run_changes_nothing(sandbox, cluster_block, vac_tables):

@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from sandbox.blocks import sandbox_cluster_block
 from sandbox.cluster import Sandbox
 from tasks.core.findings import worst
 from tasks.report.performance import ReportParams
-from tests.helpers import psql, save_slack_block, wait_for
+from tests.helpers import psql, save_slack_block, seed_report_history, wait_for
 
 QUIET_DB = "perf_quiet_db"
 NOEXT_DB = "perf_noext_db"
@@ -223,6 +224,38 @@ def test_stats_reset_between_reports_is_detected_never_negative(sandbox, cluster
     quiet = next(r for r in second.cache_delta if r.kind == "database" and r.name == QUIET_DB)
     assert quiet.reset
     no_negative_counts(deltas_of(second))
+
+
+def test_trend_charts_from_two_stored_days_and_none_on_a_first_report(sandbox, cluster_block, slack, state_dir):
+    """A first report says there is no trend yet; with two stored days of history the report embeds every chart as
+    a data-URI SVG image, and the Slack digest links the run and the report's artifact page."""
+    from prefect.artifacts import Artifact
+
+    from tasks.report.charts import embedded_images
+
+    first = performance_report(cluster_block=cluster_block, params=params(state_dir))
+    first_md = Artifact.get("performance-test-sandbox").data
+    assert "No trend yet: this is the first stored report" in first_md and not embedded_images(first_md)
+    assert first.charts == []
+
+    seed_report_history(state_dir, "test-sandbox", days=2)
+    psql(sandbox, "primary", "CREATE TABLE IF NOT EXISTS perf_wal (n int)")
+    psql(sandbox, "primary", "INSERT INTO perf_wal SELECT generate_series(1, 1000)")  # some WAL
+    save_slack_block(slack, "slack-trends", "xoxb-ok-trends")
+    third = performance_report(cluster_block=cluster_block, slack_block="slack-trends", params=params(state_dir))
+    psql(sandbox, "primary", "DROP TABLE perf_wal")
+    md = Artifact.get("performance-test-sandbox").data
+    images = embedded_images(md)
+    titles = [t for t, _, _ in images]
+    assert titles == third.charts and "Connections by state" in titles and "WAL written per day" in titles
+    assert {"Database size", "Cache hit ratio (since the report before)", "Oldest XID age (datfrozenxid)",
+            "Database growth per day (all databases)"} <= set(titles)
+    for title, media_type, data in images:
+        assert media_type == "image/svg+xml" and ET.fromstring(data).tag.endswith("svg"), title
+    assert "3 reports from" in md and "<svg" not in md
+    parent = [c for c in slack.calls("chat.update", token="xoxb-ok-trends")][-1].raw
+    assert "Flow run in Prefect" in parent
+    assert "/artifacts/key/performance-test-sandbox|Report with trend charts" in parent
 
 
 def test_pg_monitor_role_with_local_host_metrics_and_slack_digest(monitor_cluster_block, slack, state_dir):
