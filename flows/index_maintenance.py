@@ -82,7 +82,9 @@ def index_maintenance(
         refs = {ix.qualified: RelationRef(oid=ix.oid, schema_name=ix.schema_name, name=ix.name, kind="i")
                 for ix in indexes}
         # MissingIndexGrant (naming the grant) before any index is touched when this role may not act on all.
-        check_index_grants(primary, [refs[a.index] for a in report.actions if a.status == "planned"])
+        planned = [a for a in report.actions if a.status == "planned"]
+        check_index_grants(primary, [refs[a.index] for a in planned if a.action != "reindex"],
+                           [refs[a.index] for a in planned if a.action == "reindex"])
         report.actions = [
             run_index_action(primary, a, refs[a.index], params.lock_timeout_ms, params.statement_timeout_ms)
             if a.status == "planned" else a

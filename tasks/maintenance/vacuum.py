@@ -250,7 +250,7 @@ def vacuum_one(
         if denied:
             result.status, result.error = "failed", (
                 f"permission denied ({denied[0].split(' ', 1)[-1].strip()}): VACUUM needs the table's owner or a "
-                "superuser (PG16+: the MAINTAIN privilege or pg_maintain)")
+                "superuser (PostgreSQL 17+: the MAINTAIN privilege on it, or pg_maintain)")
             result.summary = f"{ref.qualified} not vacuumed: {result.error}."
         elif locked:
             result.status, result.reason = "skipped-locked", "another session holds a conflicting lock (SKIP_LOCKED)"
