@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, Session, connect
 from tasks.core.errors import LockTimeout, PermissionDenied, RunbookDBError
-from tasks.core.relations import RelationRef, resolve, resolve_ref
+from tasks.core.relations import NameSpec, RelationRef, resolve, resolve_ref
 from tasks.core.server_capabilities import capabilities
 
 
@@ -135,7 +135,7 @@ def read_index_scans(target: ConnectionTarget) -> NodeScans:
 
 
 @task(name="resolve-indexes", **DB_TASK)
-def resolve_indexes(target: ConnectionTarget, names: list[str]) -> list[RelationRef]:
+def resolve_indexes(target: ConnectionTarget, names: list[NameSpec]) -> list[RelationRef]:
     """Each operator-listed index name resolved; UnknownObject for any that is not an index."""
     with connect(target, purpose="index-maintenance") as s:
         return [resolve(s, name, kinds=("i",)) for name in names]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, Session, connect
 from tasks.core.errors import LockTimeout, RunbookDBError
-from tasks.core.relations import RelationRef, resolve
+from tasks.core.relations import NameSpec, RelationRef, resolve
 from tasks.core.server_capabilities import capabilities
 
 
@@ -141,7 +141,7 @@ def read_vacuum_candidates(target: ConnectionTarget) -> tuple[list[TableVacuumSt
 
 
 @task(name="resolve-tables", **DB_TASK)
-def resolve_tables(target: ConnectionTarget, names: list[str]) -> list[RelationRef]:
+def resolve_tables(target: ConnectionTarget, names: list[NameSpec]) -> list[RelationRef]:
     """Each operator-given name resolved to exactly one table; UnknownObject for any that is not."""
     with connect(target, purpose="vacuum-plan") as s:
         return [resolve(s, name) for name in names]

@@ -407,6 +407,9 @@ def test_rejoin_after_crash_uses_pg_rewind(box, blocks):
     report = rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
     assert report.status == "completed", report.summary
     assert report.node == old and report.rewind_needed is True
+    major = int(psql_one(box, current(box)[0], "SHOW server_version_num")) // 10000
+    checkpointed = any(a.startswith("CHECKPOINT on") for a in report.actions)
+    assert checkpointed == (major <= 15), (major, report.actions)  # pg_rewind reads the history itself on 16+
     assert report.diverged_copy and Path(report.diverged_copy).exists()
     assert report.diverged_at
     with box.connect(old) as conn:

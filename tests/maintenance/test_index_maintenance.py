@@ -131,7 +131,7 @@ def test_actions_rebuild_bloated_and_drop_only_listed(sandbox, cluster_block, id
     size_before = _q(sandbox, "SELECT pg_relation_size('idx_t.big_v')")[0][0]
     report = index_maintenance(cluster_block=cluster_block, params=IndexParams(
         **BASE, dry_run=False, log_dir=str(tmp_path), rebuild_invalid=True,
-        drop_indexes=[f"{S}.{HOSTILE}", f"{S}.big_v_ccnew", f"{S}.t_pkey", f"{S}.uniq_a"]))
+        drop_indexes=[{"schema": S, "name": HOSTILE}, f"{S}.big_v_ccnew", f"{S}.t_pkey", f"{S}.uniq_a"]))
     after = _indexes(sandbox)
     assert HOSTILE not in after and "big_v_ccnew" not in after
     assert {"t_pkey", "uniq_a", "idx_unused", "idx_a", "idx_a_dup", "idx_b", "big_v", "big_id"} <= set(after)
@@ -328,7 +328,7 @@ def test_enforcing_indexes_are_never_unused_nor_dropped(sandbox, cluster_block, 
     assert flags["No Overlap"] == "(f,f,t,f,t)", "a non-unique index that backs an exclusion constraint"
     assert flags["Repl Ident"] == "(f,t,f,t,f)", "replica identity, backing no constraint"
     report = index_maintenance(cluster_block=cluster_block, params=IndexParams(
-        **BASE, drop_indexes=[f"{RT}.{name}" for name in ENFORCING]))
+        **BASE, drop_indexes=[sql.Identifier(RT, name).as_string(None) for name in ENFORCING]))
     assert set(_in_rt(report, "unused")) == {WEIRD, "MixedCase Idx"}, "no scans: the control indexes are unused"
     droppable = {f.index.split(".", 1)[1] for f in report.findings if f.droppable and f.index.startswith(RT + ".")}
     assert not droppable & set(ENFORCING)

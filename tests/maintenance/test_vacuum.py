@@ -53,12 +53,15 @@ def vac_tables(sandbox):
     psql(sandbox, "primary", sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
 
 
-def test_parse_qualified_name_is_literal_with_optional_quotes():
-    assert parse_qualified_name(f"vac_t.{HOSTILE}") == ("vac_t", HOSTILE)
+def test_parse_qualified_name_is_postgresql_syntax_or_structured():
+    assert parse_qualified_name('vac_t."We""ird; DROP TABLE x; --"') == ("vac_t", HOSTILE)
     assert parse_qualified_name('"my.schema"."A""b.c"') == ("my.schema", 'A"b.c')
-    assert parse_qualified_name("Ünïcode Tab") == ("public", "Ünïcode Tab")
-    with pytest.raises(ValueError):
-        parse_qualified_name("schema.")
+    assert parse_qualified_name('"Ünïcode Tab"') == ("public", "Ünïcode Tab")
+    assert parse_qualified_name("Vac_T.Dirty") == ("vac_t", "dirty")  # unquoted folds, as in SQL
+    assert parse_qualified_name({"schema": "vac_t", "name": HOSTILE}) == ("vac_t", HOSTILE)
+    for bad in ("schema.", "Ünïcode Tab", "a.b.c", 'x."open'):
+        with pytest.raises(ValueError):
+            parse_qualified_name(bad)
 
 
 def test_selection_orders_wraparound_first_and_skips_clean_tables():
@@ -117,7 +120,7 @@ def test_vacuums_what_needs_it_and_nothing_else(sandbox, cluster_block, vac_tabl
 def test_hostile_name_vacuums_that_table_only(sandbox, cluster_block, vac_tables, tmp_path):
     before = _all_vacuum_counts(sandbox)
     report = vacuum(cluster_block=cluster_block, params=VacuumParams(
-        tables=[f"{SCHEMA}.{HOSTILE}", f'{SCHEMA}."{UNICODE}"'], log_dir=str(tmp_path)))
+        tables=[{"schema": SCHEMA, "name": HOSTILE}, f'{SCHEMA}."{UNICODE}"'], log_dir=str(tmp_path)))
     after = _all_vacuum_counts(sandbox)
     changed = {t for t in after if after[t] != before.get(t)}
     assert changed == {f"{SCHEMA}.{HOSTILE}", f"{SCHEMA}.{UNICODE}"}
@@ -146,7 +149,7 @@ def test_locked_table_is_skipped_and_reported_others_vacuumed(sandbox, cluster_b
     try:
         before = _stats(sandbox, SCHEMA, "dirty")[0]
         report = vacuum(cluster_block=cluster_block, slack_block=save_slack_block(slack, "vac-slack", "xoxb-ok-vacuum"),
-                        params=VacuumParams(tables=[f"{SCHEMA}.Locked", f"{SCHEMA}.dirty"], lock_timeout_ms=300,
+                        params=VacuumParams(tables=[f'{SCHEMA}."Locked"', f"{SCHEMA}.dirty"], lock_timeout_ms=300,
                                             log_dir=str(tmp_path)))
     finally:
         holder.rollback()
@@ -203,7 +206,7 @@ def test_window_ending_during_the_first_table_skips_the_rest(sandbox, cluster_bl
     releaser.start()
     try:
         report = vacuum(cluster_block=cluster_block, params=VacuumParams(
-            tables=[f"{SCHEMA}.Slow", f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"], concurrency=1, batch_tables=1,
+            tables=[f'{SCHEMA}."Slow"', f"{SCHEMA}.dirty", f'{SCHEMA}."{UNICODE}"'], concurrency=1, batch_tables=1,
             window_minutes=window_s / 60, options=VacuumOptions(freeze=True), log_dir=str(tmp_path)))
         status = {r.table: r.status for r in report.results}
         assert status == {f"{SCHEMA}.Slow": "vacuumed", f"{SCHEMA}.dirty": "skipped-window",
