@@ -62,7 +62,8 @@ def bloat_analysis(
         top_tables = rules.top_candidates(findings, params, "table")
         top_indexes = rules.top_candidates(findings, params, "index")
         measured = measure_relations(target, info.pgstattuple_schema, [f.oid for f in top_tables],
-                                     [f.oid for f in top_indexes], params.exact)
+                                     [f.oid for f in top_indexes], params.exact,
+                                     exact_oids=[f.oid for f in top_tables if f.size_bytes <= params.exact_max_bytes])
         rules.apply_measurements(findings, measured, tables, [*indexes, *largest], info.block_size)
 
     rules.finish_report(report, findings, params)
