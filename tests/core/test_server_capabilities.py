@@ -140,6 +140,7 @@ def run_probe(sandbox, marker: str, times: int = 3) -> dict:
             (f"%{marker}%",)).fetchone()[0]
 
 
+@pytest.mark.versioned
 def test_old_extension_versions_are_read_with_their_own_columns_then_after_update(sandbox, pgss_db):
     default = psql(sandbox, "primary", "SELECT default_version FROM pg_available_extensions "
                                        "WHERE name = 'pg_stat_statements'")[0][0]

@@ -303,6 +303,7 @@ def test_lsn_gate_failure_after_the_fence_is_undone(box, blocks, journal_dir, sl
              what="the candidate to catch up")
 
 
+@pytest.mark.versioned
 def test_switchover_under_writes_loses_nothing_and_one_trigger_wins(box, blocks, journal_dir, slack):
     save_slack_block(slack, "fo-slack", "xoxb-ok-switchover")
     with box.connect("primary") as conn:
@@ -363,6 +364,7 @@ def test_switchover_under_writes_loses_nothing_and_one_trigger_wins(box, blocks,
     assert parent and len(done) == 1  # the winner's one parent message, updated in place to DONE
 
 
+@pytest.mark.versioned
 def test_rejoin_after_switchover_needs_no_rewind(box, blocks):
     report = rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
     assert report.status == "completed", report.summary
@@ -372,6 +374,7 @@ def test_rejoin_after_switchover_needs_no_rewind(box, blocks):
     assert PostgresCluster.load(BLOCK).fenced_nodes == []
 
 
+@pytest.mark.versioned
 def test_crash_failover_reports_the_lsn_gap_even_with_slack_down(box, blocks, journal_dir, slack):
     """The standby stops receiving, 1001 rows commit on the primary only, the primary crashes:
     the report's gap must equal the WAL the candidate never had, and those rows are really gone."""
@@ -402,6 +405,7 @@ def test_crash_failover_reports_the_lsn_gap_even_with_slack_down(box, blocks, jo
     assert "commits in that range are lost" in loss.sentence and "LSN gap" in report.summary
 
 
+@pytest.mark.versioned
 def test_rejoin_after_crash_uses_pg_rewind(box, blocks):
     old = PostgresCluster.load(BLOCK).fenced_nodes[0]
     report = rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))

@@ -9,6 +9,8 @@ from flows.bloat_analysis import bloat_analysis
 from tasks.maintenance.bloat_report import BloatParams
 from tests.helpers import wait_horizon
 
+pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
+
 SCHEMA = "bloat_t"
 PARAMS = BloatParams(min_pages=64, min_bloat_bytes=0, ratio_threshold=0.0, top_n=50, max_report_rows=200)
 TOLERANCE = 0.10

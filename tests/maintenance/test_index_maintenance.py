@@ -13,6 +13,8 @@ from tasks.maintenance.index_report import IndexParams
 from tasks.maintenance.maintenance_log import read_maintenance_log
 from tests.helpers import wait_for, wait_horizon
 
+pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
+
 S = "idx_t"
 HOSTILE = 'Ix"; DROP TABLE idx_t.t; --'
 BASE = dict(min_stats_window_days=0, unused_min_bytes=0, bloat_ratio=0.5, bloat_min_bytes=200_000)

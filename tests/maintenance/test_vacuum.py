@@ -14,6 +14,8 @@ from tasks.maintenance.vacuum import FreezeLimits, TableVacuumState
 from tasks.maintenance.vacuum_plan import VacuumParams, select_candidates
 from tests.helpers import psql, wait_horizon
 
+pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
+
 SCHEMA = "vac_t"
 HOSTILE = 'We"ird; DROP TABLE x; --'
 UNICODE = "Ünïcode Tab"
