@@ -51,3 +51,14 @@ def wait_horizon(box) -> None:
     wait_for(lambda: psql(box, "primary",
                           "SELECT bool_and(xmin IS NULL OR xmin::text::bigint > %s) FROM pg_replication_slots",
                           (xid % 2**32,))[0][0], timeout=15, what="the replica's xmin to advance")
+
+
+def wait_table_stats(box: Sandbox, condition: str, dbname: str = "postgres", timeout: float = 10) -> None:
+    """Wait until `condition` (SQL over pg_stat_user_tables) holds: before PG15 the statistics collector
+    applies counts asynchronously (~0.5 s late), so what a test just did may not show yet."""
+    import psycopg
+
+    def holds() -> bool:
+        with psycopg.connect(box.conninfo("primary", dbname=dbname), autocommit=True) as conn:
+            return bool(conn.execute(f"SELECT {condition} FROM pg_catalog.pg_stat_user_tables").fetchone()[0])  # noqa: S608
+    wait_for(holds, timeout=timeout, what=f"statistics: {condition}")

@@ -68,6 +68,9 @@ class Capabilities(BaseModel):
     vacuum_index_cleanup_auto: bool = Field(description="VACUUM (INDEX_CLEANUP AUTO) (PG14+).")
     vacuum_parallel: bool = Field(description="VACUUM (PARALLEL n) (PG13+).")
     btree_deduplication: bool = Field(description="btree indexes deduplicate equal keys (PG13+).")
+    stats_in_shared_memory: bool = Field(default=True, description="Cumulative statistics in shared memory, "
+                                         "visible at once (PG15+); before, a collector process applies them "
+                                         "asynchronously (up to ~0.5 s late).")
     io_view: bool = Field(default=False, description="pg_stat_io: I/O by backend type (PG16+).")
     io_bytes_columns: bool = Field(default=False, description="pg_stat_io read_bytes/write_bytes/extend_bytes "
                                                               "(PG18+); before, counts x op_bytes.")
@@ -94,6 +97,7 @@ def capabilities(server_version_num: int, statements_extversion: str | None = No
         vacuum_index_cleanup_auto=v >= 140000,
         vacuum_parallel=v >= 130000,
         btree_deduplication=v >= 130000,
+        stats_in_shared_memory=v >= 150000,
         io_view=v >= 160000,
         io_bytes_columns=v >= 180000,
         maintain_privilege=v >= 170000,

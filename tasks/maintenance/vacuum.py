@@ -140,6 +140,17 @@ def read_vacuum_candidates(target: ConnectionTarget) -> tuple[list[TableVacuumSt
         return read_table_states(s), s.fetch_one(FREEZE_LIMITS_SQL, None, FreezeLimits)
 
 
+def _wait_for_collector(s: Session, ref: RelationRef, before: TableVacuumState,
+                        after: TableVacuumState, timeout_s: float = 3.0) -> TableVacuumState:
+    """Before PG15 the statistics collector applies this VACUUM's counts asynchronously: read the table's
+    state again until its vacuum count moved (at most `timeout_s`), so dead tuples after are not the old ones."""
+    deadline = time.monotonic() + timeout_s
+    while after is not None and after.vacuum_count <= before.vacuum_count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = s.fetch_one(ONE_TABLE_STATE_SQL, {"oid": ref.oid}, TableVacuumState) or after
+    return after
+
+
 @task(name="resolve-tables", **DB_TASK)
 def resolve_tables(target: ConnectionTarget, names: list[NameSpec]) -> list[RelationRef]:
     """Each operator-given name resolved to exactly one table; UnknownObject for any that is not."""
@@ -240,6 +251,8 @@ def vacuum_one(
             finally:
                 s.conn.remove_notice_handler(on_notice)
             after = s.fetch_one(ONE_TABLE_STATE_SQL, {"oid": ref.oid}, TableVacuumState)
+            if not capabilities(s.server_version_num).stats_in_shared_memory and not notices:
+                after = _wait_for_collector(s, ref, before, after)
         result.dead_before, result.dead_after = before.n_dead_tup, after.n_dead_tup
         result.pages_before, result.pages_after = before.relpages, after.relpages
         result.duration_s = round(time.monotonic() - t0, 3)

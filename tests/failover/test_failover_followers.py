@@ -24,6 +24,8 @@ from tasks.failover.followers import repointed_conninfo
 from tasks.failover.model import FailoverRequest, RejoinRequest
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.versioned  # failover, rejoin and followers on 14 and 18 too
+
 BLOCK = "fo-three"
 THIRD = "replica2"
 
@@ -84,7 +86,6 @@ def _at(box: Sandbox, node_port: int) -> str:
     return psycopg.conninfo.make_conninfo(box.conninfo("primary"), port=node_port)
 
 
-@pytest.mark.versioned
 def test_the_other_standby_follows_the_new_primary(three):
     box, port, _ = three
     plan = failover(_request(candidate="replica", dry_run=True)).plan
@@ -135,7 +136,6 @@ def test_the_repointed_conninfo_keeps_every_option_but_the_address():
     assert psycopg.conninfo.conninfo_to_dict(quoted)["password"] == "it's secret"
 
 
-@pytest.mark.versioned
 def test_after_a_crash_a_standby_ahead_of_the_candidate_is_left_alone_for_a_rejoin(three):
     """Crash failover to the standby that received less: the other one replayed WAL the new primary never had.
     It is not repointed (it could not follow); the rejoin it is told to run (pg_rewind) brings it back."""
@@ -237,7 +237,6 @@ def test_a_standby_cascading_from_a_live_standby_is_left_in_place():
     assert not _cascades(src.model_copy(update={"receiver_status": "waiting"}), old)  # its upstream is gone
 
 
-@pytest.mark.versioned
 def test_switchover_without_a_pooler_moves_libpq_multi_host_clients_and_loses_nothing(three):
     """Endpoint `none`: applications list every node with target_session_attrs=read-write, so the fence is what
     moves them. A writer that reconnects on error keeps every acknowledged row; afterwards it writes to the new

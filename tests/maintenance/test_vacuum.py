@@ -12,7 +12,7 @@ from tasks.core.relations import parse_qualified_name
 from tasks.maintenance.maintenance_log import read_maintenance_log
 from tasks.maintenance.vacuum import FreezeLimits, TableVacuumState
 from tasks.maintenance.vacuum_plan import VacuumParams, select_candidates
-from tests.helpers import psql, wait_horizon
+from tests.helpers import psql, wait_horizon, wait_table_stats
 
 pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
 
@@ -51,6 +51,7 @@ def vac_tables(sandbox):
         for name in ("dirty", HOSTILE, UNICODE, "Locked"):
             conn.execute(sql.SQL("DELETE FROM {} WHERE id % 2 = 0").format(sql.Identifier(SCHEMA, name)))
     wait_horizon(sandbox)
+    wait_table_stats(sandbox, f"count(*) FILTER (WHERE schemaname = '{SCHEMA}' AND n_dead_tup >= 2500) = 4")
     yield SCHEMA
     psql(sandbox, "primary", sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
 
@@ -227,6 +228,7 @@ def test_window_ending_during_the_first_table_skips_the_rest(sandbox, cluster_bl
 
 def test_dry_run_changes_nothing(sandbox, cluster_block, vac_tables):
     psql(sandbox, "primary", sql.SQL("DELETE FROM {} WHERE id % 5 = 0").format(sql.Identifier(SCHEMA, "dirty")))
+    wait_table_stats(sandbox, f"bool_or(schemaname = '{SCHEMA}' AND relname = 'dirty' AND n_dead_tup >= 100)")
     before = _all_vacuum_counts(sandbox)
     report = vacuum(cluster_block=cluster_block, params=VacuumParams(dry_run=True, min_dead_tuples=100))
     assert f"{SCHEMA}.dirty" in report.planned and report.results[0].status == "planned"
@@ -308,7 +310,7 @@ def test_one_connection_per_batch_carries_on_after_a_locked_table(sandbox, clust
     try:
         before = _all_vacuum_counts(sandbox)
         target = PostgresCluster.load(cluster_block).primary_target()
-        refs = resolve_tables.fn(target, [f"{SCHEMA}.Locked", f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"])
+        refs = resolve_tables.fn(target, [f'{SCHEMA}."Locked"', f"{SCHEMA}.dirty", f'{SCHEMA}."{UNICODE}"'])
         results = vacuum_tables.fn(target, refs, VacuumOptions(), 300, 60_000, None, one_connection=True)
     finally:
         holder.rollback()
