@@ -90,3 +90,22 @@ def test_cli_lifecycle_is_idempotent_and_keeps_data_across_stop():
     finally:
         if base.exists():
             Sandbox.open(base).destroy()
+
+
+def test_versions_are_validated_and_a_sandbox_keeps_its_own(tmp_path, monkeypatch):
+    """Bad versions are refused with the supported list; a sandbox made with one version refuses another
+    (nothing is downloaded for either refusal); PG_RUNBOOKS_PG picks the tests' version."""
+    from sandbox.cluster import SandboxConfig, SandboxError
+    from sandbox.pgversions import SUPPORTED, VersionUnavailable, parse_major, requested_version
+
+    assert SUPPORTED == (14, 15, 16, 17, 18) and parse_major(" 17 ") == 17
+    for bad in ("13", "19", "latest"):
+        with pytest.raises(VersionUnavailable, match="14, 15, 16, 17, 18"):
+            parse_major(bad)
+    monkeypatch.setenv("PG_RUNBOOKS_PG", "18")
+    assert requested_version() == 18
+    monkeypatch.setenv("PG_RUNBOOKS_PG", "")
+    assert requested_version() is None
+    (tmp_path / "sandbox.json").write_text(SandboxConfig(base_dir=tmp_path, pg_version=None).to_json())
+    with pytest.raises(SandboxError, match="destroy"):
+        Sandbox.open(tmp_path, pg_version=14)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.core.db import Session
 from tasks.core.errors import UnknownObject
+from tasks.core.server_capabilities import capabilities
 
 HOW_TO = ('write each part as PostgreSQL\'s quote_ident() writes it: in double quotes when it has capitals, '
           'spaces, dots, quotes or other characters, a quote inside doubled (e.g. public."My Table", '
@@ -51,7 +52,7 @@ class RelationRef(BaseModel):
         return sql.Identifier(self.schema_name, self.name)
 
 
-_SPACE = " \t\n\r\f"  # scanner_isspace
+_SPACE = " \t\n\r\f"  # scanner_isspace; PostgreSQL 18 added \v (vertical tab)
 
 
 def _ident_start(ch: str) -> bool:
@@ -62,12 +63,14 @@ def _ident_cont(ch: str) -> bool:
     return _ident_start(ch) or ("0" <= ch <= "9") or ch == "$"
 
 
-def parse_ident(text: str) -> list[str]:
+def parse_ident(text: str, vertical_tab_is_space: bool = True) -> list[str]:
     """The parts of a qualified identifier exactly as PostgreSQL's `parse_ident(text, strict => true)` reads
-    them (UTF-8 server), or ValueError saying why not. Checked against the server by a property test."""
+    them (UTF-8 server), or ValueError saying why not. Checked against the server by a property test.
+    `vertical_tab_is_space`: PostgreSQL 18+ skips a vertical tab around parts like a space; older ones refuse it."""
+    space = _SPACE + ("\v" if vertical_tab_is_space else "")
     parts: list[str] = []
     i, n, after_dot = 0, len(text), False
-    while i < n and text[i] in _SPACE:
+    while i < n and text[i] in space:
         i += 1
     while True:
         if i < n and text[i] == '"':
@@ -99,11 +102,11 @@ def parse_ident(text: str) -> list[str]:
             part = "".join(c.lower() if "A" <= c <= "Z" else c for c in text[i:j])
             i = j
         parts.append(part)
-        while i < n and text[i] in _SPACE:
+        while i < n and text[i] in space:
             i += 1
         if i < n and text[i] == ".":
             after_dot, i = True, i + 1
-            while i < n and text[i] in _SPACE:
+            while i < n and text[i] in space:
                 i += 1
         elif i >= n:
             return parts
@@ -111,14 +114,15 @@ def parse_ident(text: str) -> list[str]:
             raise ValueError(f"not a valid identifier: {text!r} (unexpected {text[i]!r})")
 
 
-def parse_qualified_name(spec: NameSpec, default_schema: str = "public") -> tuple[str, str]:
+def parse_qualified_name(spec: NameSpec, default_schema: str = "public",
+                         vertical_tab_is_space: bool = True) -> tuple[str, str]:
     """'schema.name' (PostgreSQL syntax) or a RelationName → (schema, name); unqualified: `default_schema`."""
     if isinstance(spec, RelationName):
         return spec.schema_name, spec.name
     if isinstance(spec, dict):
         named = RelationName.model_validate(spec)
         return named.schema_name, named.name
-    parts = parse_ident(spec)
+    parts = parse_ident(spec, vertical_tab_is_space)
     if len(parts) == 1:
         return default_schema, parts[0]
     if len(parts) != 2:
@@ -164,7 +168,8 @@ def resolve(session: Session, spec: NameSpec, kinds: tuple[str, ...] = ("r", "m"
     """The relation `spec` names, or UnknownObject saying how to write it (nothing was changed)."""
     what = "index" if kinds == ("i",) else "table"
     try:
-        schema, name = parse_qualified_name(spec)
+        schema, name = parse_qualified_name(
+            spec, vertical_tab_is_space=capabilities(session.server_version_num).vertical_tab_is_space)
     except ValueError as exc:
         raise UnknownObject(session.target.label, f"{exc}: {HOW_TO}") from None
     row = session.fetch_one(RESOLVE_SQL, {"schema": schema, "name": name, "kinds": list(kinds)}, RelationRef)
