@@ -237,9 +237,12 @@ def test_performance_troubleshooter_io_cache_and_stale_statistics_match_postgres
                                            "FROM pg_stat_user_tables WHERE relname = 'ts_stale'")[0]
     cold_truth = psql(sandbox, "primary", "SELECT heap_blks_read, heap_blks_hit, pg_relation_size(relid) "
                                           "FROM pg_statio_user_tables WHERE relname = 'ts_cold'")[0]
+    major = int(psql(sandbox, "primary", "SHOW server_version_num")[0][0]) // 10000
+    read_time = "shared_blk_read_time" if major >= 17 else "blk_read_time"  # renamed in 1.11 (PostgreSQL 17)
     calls, total_ms, read_ms, blks_read = psql(
-        sandbox, "primary", "SELECT sum(calls), sum(total_exec_time), sum(blk_read_time), sum(shared_blks_read) "
-                            "FROM pg_stat_statements WHERE query LIKE '%%AS ts_io_read%%'")[0]
+        sandbox, "primary", psycopg.sql.SQL("SELECT sum(calls), sum(total_exec_time), sum({}), sum(shared_blks_read) "
+                                            "FROM pg_stat_statements WHERE query LIKE '%%AS ts_io_read%%'").format(
+            psycopg.sql.Identifier(read_time)))[0]
     assert calls == 3 and read_ms > 0 and blks_read > 0
     read_share = read_ms / total_ms
     rules = PerformanceRules(min_calls=3, max_statements=100, io_bound_min_read_ms=0,
