@@ -157,19 +157,13 @@ SELECT c.oid::bigint AS oid,
 
 # Which of these indexes this role may not REINDEX on PG17+: neither the owner's privileges nor MAINTAIN on
 # the index's table (granted directly or through pg_maintain).
-NOT_MAINTAINABLE_SQL = """
-SELECT c.oid::bigint AS oid,
-       n.nspname AS schema_name,
-       c.relname AS name,
-       pg_catalog.pg_get_userbyid(c.relowner) AS owner
-  FROM pg_catalog.pg_class AS c
-  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-  JOIN pg_catalog.pg_index AS i ON i.indexrelid = c.oid
- WHERE c.oid = ANY(%(oids)s::oid[])
-   AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
-   AND NOT pg_catalog.has_table_privilege(i.indrelid, 'MAINTAIN')
- ORDER BY n.nspname, c.relname
-"""
+NOT_MAINTAINABLE_SQL = NOT_OWNED_SQL.replace(
+    "  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace\n",
+    "  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace\n"
+    "  JOIN pg_catalog.pg_index AS i ON i.indexrelid = c.oid\n").replace(
+    "   AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')\n",
+    "   AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')\n"
+    "   AND NOT pg_catalog.has_table_privilege(i.indrelid, 'MAINTAIN')\n")
 
 
 class _NotOwned(BaseModel):

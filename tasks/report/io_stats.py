@@ -77,20 +77,9 @@ SELECT backend_type,
 """
 
 # The same from PG18 on (op_bytes replaced by read_bytes, write_bytes and extend_bytes).
-IO_SQL_18 = """
-SELECT backend_type,
-       coalesce(sum(reads), 0)::bigint          AS reads,
-       coalesce(sum(writes), 0)::bigint         AS writes,
-       coalesce(sum(extends), 0)::bigint        AS extends,
-       coalesce(sum(fsyncs), 0)::bigint         AS fsyncs,
-       coalesce(sum(read_bytes), 0)::bigint     AS read_bytes,
-       coalesce(sum(write_bytes), 0)::bigint    AS write_bytes,
-       coalesce(sum(extend_bytes), 0)::bigint   AS extend_bytes
-  FROM pg_catalog.pg_stat_io
- WHERE object = 'relation'
- GROUP BY backend_type
- ORDER BY backend_type
-"""
+IO_SQL_18 = (IO_SQL_16.replace("sum(reads * op_bytes)", "sum(read_bytes)")
+             .replace("sum(writes * op_bytes)", "sum(write_bytes)")
+             .replace("sum(extends * op_bytes)", "sum(extend_bytes)"))
 
 # When the I/O statistics were last reset (the same for every row).
 IO_RESET_SQL = """
