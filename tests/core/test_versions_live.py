@@ -14,9 +14,11 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from sandbox.blocks import sandbox_cluster_block
-from tasks.core.relations import RelationRef
+from tasks.core.db import connect
+from tasks.core.relations import RelationRef, resolve
 from tasks.core.server_capabilities import capabilities
 from tasks.maintenance.indexes import MissingIndexGrant, check_index_grants
+from tasks.maintenance.vacuum import VacuumOptions, vacuum_one
 from tasks.report.checkpoints import read_checkpoints
 from tasks.report.io_stats import io_check, io_delta, read_io
 from tasks.report.statements import read_statements
@@ -119,14 +121,23 @@ def maintainer(sandbox):
     psql(sandbox, "primary", sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
 
 
+def _vacuum_as_role(target) -> str:
+    """The runbook's own per-table vacuum, as the role without ownership: its status."""
+    with connect(target, purpose="test") as s:
+        table = resolve(s, "public.kept")
+    return vacuum_one(target, table, VacuumOptions(), 2_000, 60_000, None).status
+
+
 def test_maintain_grants_reindex_and_vacuum_on_17_and_later_only(sandbox, server, maintainer):
     major, _ = server
     target, index = maintainer
     with pytest.raises(MissingIndexGrant):  # no grant at all: refused on every version
         check_index_grants.fn(target, [], [index])
+    assert _vacuum_as_role(target) == "failed"  # "permission denied" / "skipping": reported, not vacuumed
     if major >= 17:
         psql(sandbox, "primary", sql.SQL("GRANT pg_maintain TO {}").format(sql.Identifier(ROLE)))
         check_index_grants.fn(target, [], [index])  # accepted: MAINTAIN through pg_maintain
+        assert _vacuum_as_role(target) == "vacuumed"
         with pytest.raises(MissingIndexGrant):  # a drop still needs the owner
             check_index_grants.fn(target, [index], [])
         from psycopg import connect  # the grant is real: the server lets the role do what we accepted
