@@ -52,7 +52,7 @@ class RelationRef(BaseModel):
         return sql.Identifier(self.schema_name, self.name)
 
 
-_SPACE = " \t\n\r\f"  # scanner_isspace; PostgreSQL 18 added \v (vertical tab)
+_SPACE = " \t\n\r\f"  # scanner_isspace; PostgreSQL 17 added \v (vertical tab)
 
 
 def _ident_start(ch: str) -> bool:
@@ -66,7 +66,7 @@ def _ident_cont(ch: str) -> bool:
 def parse_ident(text: str, vertical_tab_is_space: bool = True) -> list[str]:
     """The parts of a qualified identifier exactly as PostgreSQL's `parse_ident(text, strict => true)` reads
     them (UTF-8 server), or ValueError saying why not. Checked against the server by a property test.
-    `vertical_tab_is_space`: PostgreSQL 18+ skips a vertical tab around parts like a space; older ones refuse it."""
+    `vertical_tab_is_space`: PostgreSQL 17+ skips a vertical tab around parts like a space; older ones refuse it."""
     space = _SPACE + ("\v" if vertical_tab_is_space else "")
     parts: list[str] = []
     i, n, after_dot = 0, len(text), False

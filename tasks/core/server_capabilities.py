@@ -72,7 +72,7 @@ class Capabilities(BaseModel):
                                          "visible at once (PG15+); before, a collector process applies them "
                                          "asynchronously (up to ~0.5 s late).")
     vertical_tab_is_space: bool = Field(default=True, description="parse_ident() (the scanner) skips a vertical "
-                                        "tab like a space (PG18+); before, it is refused.")
+                                        "tab like a space (PG17+); before, it is refused.")
     io_view: bool = Field(default=False, description="pg_stat_io: I/O by backend type (PG16+).")
     io_bytes_columns: bool = Field(default=False, description="pg_stat_io read_bytes/write_bytes/extend_bytes "
                                                               "(PG18+); before, counts x op_bytes.")
@@ -100,7 +100,7 @@ def capabilities(server_version_num: int, statements_extversion: str | None = No
         vacuum_parallel=v >= 130000,
         btree_deduplication=v >= 130000,
         stats_in_shared_memory=v >= 150000,
-        vertical_tab_is_space=v >= 180000,
+        vertical_tab_is_space=v >= 170000,
         io_view=v >= 160000,
         io_bytes_columns=v >= 180000,
         maintain_privilege=v >= 170000,

@@ -63,7 +63,7 @@ def conn(sandbox):
 @example(text="a .\x0b b")
 def test_our_parser_reads_exactly_what_parse_ident_reads(conn, text):
     """The Python reader is the server's: same parts, and an error exactly when the server raises one
-    (PostgreSQL 18 also skips a vertical tab as a space: `Capabilities.vertical_tab_is_space`)."""
+    (PostgreSQL 17+ also skips a vertical tab as a space: `Capabilities.vertical_tab_is_space`)."""
     vt = capabilities(conn.info.server_version).vertical_tab_is_space
     try:
         server = conn.execute("SELECT pg_catalog.parse_ident(%s)", (text,)).fetchone()[0]
