@@ -188,6 +188,15 @@ def test_duplicate_and_redundant_rules():
     assert red == {"s.nonuniq"}, "unique, other opclass, partial and DESC indexes are not redundant"
 
 
+def _replica_has_index(box, db: str, name: str) -> bool:
+    """The replica replayed the database and the index (index statistics are read on every node)."""
+    try:
+        with psycopg.connect(box.conninfo("replica", dbname=db), autocommit=True) as conn:
+            return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+    except psycopg.OperationalError:
+        return False
+
+
 def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbox, cluster_block, tmp_path, slack):
     from tasks.maintenance.maintenance_log import MaintenanceLogFailed
     from tests.helpers import save_slack_block
@@ -199,6 +208,7 @@ def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbo
         with psycopg.connect(sandbox.conninfo("primary", dbname=db), autocommit=True) as conn:
             conn.execute("CREATE TABLE t (id int, c int)")
             conn.execute("CREATE INDEX t_c_unused ON t (c)")
+        wait_for(lambda: _replica_has_index(sandbox, db, "t_c_unused"), what="the replica to replay the index")
         (tmp_path / "a-file").write_text("not a directory")
         state = index_maintenance(
             cluster_block=cluster_block, database=db, return_state=True,
@@ -209,7 +219,7 @@ def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbo
         with pytest.raises(MaintenanceLogFailed) as raised:
             state.result()
         report = raised.value.report
-        assert [(a.index, a.status) for a in report.actions] == [("public.t_c_unused", "done")]
+        assert [(a.index, a.status) for a in report.actions] == [("public.t_c_unused", "done")], report.actions
         assert "maintenance log was NOT written" in report.log_error and report.status == "critical"
         assert report.log_error in report.summary and report.artifact_key and report.notification.ok
         assert any("maintenance log was NOT written" in c.raw for c in slack.calls("chat.postMessage"))
