@@ -117,3 +117,14 @@ def seed_report_history(state_dir: str | Path, cluster: str, days: int = 2) -> l
         written.append(path)
     (folder / "latest.json").write_text(written[-1].read_text())
     return written
+
+
+def wait_table_stats(box: Sandbox, condition: str, dbname: str = "postgres", timeout: float = 10) -> None:
+    """Wait until `condition` (SQL over pg_stat_user_tables) holds: before PG15 the statistics collector
+    applies counts asynchronously (~0.5 s late), so what a test just did may not show yet."""
+    import psycopg
+
+    def holds() -> bool:
+        with psycopg.connect(box.conninfo("primary", dbname=dbname), autocommit=True) as conn:
+            return bool(conn.execute(f"SELECT {condition} FROM pg_catalog.pg_stat_user_tables").fetchone()[0])  # noqa: S608
+    wait_for(holds, timeout=timeout, what=f"statistics: {condition}")
