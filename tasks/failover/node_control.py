@@ -15,6 +15,7 @@ from pathlib import Path
 from blocks.failover_adapters import NodeControl
 
 LSN_RE = re.compile(r"([0-9A-F]+/[0-9A-F]+)")
+WAL_POSITION_RE = re.compile(r"\b(?:at|after) ([0-9A-F]+/[0-9A-F]+)\b")
 
 
 class NodeControlError(RuntimeError):
@@ -101,27 +102,43 @@ def parse_controldata(text: str) -> dict[str, str]:
     return out
 
 
-def wal_end(control: NodeControl, node: str, host: str, start_lsn: str, timeline: int, timeout: float = 60
-            ) -> str | None:
+def wal_end(control: NodeControl, node: str, host: str, start_lsn: str, timeline: int, timeout: float = 60,
+            max_timelines: int = 8) -> str | None:
     """End of the valid WAL in a stopped node's pg_wal (where crash recovery would stop), or None.
 
-    Read from its last checkpoint on its own timeline (pg_waldump defaults to timeline 1).
+    Read from its last checkpoint on the checkpoint's timeline (pg_waldump defaults to timeline 1), then on each
+    later timeline the node switched to: a node promoted after its last checkpoint (the end-of-recovery
+    checkpoint is spread, and a crash can come first) wrote on, and its WAL on timeline T ends exactly where
+    T+1 begins. pg_waldump does not follow timeline switches itself.
     """
-    f = _fields(control, node, host, start=start_lsn, timeline=str(timeline))
     if control.kind == "shell" and not control.waldump_command:
         return None
+    end = None
+    for tli in range(timeline, timeline + max_timelines):
+        found = _wal_end_on(control, node, host, end or start_lsn, tli, timeout)
+        if found is None:
+            break  # no WAL of this timeline here: the node never switched to it
+        end = found
+    return end
+
+
+def _wal_end_on(control: NodeControl, node: str, host: str, start_lsn: str, timeline: int, timeout: float
+                ) -> str | None:
+    f = _fields(control, node, host, start=start_lsn, timeline=str(timeline))
     wal_dir = str(Path(f["data_dir"]) / "pg_wal")
     argv = _argv(control, control.waldump_command, "pg_waldump",
                  ["-q", "-p", wal_dir, "-t", str(timeline), "-s", start_lsn], **f)
-    proc = run(argv, timeout)
-    return parse_wal_end(proc.stderr)
+    return parse_wal_end(run(argv, timeout).stderr)
 
 
 def parse_wal_end(stderr: str) -> str | None:
-    """pg_waldump stops at the first invalid record: '... invalid record length at 0/30265F8: ...'."""
+    """pg_waldump stops at the first invalid record: '... invalid record length at 0/30265F8: ...'.
+
+    Only an LSN after 'at'/'after' counts: a path in a 'could not find file' line is not a WAL position.
+    """
     for line in reversed(stderr.splitlines()):
         if "error" in line:
-            found = LSN_RE.findall(line)
+            found = WAL_POSITION_RE.findall(line)
             if found:
                 return found[-1]
     return None

@@ -373,8 +373,7 @@ def test_rejoin_after_switchover_needs_no_rewind(box, blocks):
     assert PostgresCluster.load(BLOCK).fenced_nodes == []
 
 
-# Not in the version tiers for now: after the merges of issues 18/20 the crash scenario's LSN gap reads as
-# 'unknown (inconsistent)' on the PostgreSQL 18 tier only (it passed on the issue-13 branch); see docs/LIMITATIONS.md.
+@pytest.mark.versioned
 def test_crash_failover_reports_the_lsn_gap_even_with_slack_down(box, blocks, journal_dir, slack):
     """The standby stops receiving, 1001 rows commit on the primary only, the primary crashes:
     the report's gap must equal the WAL the candidate never had, and those rows are really gone."""
@@ -405,8 +404,7 @@ def test_crash_failover_reports_the_lsn_gap_even_with_slack_down(box, blocks, jo
     assert "commits in that range are lost" in loss.sentence and "LSN gap" in report.summary
 
 
-# Not in the version tiers for now: after the merges of issues 18/20 the crash scenario's LSN gap reads as
-# 'unknown (inconsistent)' on the PostgreSQL 18 tier only (it passed on the issue-13 branch); see docs/LIMITATIONS.md.
+@pytest.mark.versioned
 def test_rejoin_after_crash_uses_pg_rewind(box, blocks):
     old = PostgresCluster.load(BLOCK).fenced_nodes[0]
     report = rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))

@@ -112,6 +112,9 @@ def test_pgbouncer_ini_rewrite_touches_only_databases():
 def test_parsers():
     assert parse_wal_end("pg_waldump: error: error in WAL record at 0/30265D0: invalid record length at "
                          "0/30265F8: wanted 24, got 0") == "0/30265F8"
+    assert parse_wal_end('pg_waldump: error: could not find file "/pg/15/A/pg_wal/000000020000000000000003": '
+                         "No such file or directory") is None  # a path is not a WAL position
+    assert parse_wal_end("pg_waldump: error: could not find a valid record after 0/3000148") == "0/3000148"
     assert parse_controldata("Latest checkpoint location:           0/2000060\n")["Latest checkpoint location"] \
         == "0/2000060"
     history = "1\t0/3000148\tno recovery target specified\n\n2\t0/5000000\tno recovery target specified\n"
