@@ -23,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import psycopg
 import yaml
 from pydantic import SecretStr
@@ -177,9 +178,12 @@ class PatroniSandbox:
         """SIGKILL the node's Patroni and its PostgreSQL (a lost host)."""
         pid = self.postmaster_pid(node)
         proc = self.procs.pop(node, None)
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:  # the whole tree: tini puts Patroni in a process group of its own
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                for p in tree:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        p.kill()
             proc.wait(timeout=30)
         if pid:
             with contextlib.suppress(ProcessLookupError):

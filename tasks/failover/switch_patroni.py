@@ -126,13 +126,28 @@ def wait_leader(patroni: PatroniApi, candidate: str, deadline: float) -> dict:
         time.sleep(0.2)
 
 
+def wait_writable(target: ConnectionTarget, deadline: float) -> bool:
+    """Poll the candidate on SQL until it left recovery: Patroni shows it leading while pg_promote still runs."""
+    while True:
+        try:
+            with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
+                if db.scalar(IN_RECOVERY_SQL) is False:
+                    return True
+        except RunbookDBError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 @task(name="patroni-switch", **STEP)
-def patroni_switch(patroni: PatroniApi, mode: str, old: str, candidate: str, timeout_s: float) -> dict:
-    """Ask Patroni to make `candidate` the leader and wait until it does; {'call', 'status', 'answer', 'detail'}."""
-    deadline = time.monotonic() + timeout_s
+def patroni_switch(patroni: PatroniApi, mode: str, old: str, cand: ConnectionTarget, timeout_s: float) -> dict:
+    """Ask Patroni to make the candidate the leader and wait until it leads and writes (SQL: out of recovery);
+    {'call', 'status', 'answer', 'detail'}."""
+    deadline, candidate = time.monotonic() + timeout_s, cand.node
     _, answer = api.first_answer(patroni, "/cluster", prefer=[candidate, old])
     view = answer.body if isinstance(answer.body, dict) else {}
-    if leads(view, candidate):
+    if leads(view, candidate) and wait_writable(cand, deadline):
         return {"call": None, "status": None, "answer": None, "detail": f"{candidate} already leads (Patroni)"}
     leader = api.leader_of(view)
     if mode == "switchover":  # phase 1 checked that the leader is alive and is the old primary
@@ -149,10 +164,10 @@ def patroni_switch(patroni: PatroniApi, mode: str, old: str, candidate: str, tim
         raise FailoverStepFailed(f"Patroni answered {answer.status} to {call}: {answer.text}")
     view = wait_leader(patroni, candidate, deadline)
     now = api.leader_of(view)
-    if not leads(view, candidate):
+    if not leads(view, candidate) or not wait_writable(cand, deadline):
         raise FailoverStepFailed(f"Patroni answered {answer.status} to {call} ({answer.text}), and {candidate} did "
-                                 f"not lead within {timeout_s:.0f} s (leader now: {now or 'none'}); check "
-                                 "patronictl list before rerunning")
+                                 f"not lead and accept writes within {timeout_s:.0f} s (Patroni's leader now: "
+                                 f"{now or 'none'}); check patronictl list before rerunning")
     how = "done" if answer.status == 200 else "switch status unknown, then GET /cluster showed it"
     return {"call": call, "status": answer.status, "answer": answer.text,
             "detail": f"{call} → {answer.status} ({how}): {candidate} leads"}
@@ -228,7 +243,7 @@ class PatroniSwitch:
                  f"{candidate.timeline}): resuming after the switch, not switching twice")
         else:
             done = run_step(ctx, 2, "patroni-switch", plan.candidate, patroni_switch, self.patroni, plan.mode,
-                            plan.old_primary, plan.candidate, ctx.request.patroni_timeout_seconds)
+                            plan.old_primary, ctx.cluster.target(plan.candidate), ctx.request.patroni_timeout_seconds)
             ctx.journal.facts["patroni_switch"] = done
         return {"state": None, "checkpoint": None, "timeline": None}
 
