@@ -41,7 +41,7 @@ import psycopg  # noqa: E402
 from blocks.postgres_cluster import PostgresCluster  # noqa: E402
 from sandbox.blocks import save_failover_blocks  # noqa: E402
 from sandbox.cluster import Sandbox  # noqa: E402
-from tasks.failover.endpoint import rewrite_ini  # noqa: E402
+from tasks.failover.endpoint import repoint, rewrite_ini  # noqa: E402
 from tasks.failover.node_control import parse_controldata  # noqa: E402
 from tasks.failover.plan import lsn_int  # noqa: E402
 
@@ -323,6 +323,8 @@ def patroni_main(runs: int) -> None:
                                           ("Patroni bare REST", bare,
                                            lambda: psycopg.connect(multi, autocommit=True, connect_timeout=5))):
                     patroni.wait_members()
+                    if fn is delegated:  # the bare call left pgbouncer on the old leader: start where the runbook would
+                        repoint(patroni.endpoint_block(), "127.0.0.1", patroni.pg_ports[patroni.leader()])
                     results[kind].append(measure_patroni(patroni, fn, connect))
                 for kind in results:
                     r = results[kind][-1]
