@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
+from tasks.core.findings import human_bytes
 from tasks.core.progress import track_progress
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown
 from tasks.maintenance import bloat_report as rules
@@ -62,12 +63,15 @@ def bloat_analysis(
     if info.has_pgstattuple and params.top_n:
         top_tables = rules.top_candidates(findings, params, "table")
         top_indexes = rules.top_candidates(findings, params, "index")
+        tiers = "pgstattuple" if params.exact else \
+            f"pgstattuple up to {human_bytes(params.exact_max_bytes)}, pgstattuple_approx above"
         with track_progress(artifact_key("bloat-progress", f"{report.cluster}-{report.database}"),
-                            len(top_tables) + len(top_indexes), f"Bloat measurement of {report.cluster}/"
-                            f"{report.database} ({'pgstattuple' if params.exact else 'pgstattuple_approx'})",
-                            "relations") as bar:
-            measured = measure_relations(target, info.pgstattuple_schema, [f.oid for f in top_tables],
-                                         [f.oid for f in top_indexes], params.exact, progress=bar)
+                            len(top_tables) + len(top_indexes),
+                            f"Bloat measurement of {report.cluster}/{report.database} ({tiers})", "relations") as bar:
+            measured = measure_relations(
+                target, info.pgstattuple_schema, [f.oid for f in top_tables], [f.oid for f in top_indexes],
+                params.exact, exact_oids=[f.oid for f in top_tables if f.size_bytes <= params.exact_max_bytes],
+                progress=bar)
         rules.apply_measurements(findings, measured, tables, [*indexes, *largest], info.block_size)
 
     rules.finish_report(report, findings, params)

@@ -83,9 +83,10 @@ def index_maintenance(
         refs = {ix.qualified: RelationRef(oid=ix.oid, schema_name=ix.schema_name, name=ix.name, kind="i")
                 for ix in indexes}
         # MissingIndexGrant (naming the grant) before any index is touched when this role may not act on all.
-        check_index_grants(primary, [refs[a.index] for a in report.actions if a.status == "planned"])
-        with track_progress(artifact_key("indexes-progress", report.cluster),
-                            sum(a.status == "planned" for a in report.actions),
+        planned = [a for a in report.actions if a.status == "planned"]
+        check_index_grants(primary, [refs[a.index] for a in planned if a.action != "reindex"],
+                           [refs[a.index] for a in planned if a.action == "reindex"])
+        with track_progress(artifact_key("indexes-progress", report.cluster), len(planned),
                             f"Index maintenance of {report.cluster}", "indexes") as bar:
             report.actions = run_index_actions(primary, report.actions, refs, params.lock_timeout_ms,
                                                params.statement_timeout_ms, bar)

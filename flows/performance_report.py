@@ -18,6 +18,7 @@ from tasks.report import performance as rules
 from tasks.report.cache import read_cache
 from tasks.report.checkpoints import read_checkpoints
 from tasks.report.connections import read_connections
+from tasks.report.io_stats import read_io
 from tasks.report.performance import PerformanceReport, ReportParams
 from tasks.report.statements import read_statements
 from tasks.report.storage import read_storage
@@ -32,7 +33,7 @@ def performance_report(
     params: ReportParams = ReportParams(),
     slack_block: str | None = None,
 ) -> PerformanceReport:
-    """Connections, query performance, storage, cache, wraparound, checkpoints and host of the primary.
+    """Connections, query performance, storage, cache, wraparound, checkpoints, I/O (PG16+) and host of the primary.
 
     Args:
         cluster_block: Name of the PostgresCluster block to report on (its primary).
@@ -54,6 +55,7 @@ def performance_report(
         "cache": read_cache.submit(target),
         "wraparound": read_wraparound.submit(target),
         "checkpoints": read_checkpoints.submit(target),
+        "io": read_io.submit(target),
         "host": sample_host.submit(params.metrics_block, target),
     }
     errors = {}

@@ -41,6 +41,9 @@ def rejoin(request: RejoinRequest = RejoinRequest()) -> RejoinReport:
     control = steps.read_controldata(ctl, node, host)
     timeline = steps.primary_timeline(primary, control["timeline"])
     rewind = steps.needs_rewind(control["state"], control["checkpoint"], control["timeline"], timeline["switch_lsn"])
+    if timeline["checkpointed"]:
+        actions.append(f"CHECKPOINT on {cluster.primary_node} (pg_rewind before PostgreSQL 16 reads the new "
+                       "timeline from its control file)")
     report = RejoinReport(
         cluster=cluster.cluster_name, node=node, primary=cluster.primary_node, status="dry_run", summary="",
         rewind_needed=rewind, old_timeline=control["timeline"], new_timeline=timeline["timeline"], slot=slot,

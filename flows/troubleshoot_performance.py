@@ -1,6 +1,7 @@
 """Runbook 3.2: performance troubleshooting. Slow and I/O-bound statements, cache per database and table,
-I/O timing, index usage and table statistics (dead rows, stale or missing ANALYZE), ranked by impact on one
-0-100 scale; each recommendation names the evidence and the flow that fixes it.
+I/O timing, I/O by backend type (pg_stat_io, PG16+), index usage and table statistics (dead rows, stale or
+missing ANALYZE), ranked by impact on one 0-100 scale; each recommendation names the evidence and the flow
+that fixes it.
 
 Read-only: it never resets statistics, vacuums or drops anything.
 """
@@ -19,6 +20,7 @@ from tasks.core.recommendations import TroubleshootReport
 from tasks.core.table_stats import read_usage
 from tasks.report.cache import read_cache
 from tasks.report.deltas import cache_deltas, statements_delta
+from tasks.report.io_stats import io_delta, read_io
 from tasks.report.performance import PerformanceReport
 from tasks.report.performance_rules import PerformanceRules, headline, performance_recommendations
 from tasks.report.statements import read_statements
@@ -50,20 +52,21 @@ def troubleshoot_performance(
     target = cluster.primary_target()
     report = TroubleshootReport(kind="performance", cluster=cluster.cluster_name, node=target.node,
                                 started_at=datetime.now(UTC))
-    names = ("statements", "cache", "table and index usage")
+    names = ("statements", "cache", "table and index usage", "I/O by backend type")
     outcomes = dict(zip(names, gather([read_statements.submit(target), read_cache.submit(target),
-                                          read_usage.submit(target)]), strict=True))
+                                          read_usage.submit(target), read_io.submit(target)]), strict=True))
     for name, (_, error) in outcomes.items():
         if error is not None:
             report.failed_sections[name] = describe_error(error)
-    statements, cache, usage = (outcomes[n][0] for n in names)
+    statements, cache, usage, io = (outcomes[n][0] for n in names)
     previous, report.baseline = since_when(baseline, report_state_dir, report_storage_block, report.cluster)
     totals = statements_delta(statements, previous.statements if previous else None) \
         if statements and statements.available else None
+    io_since = io_delta(io, previous.io if previous else None) if io else None
     report.recommendations = performance_recommendations(
         statements, totals, cache_deltas(cache, previous.cache if previous else None) if cache else None, usage,
-        rules)
-    report.figures = headline(statements, usage)
+        rules, io=io_since)
+    report.figures = headline(statements, usage, io_since)
     recs.finish(report)
     report.finished_at = datetime.now(UTC)
     report.artifact_key = publish_markdown(artifact_key("troubleshoot-performance", report.cluster),

@@ -7,6 +7,7 @@ import json
 import sys
 
 from sandbox.cluster import MONITOR_ROLE, Sandbox, SandboxError
+from sandbox.pgversions import SUPPORTED, installed_version
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--primary-port", type=int)
     parser.add_argument("--replica-port", type=int)
     parser.add_argument("--pgbouncer-port", type=int)
+    parser.add_argument("--pg", type=int, choices=SUPPORTED, metavar="MAJOR",
+                        help="PostgreSQL major version (14-18) for a new sandbox; default: the OS package's "
+                             "(Debian 12: 15); others are fetched once into .cache/postgresql/")
     parser.add_argument("--block-name", default="sandbox", help="name of the blocks save-blocks writes")
     parser.add_argument("--defaults", action="store_true",
                         help="new sandbox only: pgbouncer with its own defaults (server_login_retry 15 s, ...) and "
@@ -24,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         box = Sandbox.open(
             args.dir,
+            pg_version=args.pg,
             primary_port=args.primary_port,
             replica_port=args.replica_port,
             pgbouncer_port=args.pgbouncer_port,
@@ -31,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.command == "start":
             box.start()
-            print(f"sandbox running in {box.base}")
+            print(f"sandbox running in {box.base} (PostgreSQL {installed_version(box.bindir)})")
             _print_conninfo(box)
         elif args.command == "status":
             print(json.dumps(box.status(), indent=2))

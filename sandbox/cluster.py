@@ -9,7 +9,6 @@ root, so when this process is root the servers run as an unprivileged OS user
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import pwd
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import psycopg
 
+from sandbox import pgversions
+
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
 MONITOR_ROLE = "runbook_monitor"
@@ -36,23 +37,18 @@ class SandboxError(RuntimeError):
     """The sandbox could not do what was asked; the message says why."""
 
 
-def find_bindir() -> Path:
-    """The newest PostgreSQL server binaries on this machine (or $PG_BINDIR)."""
+def find_bindir(pg_version: int | None = None) -> Path:
+    """PostgreSQL server binaries: $PG_BINDIR, else of `pg_version` (fetched on demand, see
+    sandbox.pgversions), else the newest the OS package installed."""
     if os.environ.get("PG_BINDIR"):
         return Path(os.environ["PG_BINDIR"])
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
-        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
-    )
-    if candidates:
-        return Path(candidates[-1]).parent
-    found = shutil.which("postgres")
-    if found:
-        return Path(found).parent
-    raise SandboxError(
-        "PostgreSQL server binaries not found: install them (apt-get install postgresql) "
-        "or set PG_BINDIR"
-    )
+    try:
+        return pgversions.bindir_for(pg_version)
+    except pgversions.VersionUnavailable as exc:
+        found = shutil.which("postgres") if pg_version is None else None
+        if found:
+            return Path(found).parent
+        raise SandboxError(str(exc)) from exc
 
 
 def free_port() -> int:
@@ -78,6 +74,7 @@ class SandboxConfig:
     monitor_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     os_user: str = "postgres"
     defaults: bool = False  # True: pgbouncer's defaults and the replica as pg_basebackup -R made it (docs/sandbox.md)
+    pg_version: int | None = None  # PostgreSQL major; None: the OS package's (sandbox.pgversions)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -107,19 +104,26 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig):
         self.config = config
-        self.bindir = find_bindir()
+        self.bindir = find_bindir(config.pg_version)
         self.base = Path(config.base_dir)
         self.as_root = os.geteuid() == 0
 
     # ---------------------------------------------------------------- layout
     @classmethod
-    def open(cls, base_dir: Path | None = None, **ports: int) -> Sandbox:
-        """The sandbox recorded in base_dir, or a new configuration for it (ports, and defaults=True for
+    def open(cls, base_dir: Path | None = None, pg_version: int | None = None, **ports: int) -> Sandbox:
+        """The sandbox recorded in base_dir, or a new configuration for it (of PostgreSQL `pg_version`:
+        None keeps the recorded one, or the OS package's for a new sandbox; ports, and defaults=True for
         pgbouncer's defaults: see ephemeral)."""
         base = Path(base_dir or default_base_dir())
         state = base / "sandbox.json"
         if state.exists():
             config = SandboxConfig.from_json(state.read_text())
+            if pg_version and config.pg_version != pg_version:
+                recorded = config.pg_version or "the OS package's"
+                raise SandboxError(
+                    f"the sandbox in {base} runs PostgreSQL {recorded}; "
+                    f"`./run sandbox destroy` first to start one of PostgreSQL {pg_version}"
+                )
             for key, value in ports.items():
                 if value and getattr(config, key) != value:
                     raise SandboxError(
@@ -127,19 +131,25 @@ class Sandbox:
                         "destroy it first to change that"
                     )
             return cls(config)
-        return cls(SandboxConfig(base_dir=base, **{k: v for k, v in ports.items() if v}))
+        return cls(SandboxConfig(base_dir=base, pg_version=pg_version,
+                                 **{k: v for k, v in ports.items() if v}))
 
     @classmethod
-    def ephemeral(cls, prefix: str = "pgrb-", defaults: bool = False) -> Sandbox:
-        """A new configuration in a fresh temporary directory on free ports (tests, benchmarks).
+    def ephemeral(cls, prefix: str = "pgrb-", defaults: bool = False, pg_version: int | None = None) -> Sandbox:
+        """A new configuration in a fresh temporary directory on free ports (tests, benchmarks), of PostgreSQL
+        `pg_version`, else $PG_RUNBOOKS_PG's, else the OS package's.
 
         defaults=True: pgbouncer with its own defaults (server_login_retry 15 s, ...) and the replica's
         primary_conninfo as `pg_basebackup -R` wrote it (no application_name, no cluster_name: the
         walreceiver reports 'walreceiver'). docs/sandbox.md lists every difference.
         """
+        try:
+            version = pg_version or pgversions.requested_version()
+        except pgversions.VersionUnavailable as exc:
+            raise SandboxError(str(exc)) from exc
         base = Path(tempfile.mkdtemp(prefix=prefix))
         return cls(SandboxConfig(base_dir=base, primary_port=free_port(), replica_port=free_port(),
-                                 pgbouncer_port=free_port(), defaults=defaults))
+                                 pgbouncer_port=free_port(), defaults=defaults, pg_version=version))
 
     @property
     def primary_dir(self) -> Path:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from sandbox.blocks import save_sandbox_blocks
-from sandbox.cluster import Sandbox
+from sandbox.cluster import Sandbox, SandboxError
+from sandbox.pgversions import SUPPORTED
 
 
-def main() -> int:
-    box = Sandbox.open()
-    box.start()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./run demo", description=__doc__)
+    parser.add_argument("--pg", type=int, choices=SUPPORTED, metavar="MAJOR",
+                        help="PostgreSQL major version (14-18); default: the OS package's (Debian 12: 15)")
+    args = parser.parse_args(argv)
+    try:
+        box = Sandbox.open(pg_version=args.pg)
+        box.start()
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     save_sandbox_blocks(box)
     from flows.health_check import health_check
     from tasks.health.report import render_markdown

@@ -152,3 +152,17 @@ class Writer(threading.Thread):
             time.sleep(0.002)
         if conn is not None:
             conn.close()
+
+
+def wait_table_stats(box: Sandbox, condition: str, dbname: str = "postgres", timeout: float = 10) -> None:
+    """Wait until `condition` (SQL over pg_stat_user_tables) holds: before PG15 the statistics collector
+    applies counts asynchronously (~0.5 s late), so what a test just did may not show yet."""
+    import psycopg
+    from psycopg import sql
+
+    query = sql.SQL("SELECT {} FROM pg_catalog.pg_stat_user_tables").format(sql.SQL(condition))  # test-written SQL
+
+    def holds() -> bool:
+        with psycopg.connect(box.conninfo("primary", dbname=dbname), autocommit=True) as conn:
+            return bool(conn.execute(query).fetchone()[0])
+    wait_for(holds, timeout=timeout, what=f"statistics: {condition}")

@@ -1,14 +1,18 @@
 """The sandbox is a real topology: primary, streaming replica on a slot, pgbouncer."""
 
+import pytest
+
 from sandbox.cluster import REPLICA_SLOT, Sandbox
 from tests.helpers import psql
 
 
+@pytest.mark.versioned
 def test_primary_and_replica_roles(sandbox):
     assert psql(sandbox, "primary", "SELECT pg_is_in_recovery()") == [(False,)]
     assert psql(sandbox, "replica", "SELECT pg_is_in_recovery()") == [(True,)]
 
 
+@pytest.mark.versioned
 def test_replica_streams_on_its_slot(sandbox):
     rows = psql(sandbox, "primary", "SELECT state FROM pg_stat_replication")
     assert rows == [("streaming",)]
@@ -16,6 +20,7 @@ def test_replica_streams_on_its_slot(sandbox):
     assert (REPLICA_SLOT, True) in slots
 
 
+@pytest.mark.versioned
 def test_primary_settings_for_the_runbooks(sandbox):
     settings = dict(psql(sandbox, "primary", """
         SELECT name, setting FROM pg_settings
@@ -27,12 +32,14 @@ def test_primary_settings_for_the_runbooks(sandbox):
     assert settings["listen_addresses"] == "127.0.0.1"
 
 
+@pytest.mark.versioned
 def test_pgbouncer_routes_to_the_primary(sandbox):
     with sandbox.connect("pgbouncer") as conn:
         port, recovery = conn.execute("SELECT inet_server_port(), pg_is_in_recovery()").fetchone()
     assert (port, recovery) == (sandbox.config.primary_port, False)
 
 
+@pytest.mark.versioned
 def test_start_is_idempotent_and_status_reports(sandbox):
     sandbox.start()
     again = Sandbox.open(sandbox.base)
@@ -83,3 +90,22 @@ def test_cli_lifecycle_is_idempotent_and_keeps_data_across_stop():
     finally:
         if base.exists():
             Sandbox.open(base).destroy()
+
+
+def test_versions_are_validated_and_a_sandbox_keeps_its_own(tmp_path, monkeypatch):
+    """Bad versions are refused with the supported list; a sandbox made with one version refuses another
+    (nothing is downloaded for either refusal); PG_RUNBOOKS_PG picks the tests' version."""
+    from sandbox.cluster import SandboxConfig, SandboxError
+    from sandbox.pgversions import SUPPORTED, VersionUnavailable, parse_major, requested_version
+
+    assert SUPPORTED == (14, 15, 16, 17, 18) and parse_major(" 17 ") == 17
+    for bad in ("13", "19", "latest"):
+        with pytest.raises(VersionUnavailable, match="14, 15, 16, 17, 18"):
+            parse_major(bad)
+    monkeypatch.setenv("PG_RUNBOOKS_PG", "18")
+    assert requested_version() == 18
+    monkeypatch.setenv("PG_RUNBOOKS_PG", "")
+    assert requested_version() is None
+    (tmp_path / "sandbox.json").write_text(SandboxConfig(base_dir=tmp_path, pg_version=None).to_json())
+    with pytest.raises(SandboxError, match="destroy"):
+        Sandbox.open(tmp_path, pg_version=14)

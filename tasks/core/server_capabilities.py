@@ -7,7 +7,9 @@ Column changes, as the extension's SQL scripts define them:
 1.2 queryid; 1.8 (PG13) total_time -> total_exec_time, plans; 1.9 (PG14) toplevel and
 pg_stat_statements_info (dealloc, stats_reset); 1.10 (PG15) temp_blk_*_time, jit_*;
 1.11 (PG17) blk_*_time -> shared_blk_*_time, local_blk_*_time, stats_since; 1.12 (PG18) wal_buffers_full,
-parallel_workers_*.
+parallel_workers_to_launch/_launched (no renames; checked live on 14-18 by tests/core/test_versions_live.py).
+Server views: pg_stat_io (PG16; PG18 replaced op_bytes by read_bytes/write_bytes/extend_bytes and added WAL
+rows), pg_stat_checkpointer and MAINTAIN/pg_maintain (PG17).
 """
 
 from __future__ import annotations
@@ -66,6 +68,19 @@ class Capabilities(BaseModel):
     vacuum_index_cleanup_auto: bool = Field(description="VACUUM (INDEX_CLEANUP AUTO) (PG14+).")
     vacuum_parallel: bool = Field(description="VACUUM (PARALLEL n) (PG13+).")
     btree_deduplication: bool = Field(description="btree indexes deduplicate equal keys (PG13+).")
+    stats_in_shared_memory: bool = Field(default=True, description="Cumulative statistics in shared memory, "
+                                         "visible at once (PG15+); before, a collector process applies them "
+                                         "asynchronously (up to ~0.5 s late).")
+    vertical_tab_is_space: bool = Field(default=True, description="parse_ident() (the scanner) skips a vertical "
+                                        "tab like a space (PG17+); before, it is refused.")
+    io_view: bool = Field(default=False, description="pg_stat_io: I/O by backend type (PG16+).")
+    io_bytes_columns: bool = Field(default=False, description="pg_stat_io read_bytes/write_bytes/extend_bytes "
+                                                              "(PG18+); before, counts x op_bytes.")
+    maintain_privilege: bool = Field(default=False, description="The MAINTAIN table privilege and the pg_maintain "
+                                                                "role allow VACUUM, ANALYZE and REINDEX (PG17+).")
+    rewind_needs_checkpoint: bool = Field(default=True, description="pg_rewind reads the source's timeline from "
+                                          "its control file: CHECKPOINT a just-promoted source first (PG15 and "
+                                          "older; PG16+ reads the timeline history itself).")
     statements: StatementsColumns | None = Field(
         default=None, description="pg_stat_statements columns; None when not created or older than 1.2.")
 
@@ -84,4 +99,10 @@ def capabilities(server_version_num: int, statements_extversion: str | None = No
         vacuum_index_cleanup_auto=v >= 140000,
         vacuum_parallel=v >= 130000,
         btree_deduplication=v >= 130000,
+        stats_in_shared_memory=v >= 150000,
+        vertical_tab_is_space=v >= 170000,
+        io_view=v >= 160000,
+        io_bytes_columns=v >= 180000,
+        maintain_privilege=v >= 170000,
+        rewind_needs_checkpoint=v < 160000,
         statements=statements_columns(statements_extversion) if statements_extversion else None)

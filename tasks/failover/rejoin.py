@@ -1,8 +1,8 @@
 """Rejoin steps: turn a fenced old primary into a standby of the new primary (local pg_ctl nodes).
 
 After a clean switchover no rewind is needed; after a crash, pg_rewind (with the new primary
-CHECKPOINTed first, the diverged data directory copied aside, and the node's own *.conf files
-restored afterwards, since pg_rewind copies the source's).
+CHECKPOINTed first on PG15 and older, the diverged data directory copied aside, and the node's own *.conf
+files restored afterwards, since pg_rewind copies the source's postgresql.conf and postgresql.auto.conf).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from blocks.failover_adapters import NodeControl
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import connect
+from tasks.core.server_capabilities import capabilities
 from tasks.failover import node_control as nc
 from tasks.failover.model import FailoverStepFailed
 from tasks.failover.plan import lsn_int
@@ -80,14 +81,18 @@ def needs_rewind(state: str | None, checkpoint: str | None, node_tli: int | None
 
 @task(name="primary-timeline", **STEP)
 def primary_timeline(target: ConnectionTarget, node_tli: int | None) -> dict:
-    """CHECKPOINT the new primary (pg_rewind needs it), then its timeline and where `node_tli` ended."""
+    """The new primary's timeline and where `node_tli` ended; on PG15 and older a CHECKPOINT first: pg_rewind
+    there reads the source's timeline from its control file, and right after a promotion that still names the
+    old timeline ("no rewind required", then the node loops on "timeline forked off"). PG16+ reads the history."""
     with connect(target, purpose="rejoin", statement_timeout_ms=300_000) as db:
         state = db.fetch_one(NODE_STATE_SQL, None, _StateRow)
         if state.in_recovery:
             raise FailoverStepFailed(f"{target.label} is in recovery: it is not the primary to rejoin to")
-        db.execute("CHECKPOINT")
+        checkpointed = capabilities(db.server_version_num).rewind_needs_checkpoint
+        if checkpointed:
+            db.execute("CHECKPOINT")
         history = db.fetch_one(HISTORY_SQL, {"tli": state.timeline}, _Text).value if state.timeline > 1 else None
-    return {"timeline": state.timeline, "switch_lsn": switch_point(history, node_tli)}
+    return {"timeline": state.timeline, "switch_lsn": switch_point(history, node_tli), "checkpointed": checkpointed}
 
 
 @task(name="ensure-stopped", **STEP)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from prefect import task
 from psycopg import sql
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, connect
@@ -211,10 +211,13 @@ class ApproxTable(BaseModel):
     """pgstattuple_approx (or pgstattuple, exact) of one table, in bytes."""
 
     table_len: int
+    tuple_count: int = Field(default=0, description="Live tuples (pgstattuple_approx: estimated).")
     tuple_len: int
     dead_tuple_len: int
     dead_tuple_count: int
     free_space: int
+    scanned_percent: float = Field(default=100.0, description="Share of pages read; the rest (all-visible pages) "
+                                                              "pgstattuple_approx estimates from the free space map.")
     exact: bool = False
 
 
@@ -231,10 +234,12 @@ class IndexPhysical(BaseModel):
 # pgstattuple_approx: visibility-map-assisted scan of one table (all-visible pages are estimated).
 APPROX_TABLE_SQL = """
 SELECT table_len,
+       approx_tuple_count::bigint AS tuple_count,
        approx_tuple_len::bigint AS tuple_len,
        dead_tuple_len,
        dead_tuple_count,
        approx_free_space AS free_space,
+       scanned_percent::float8 AS scanned_percent,
        false AS exact
   FROM {fn}(%(oid)s::oid::regclass)
 """
@@ -242,6 +247,7 @@ SELECT table_len,
 # pgstattuple: a full scan of one table (exact; on request only).
 EXACT_TABLE_SQL = """
 SELECT table_len,
+       tuple_count,
        tuple_len,
        dead_tuple_len,
        dead_tuple_count,
@@ -300,22 +306,24 @@ class Measured(BaseModel):
 @task(name="measure-relations", **DB_TASK)
 def measure_relations(target: ConnectionTarget, ext_schema: str, table_oids: list[int], index_oids: list[int],
                       exact: bool, lock_timeout_ms: int = 1_000, statement_timeout_ms: int = 300_000,
-                      progress: Progress | None = None) -> list[Measured]:
-    """pgstattuple_approx (or pgstattuple when `exact`) per table, pgstatindex per index.
+                      exact_oids: list[int] | None = None, progress: Progress | None = None) -> list[Measured]:
+    """pgstattuple_approx (or pgstattuple when `exact`, or for the tables in `exact_oids`) per table,
+    pgstatindex per index.
 
     A relation that is locked or fails is a Measured with `error`; the others go on. Each relation measured
     moves the run's `progress` bar (set, not added: a retried task starts the count again).
     """
-    table_tier = "pgstattuple" if exact else "pgstattuple_approx"
-    table_sql = _in_schema(EXACT_TABLE_SQL if exact else APPROX_TABLE_SQL, ext_schema,
-                           "pgstattuple" if exact else "pgstattuple_approx")
+    exact_sql = _in_schema(EXACT_TABLE_SQL, ext_schema, "pgstattuple")
+    approx_sql = _in_schema(APPROX_TABLE_SQL, ext_schema, "pgstattuple_approx")
+    scan_fully = set(exact_oids or [])
     index_sql = _in_schema(INDEX_PHYSICAL_SQL, ext_schema, "pgstatindex")
     out: list[Measured] = []
     with connect(target, purpose="bloat-measure", lock_timeout_ms=lock_timeout_ms,
                  statement_timeout_ms=statement_timeout_ms) as s:
         for oid in table_oids:
+            table_tier = "pgstattuple" if exact or oid in scan_fully else "pgstattuple_approx"
             try:
-                row = s.fetch_one(table_sql, {"oid": oid}, ApproxTable)
+                row = s.fetch_one(exact_sql if exact or oid in scan_fully else approx_sql, {"oid": oid}, ApproxTable)
                 out.append(Measured(oid=oid, table=row))
             except LockTimeout:
                 out.append(Measured(oid=oid, error="locked by another session (lock_timeout)"))

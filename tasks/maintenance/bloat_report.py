@@ -45,6 +45,9 @@ class BloatParams(BaseModel):
     min_bloat_bytes: int = Field(default=8 * MiB, ge=0, description="...and at least this many wasted bytes.")
     top_n: int = Field(default=20, ge=0, le=1000, description="Top candidates measured with pgstattuple_approx / "
                                                               "pgstatindex when the extension is installed.")
+    exact_max_bytes: int = Field(default=256 * MiB, ge=0, description="Top tables up to this size are measured "
+                                 "with pgstattuple (a full scan: exact) even without `exact`; larger ones with "
+                                 "pgstattuple_approx. 0: only with `exact`.")
     exact: bool = Field(default=False, description="Use pgstattuple (a full scan of each top table) "
                                                    "instead of pgstattuple_approx.")
     stale_fraction: float = Field(default=0.10, ge=0, le=1, description="Statistics are stale when rows modified "
@@ -206,22 +209,44 @@ def fillfactor_of(f: BloatFinding, tables: dict[int, TableStats], indexes: dict[
     return tables[f.oid].fillfactor if f.oid in tables else 100
 
 
+def packed_heap_pages(tuples: int, tuple_bytes: int, fillfactor: int, block_size: int) -> int:
+    """Pages VACUUM FULL writes for `tuples` rows of `tuple_bytes` (t_len) each: it fills a page while a tuple
+    (MAXALIGNed) plus the fillfactor reserve fits in the page's free space less one line pointer
+    (rewriteheap.c raw_heap_insert), i.e. floor((block - header - reserve) / (MAXALIGN(len) + 4)) rows a page."""
+    if tuples <= 0:
+        return 0
+    reserve = block_size * (100 - fillfactor) // 100
+    per_page = max(1, min(MAX_HEAP_TUPLES_PER_PAGE,
+                          (block_size - PAGE_HEADER - reserve) // (maxalign(max(tuple_bytes, 1)) + ITEM_ID)))
+    return math.ceil(tuples / per_page)
+
+
 def apply_measurement(f: BloatFinding, m: Measured, fillfactor: int, block_size: int) -> BloatFinding:
-    """Replace the estimate with a measurement. Table: what is not live data, less the fillfactor reserve
-    (pgstattuple counts it as free space): table_len - live × 100/fillfactor, i.e. what VACUUM FULL frees.
+    """Replace the estimate with a measurement, converted into bytes VACUUM FULL (or REINDEX) would free.
+
+    Table: table_len minus the pages its live rows need once packed at the fillfactor (`packed_heap_pages`).
+    That counts what pgstattuple's free space does not: the line pointers deleted rows leave behind, page
+    headers, and the fillfactor reserve (which pgstattuple counts as free). Rows are taken as equally long
+    (the measured average). pgstattuple_approx estimates all-visible pages from the free space map, so the
+    average row there includes page overhead and old line pointers: it is corrected for the page header and
+    one line pointer per row, and the finding says it is approximate.
     Index: leaf pages below the fillfactor density, plus empty and deleted pages (what REINDEX frees)."""
     if m.error:
         f.caveats.append(f"not measured: {m.error}")
         return f
     if f.method == "estimate":
         f.estimate_ratio = f.bloat_ratio
+    approximate = None
     if m.table is not None:
         a = m.table
-        # Dead tuples also hold their alignment padding and line pointer until VACUUM.
-        dead = a.dead_tuple_count * (maxalign(a.dead_tuple_len / a.dead_tuple_count) + ITEM_ID) \
-            if a.dead_tuple_count else 0
-        live = a.table_len - a.free_space - dead
-        wasted = max(0, int(a.table_len - live * 100 / fillfactor))
+        per_row = a.tuple_len / a.tuple_count if a.tuple_count else 0.0
+        if a.scanned_percent < 100 and a.tuple_count:
+            pages = a.table_len / block_size
+            per_row = max(1.0, per_row - ITEM_ID - PAGE_HEADER * pages / a.tuple_count)
+            approximate = (f"approximate: pgstattuple_approx read {a.scanned_percent:.0f} % of the pages and "
+                           "estimated the rest from the free space map (exact=true measures exactly)")
+        after = packed_heap_pages(a.tuple_count, math.floor(per_row), fillfactor, block_size) * block_size
+        wasted = max(0, a.table_len - after)
         f.size_bytes, f.bloat_bytes = a.table_len, min(wasted, a.table_len)
         f.bloat_ratio = round(f.bloat_bytes / a.table_len, 4) if a.table_len else 0.0
         f.dead_bytes = a.dead_tuple_len
@@ -234,7 +259,7 @@ def apply_measurement(f: BloatFinding, m: Measured, fillfactor: int, block_size:
         f.size_bytes, f.bloat_bytes = x.index_size, wasted_pages * block_size
         f.bloat_ratio = round(wasted_pages / pages, 4)
         f.method = "pgstatindex"
-    f.caveats = [c for c in f.caveats if c.startswith("below the size floor")]
+    f.caveats = [c for c in f.caveats if c.startswith("below the size floor")] + ([approximate] if approximate else [])
     f.reliable = not f.caveats
     return f
 

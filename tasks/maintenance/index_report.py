@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from tasks.core.findings import Status, human_bytes, md_cell
 from tasks.core.notify import NotificationOutcome
-from tasks.core.relations import RelationRef
+from tasks.core.relations import RelationName, RelationRef
 from tasks.maintenance.bloat_report import BloatFinding
 from tasks.maintenance.indexes import IndexActionResult, IndexInfo, NodeScans, action_statement
 
@@ -41,10 +41,13 @@ class IndexParams(BaseModel):
     rebuild_invalid: bool = Field(default=True, description="REINDEX INDEX CONCURRENTLY invalid indexes "
                                                             "(not _ccnew/_ccold leftovers: those are dropped "
                                                             "when listed).")
-    drop_indexes: list[str] = Field(
-        default_factory=list, description="schema.index names to DROP INDEX CONCURRENTLY. Only these are ever "
-                                          "dropped, and only when they are unused/duplicate/redundant/invalid "
-                                          "findings of this run.")
+    drop_indexes: list[str | RelationName] = Field(
+        default_factory=list, description="Indexes to DROP INDEX CONCURRENTLY, in PostgreSQL's syntax: schema.index "
+                                          "with each part as quote_ident() writes it (public.orders_old_idx, "
+                                          "public.\"Old Idx\"), or {\"schema\": \"public\", \"name\": \"Old Idx\"}. "
+                                          "Only these are ever dropped, and only when they are unused/duplicate/"
+                                          "redundant/invalid findings of this run.",
+        examples=[["public.orders_old_idx", {"schema": "public", "name": "Old Idx"}]])
     max_actions: int = Field(default=20, ge=0, le=1000, description="At most this many actions per run.")
     lock_timeout_ms: int = Field(default=2_000, ge=10, le=600_000, description="lock_timeout of each action.")
     statement_timeout_ms: int = Field(default=3_600_000, ge=1_000, le=86_400_000,

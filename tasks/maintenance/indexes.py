@@ -18,7 +18,8 @@ from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, Session, connect
 from tasks.core.errors import LockTimeout, PermissionDenied, RunbookDBError
 from tasks.core.progress import Progress
-from tasks.core.relations import RelationRef, resolve, resolve_ref
+from tasks.core.relations import NameSpec, RelationRef, resolve, resolve_ref
+from tasks.core.server_capabilities import capabilities
 
 
 class IndexInfo(BaseModel):
@@ -135,14 +136,14 @@ def read_index_scans(target: ConnectionTarget) -> NodeScans:
 
 
 @task(name="resolve-indexes", **DB_TASK)
-def resolve_indexes(target: ConnectionTarget, names: list[str]) -> list[RelationRef]:
+def resolve_indexes(target: ConnectionTarget, names: list[NameSpec]) -> list[RelationRef]:
     """Each operator-listed index name resolved; UnknownObject for any that is not an index."""
     with connect(target, purpose="index-maintenance") as s:
         return [resolve(s, name, kinds=("i",)) for name in names]
 
 
-# Which of these indexes this role may not REINDEX or DROP: both need the owner's privileges (superuser,
-# the owner, or a member of the owning role); their table, and the owning role's name.
+# Which of these indexes this role may not DROP (and, before PG17, not REINDEX): both need the owner's
+# privileges (superuser, the owner, or a member of the owning role); their name and the owning role's name.
 NOT_OWNED_SQL = """
 SELECT c.oid::bigint AS oid,
        n.nspname AS schema_name,
@@ -154,6 +155,16 @@ SELECT c.oid::bigint AS oid,
    AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
  ORDER BY n.nspname, c.relname
 """
+
+# Which of these indexes this role may not REINDEX on PG17+: neither the owner's privileges nor MAINTAIN on
+# the index's table (granted directly or through pg_maintain).
+NOT_MAINTAINABLE_SQL = NOT_OWNED_SQL.replace(
+    "  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace\n",
+    "  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace\n"
+    "  JOIN pg_catalog.pg_index AS i ON i.indexrelid = c.oid\n").replace(
+    "   AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')\n",
+    "   AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')\n"
+    "   AND NOT pg_catalog.has_table_privilege(i.indrelid, 'MAINTAIN')\n")
 
 
 class _NotOwned(BaseModel):
@@ -171,25 +182,35 @@ class MissingIndexGrant(PermissionDenied):
     def __init__(self, target: str, role: str, indexes: list[str], owners: list[str]):
         self.role, self.indexes, self.owners = role, indexes, owners
         self.action = (f"run index maintenance as the owner (or superuser), or GRANT {', '.join(owners)} TO {role}: "
-                       "REINDEX and DROP INDEX need the table owner's privileges (PostgreSQL 17+: "
-                       "GRANT MAINTAIN ON the table allows REINDEX); nothing was changed")
+                       "DROP INDEX needs the table owner's privileges, and so does REINDEX before PostgreSQL 17 "
+                       "(17+: GRANT MAINTAIN ON the table, or GRANT pg_maintain, allows REINDEX); nothing was changed")
         shown = ", ".join(indexes[:10]) + (f" and {len(indexes) - 10} more" if len(indexes) > 10 else "")
-        super().__init__(target, f"role {role} does not own (is not a member of the owner of) {shown}", "42501")
+        super().__init__(target, f"role {role} may not act on {shown} (it does not own them"
+                                 " and, for a rebuild on 17+, holds no MAINTAIN on their table)", "42501")
 
     def __reduce__(self):
         return (MissingIndexGrant, (self.target, self.role, self.indexes, self.owners))
 
 
 @task(name="check-index-grants", **DB_TASK)
-def check_index_grants(target: ConnectionTarget, refs: list[RelationRef]) -> None:
-    """MissingIndexGrant, before any action starts, when this role may not act on every planned index."""
-    if not refs:
+def check_index_grants(target: ConnectionTarget, refs: list[RelationRef],
+                       rebuilds: list[RelationRef] | None = None) -> None:
+    """MissingIndexGrant, before any action starts, when this role may not act on every planned index.
+
+    `refs` are dropped (ownership needed); `rebuilds` are reindexed: ownership, or on PG17+ MAINTAIN on the
+    table (directly or through pg_maintain)."""
+    rebuilds = rebuilds or []
+    if not refs and not rebuilds:
         return
     with connect(target, purpose="index-maintenance") as s:
-        denied = s.fetch_all(NOT_OWNED_SQL, {"oids": [r.oid for r in refs]}, _NotOwned)
+        maintain = capabilities(s.server_version_num).maintain_privilege
+        owned_only = refs if maintain else refs + rebuilds
+        denied = s.fetch_all(NOT_OWNED_SQL, {"oids": [r.oid for r in owned_only]}, _NotOwned) if owned_only else []
+        if maintain and rebuilds:
+            denied += s.fetch_all(NOT_MAINTAINABLE_SQL, {"oids": [r.oid for r in rebuilds]}, _NotOwned)
     if denied:
-        raise MissingIndexGrant(target.label, target.user, [f"{d.schema_name}.{d.name}" for d in denied],
-                                sorted({d.owner for d in denied}))
+        names = sorted({f"{d.schema_name}.{d.name}" for d in denied})
+        raise MissingIndexGrant(target.label, target.user, names, sorted({d.owner for d in denied}))
 
 
 class IndexActionResult(BaseModel):

@@ -21,7 +21,7 @@ from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.db import DB_TASK, Session, connect
 from tasks.core.errors import LockTimeout, RunbookDBError
 from tasks.core.progress import Progress
-from tasks.core.relations import RelationRef, resolve
+from tasks.core.relations import NameSpec, RelationRef, resolve
 from tasks.core.server_capabilities import capabilities
 
 
@@ -141,8 +141,19 @@ def read_vacuum_candidates(target: ConnectionTarget) -> tuple[list[TableVacuumSt
         return read_table_states(s), s.fetch_one(FREEZE_LIMITS_SQL, None, FreezeLimits)
 
 
+def _wait_for_collector(s: Session, ref: RelationRef, before: TableVacuumState,
+                        after: TableVacuumState, timeout_s: float = 3.0) -> TableVacuumState:
+    """Before PG15 the statistics collector applies this VACUUM's counts asynchronously: read the table's
+    state again until its vacuum count moved (at most `timeout_s`), so dead tuples after are not the old ones."""
+    deadline = time.monotonic() + timeout_s
+    while after is not None and after.vacuum_count <= before.vacuum_count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = s.fetch_one(ONE_TABLE_STATE_SQL, {"oid": ref.oid}, TableVacuumState) or after
+    return after
+
+
 @task(name="resolve-tables", **DB_TASK)
-def resolve_tables(target: ConnectionTarget, names: list[str]) -> list[RelationRef]:
+def resolve_tables(target: ConnectionTarget, names: list[NameSpec]) -> list[RelationRef]:
     """Each operator-given name resolved to exactly one table; UnknownObject for any that is not."""
     with connect(target, purpose="vacuum-plan") as s:
         return [resolve(s, name) for name in names]
@@ -249,6 +260,8 @@ def vacuum_one(
             finally:
                 s.conn.remove_notice_handler(on_notice)
             after = s.fetch_one(ONE_TABLE_STATE_SQL, {"oid": ref.oid}, TableVacuumState)
+            if not capabilities(s.server_version_num).stats_in_shared_memory and not notices:
+                after = _wait_for_collector(s, ref, before, after)
         result.dead_before, result.dead_after = before.n_dead_tup, after.n_dead_tup
         result.pages_before, result.pages_after = before.relpages, after.relpages
         result.duration_s = round(time.monotonic() - t0, 3)
@@ -259,7 +272,7 @@ def vacuum_one(
         if denied:
             result.status, result.error = "failed", (
                 f"permission denied ({denied[0].split(' ', 1)[-1].strip()}): VACUUM needs the table's owner or a "
-                "superuser (PG16+: the MAINTAIN privilege or pg_maintain)")
+                "superuser (PostgreSQL 17+: the MAINTAIN privilege on it, or pg_maintain)")
             result.summary = f"{ref.qualified} not vacuumed: {result.error}."
         elif locked:
             result.status, result.reason = "skipped-locked", "another session holds a conflicting lock (SKIP_LOCKED)"

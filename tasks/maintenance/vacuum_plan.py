@@ -15,17 +15,20 @@ from pydantic import BaseModel, Field
 
 from tasks.core.findings import Status, human_seconds, md_cell
 from tasks.core.notify import NotificationOutcome
-from tasks.core.relations import RelationRef
+from tasks.core.relations import RelationName, RelationRef
 from tasks.maintenance.vacuum import FreezeLimits, TableVacuumState, VacuumOptions, VacuumResult
 
 
 class VacuumParams(BaseModel):
     """What to vacuum and how (the Prefect UI renders this as the run form)."""
 
-    tables: list[str] = Field(
+    tables: list[str | RelationName] = Field(
         default_factory=list,
-        description="Tables to vacuum as schema.table (names are literal; quote a part containing a dot). "
-                    "Empty = every table that needs it by the thresholds below.")
+        description="Tables to vacuum, in PostgreSQL's syntax: schema.table with each part as quote_ident() writes "
+                    "it (public.orders, public.\"Order Lines\"; unquoted parts fold to lower case), or "
+                    "{\"schema\": \"public\", \"name\": \"Order Lines\"} (exact, no quoting). "
+                    "Empty = every table that needs it by the thresholds below.",
+        examples=[["public.orders", 'sales."Order Lines"', {"schema": "sales", "name": "Order Lines"}]])
     dead_tuple_ratio: float = Field(
         default=0.10, ge=0, le=1, description="Needs vacuum when dead / (live + dead) tuples reaches this.")
     min_dead_tuples: int = Field(default=1000, ge=0, description="...and at least this many dead tuples.")

@@ -27,12 +27,13 @@ from tasks.report.deltas import (
     statements_delta,
     storage_delta,
 )
+from tasks.report.io_stats import IoDelta, IoSnapshot, io_check, io_delta, io_table
 from tasks.report.statements import StatementsSnapshot
 from tasks.report.storage import StorageSnapshot
 from tasks.report.store import UNREADABLE
 from tasks.report.wraparound import HARD_LIMIT, MXID_HARD_LIMIT, WraparoundSnapshot
 
-SECTIONS = ("connections", "statements", "storage", "cache", "wraparound", "checkpoints", "host")
+SECTIONS = ("connections", "statements", "storage", "cache", "wraparound", "checkpoints", "io", "host")
 
 
 class ReportParams(BaseModel):
@@ -83,12 +84,14 @@ class PerformanceReport(BaseModel):
     cache: CacheSnapshot | None = None
     wraparound: WraparoundSnapshot | None = None
     checkpoints: CheckpointSnapshot | None = None
+    io: IoSnapshot | None = None
     host: HostMetrics | None = None
     # figures since the previous report
     statements_delta: StatementsDelta | None = None
     storage_delta: StorageDelta | None = None
     cache_delta: list[RatioRow] = Field(default_factory=list)
     checkpoint_delta: CheckpointDelta | None = None
+    io_delta: IoDelta | None = None
     no_baseline: list[str] = Field(default_factory=list,
                                    description="Sections the previous report lacks: totals since the stats reset.")
     stored_at: str | None = Field(default=None, description="Path of the stored copy in the report store.")
@@ -251,7 +254,7 @@ def compute_deltas(report: PerformanceReport, previous: PerformanceReport | None
     statistics were reset, and `no_baseline` says so.
     """
     if previous is not None:
-        report.no_baseline = [name for name in ("statements", "storage", "cache", "checkpoints")
+        report.no_baseline = [name for name in ("statements", "storage", "cache", "checkpoints", "io")
                               if getattr(report, name) is not None and getattr(previous, name) is None]
     if report.statements is not None and report.statements.available:
         report.statements_delta = statements_delta(report.statements, previous.statements if previous else None)
@@ -261,6 +264,8 @@ def compute_deltas(report: PerformanceReport, previous: PerformanceReport | None
         report.cache_delta = cache_deltas(report.cache, previous.cache if previous else None)
     if report.checkpoints is not None:
         report.checkpoint_delta = checkpoint_delta(report.checkpoints, previous.checkpoints if previous else None)
+    if report.io is not None:
+        report.io_delta = io_delta(report.io, previous.io if previous else None)
 
 
 def section_checks(report: PerformanceReport, errors: dict[str, BaseException], p: ReportParams) -> list[Check]:
@@ -279,6 +284,8 @@ def section_checks(report: PerformanceReport, errors: dict[str, BaseException], 
         checks.append(wraparound_check(node, report.wraparound, p))
     if report.checkpoints:
         checks.append(checkpoints_check(node, report.checkpoints, report.checkpoint_delta))
+    if report.io:
+        checks.append(io_check(node, report.io, report.io_delta))
     if "host" not in errors:
         checks.append(host_check(node, report.host, p))
     return checks
@@ -403,6 +410,10 @@ def render_markdown(report: PerformanceReport, p: ReportParams, trends: list[str
             out += ["", "Holding the xmin horizon:", ""]
             out += _table(["kind", "name", "xmin age", "for"],
                           [[h.kind, h.name, h.xmin_age, human_seconds(h.seconds)] for h in w.holders])
+    if report.io_delta is not None:
+        headers, rows = io_table(report.io_delta)
+        out += ["", "## I/O by backend type (pg_stat_io, relations)", ""]
+        out += _table(headers, rows) if rows else ["No relation I/O since the " + report.io_delta.since + "."]
     return "\n".join(out)
 
 

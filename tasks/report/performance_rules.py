@@ -12,6 +12,8 @@ rank together. Each rule states its measure as a share of a database-wide total:
 - dead tuples: the table's dead rows as a share of all rows (live + dead) of the database's tables;
 - statistics (never analyzed, stale): the table's share of all table scans (sequential + index);
 - unused and invalid indexes: the index's share of all index bytes;
+- client backends writing buffers (pg_stat_io, PG16+): their share of the buffer writes of client backends,
+  background writer and checkpointer;
 - settings and missing extensions: 0 (nothing measured).
 
 Statement figures are cumulative since the last statistics reset (the troubleshooter reads the
@@ -27,6 +29,7 @@ from tasks.core.recommendations import Recommendation
 from tasks.core.redact import redact_sql
 from tasks.core.table_stats import TableUsage, UsageSnapshot
 from tasks.report.deltas import RatioRow, StatementDelta, StatementsDelta, ratio
+from tasks.report.io_stats import MIN_WRITES, WRITERS, IoDelta
 from tasks.report.statements import StatementsSnapshot
 
 
@@ -61,6 +64,9 @@ class PerformanceRules(BaseModel):
                                            description="Heap blocks of a table found in shared buffers below this.")
     table_cache_min_reads: int = Field(default=10_000, ge=0,
                                        description="Heap blocks read from disk before a table's cache ratio counts.")
+    client_write_share: float = Field(default=0.5, ge=0, le=1,
+                                      description="Share of buffer writes done by client backends (not the "
+                                                  "background writer or checkpointer) that is a finding (PG16+).")
 
 
 def share(part: float, whole: float) -> float:
@@ -311,10 +317,30 @@ def index_rules(usage: UsageSnapshot, r: PerformanceRules) -> list[Recommendatio
     return recs
 
 
+def backend_write_rules(io: IoDelta | None, r: PerformanceRules) -> list[Recommendation]:
+    """Client backends writing dirty buffers themselves (pg_stat_io, PG16+): they wait on those writes."""
+    share_ = io.client_write_share if io else None
+    writes = sum(io.writes(b) for b in WRITERS) if io else 0
+    if share_ is None or share_ <= r.client_write_share or writes < MIN_WRITES:
+        return []
+    by = {b: io.writes(b) for b in WRITERS}
+    return [Recommendation(
+        id="client-backend-writes", rule="client-backend-writes", severity="warning", subject="cluster",
+        impact=100 * share_,
+        finding=f"Client backends wrote {100 * share_:.0f} % of the {writes} buffers written since the {io.since} "
+                f"(background writer {by['background writer']}, checkpointer {by['checkpointer']}).",
+        evidence={"since": io.since, "client_write_share": round(share_, 4), "writes": by,
+                  "by_backend": [row.model_dump() for row in io.rows]},
+        action="Queries are writing dirty buffers out themselves: raise shared_buffers (restart) if the working set "
+               "does not fit, or make the background writer keep up (bgwriter_lru_maxpages, bgwriter_lru_multiplier, "
+               "bgwriter_delay); look at bulk writers in the statements with the most shared blocks written.",
+        fix_flow=None)]
+
+
 def performance_recommendations(statements: StatementsSnapshot | None, totals: StatementsDelta | None,
                                 cache: list[RatioRow] | None, usage: UsageSnapshot | None,
-                                r: PerformanceRules) -> list[Recommendation]:
-    recs = []
+                                r: PerformanceRules, io: IoDelta | None = None) -> list[Recommendation]:
+    recs = backend_write_rules(io, r)
     if statements is not None:
         recs += statement_rules(statements, totals, r)
     if cache is not None:
@@ -325,8 +351,11 @@ def performance_recommendations(statements: StatementsSnapshot | None, totals: S
     return recs
 
 
-def headline(statements: StatementsSnapshot | None, usage: UsageSnapshot | None) -> dict:
+def headline(statements: StatementsSnapshot | None, usage: UsageSnapshot | None, io: IoDelta | None = None) -> dict:
     out = {}
+    if io is not None:
+        share_ = io.client_write_share
+        out["buffer writes by client backends (pg_stat_io)"] = "n/a" if share_ is None else f"{100 * share_:.0f} %"
     if statements and statements.available:
         out["statements tracked"] = len(statements.statements)
         out["statement time (total)"] = human_seconds(sum(s.total_ms for s in statements.statements) / 1000)

@@ -140,6 +140,7 @@ def run_probe(sandbox, marker: str, times: int = 3) -> dict:
             (f"%{marker}%",)).fetchone()[0]
 
 
+@pytest.mark.versioned
 def test_old_extension_versions_are_read_with_their_own_columns_then_after_update(sandbox, pgss_db):
     default = psql(sandbox, "primary", "SELECT default_version FROM pg_available_extensions "
                                        "WHERE name = 'pg_stat_statements'")[0][0]
@@ -148,7 +149,8 @@ def test_old_extension_versions_are_read_with_their_own_columns_then_after_updat
         conn.autocommit = True
         conn.execute("DROP EXTENSION IF EXISTS pg_stat_statements")
         conn.execute("CREATE EXTENSION pg_stat_statements VERSION '1.4'")  # the oldest install script
-    for version in ("1.4", "1.8", "1.9", default):
+    versions = list(dict.fromkeys(("1.4", "1.8", "1.9", default)))  # on PG14 the default is 1.9 itself
+    for version in versions:
         with sandbox.connect("primary", dbname=PGSS_DB) as conn:
             conn.autocommit = True
             conn.execute(sql.SQL("ALTER EXTENSION pg_stat_statements UPDATE TO {}").format(sql.Literal(version)))
@@ -169,7 +171,7 @@ def test_old_extension_versions_are_read_with_their_own_columns_then_after_updat
         assert f"From pg_stat_statements {version}." in markdown
         assert ("ALTER EXTENSION pg_stat_statements UPDATE would give" in markdown) == (version != default)
         seen.append((version, check.details["extversion"]))
-    assert [v for v, _ in seen] == ["1.4", "1.8", "1.9", default]
+    assert [v for v, _ in seen] == versions and versions[-1] == default
 
 
 

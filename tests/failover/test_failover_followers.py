@@ -24,6 +24,8 @@ from tasks.failover.followers import repointed_conninfo
 from tasks.failover.model import FailoverRequest, RejoinRequest
 from tests.helpers import wait_for
 
+pytestmark = pytest.mark.versioned  # failover, rejoin and followers on 14 and 18 too
+
 BLOCK = "fo-three"
 THIRD = "replica2"
 

@@ -20,6 +20,7 @@ def by(report, name, node=None):
     return [c for c in report.checks if c.name == name and (node is None or c.node == node)]
 
 
+@pytest.mark.versioned
 def test_healthy_cluster_is_all_ok(cluster_block, slack):
     save_slack_block(slack, "slack-ok", "xoxb-ok-health")
     report = health_check(cluster_block=cluster_block, slack_block="slack-ok")
@@ -47,6 +48,7 @@ def test_report_is_published_as_markdown_artifact(cluster_block):
     assert "Health check of test-sandbox" in artifacts[0].data
 
 
+@pytest.mark.versioned
 def test_long_running_queries_are_found_and_idle_ones_are_not(sandbox, cluster_block):
     done = threading.Event()
 
@@ -78,6 +80,7 @@ def test_long_running_queries_are_found_and_idle_ones_are_not(sandbox, cluster_b
     assert by(report, "long-queries", "replica")[0].status == "ok"
 
 
+@pytest.mark.versioned
 def test_replication_lag_shows_while_replay_is_paused_and_clears_after(sandbox, cluster_block):
     psql(sandbox, "primary", "CREATE TABLE IF NOT EXISTS hc_lag (id int, pad text)")
     psql(sandbox, "replica", "SELECT pg_wal_replay_pause()")
@@ -106,6 +109,7 @@ def test_replication_lag_shows_while_replay_is_paused_and_clears_after(sandbox, 
     assert rep.details["replay_lag_bytes"] == 0 and rep.status == "ok"
 
 
+@pytest.mark.versioned
 def test_pg_monitor_role_is_enough(monitor_cluster_block):
     report = health_check(cluster_block=monitor_cluster_block)
     assert report.status == "ok", report.summary

@@ -7,7 +7,9 @@ from psycopg import sql
 
 from flows.bloat_analysis import bloat_analysis
 from tasks.maintenance.bloat_report import BloatParams
-from tests.helpers import wait_horizon
+from tests.helpers import wait_horizon, wait_table_stats
+
+pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
 
 SCHEMA = "bloat_t"
 PARAMS = BloatParams(min_pages=64, min_bloat_bytes=0, ratio_threshold=0.0, top_n=50, max_report_rows=200)
@@ -151,6 +153,7 @@ def test_missing_extension_gives_statistical_tier_only(sandbox, cluster_block, p
     _q(sandbox, "INSERT INTO t SELECT generate_series(1, 100000)", dbname="bloat_noext")
     _q(sandbox, "DELETE FROM t WHERE id % 2 = 0", dbname="bloat_noext")
     _q(sandbox, "VACUUM ANALYZE t", dbname="bloat_noext")
+    wait_table_stats(sandbox, "bool_and(n_mod_since_analyze = 0) AND count(*) = 1", dbname="bloat_noext")
     try:
         PostgresCluster.load(cluster_block)  # the block exists
         out = bloat_analysis(cluster_block=cluster_block, database="bloat_noext", params=PARAMS)

@@ -16,6 +16,8 @@ from tasks.maintenance.index_report import IndexParams
 from tasks.maintenance.indexes import MissingIndexGrant
 from tests.helpers import wait_horizon
 
+pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
+
 DB = "bloat_monitor_db"
 TOLERANCE = 0.10
 

@@ -13,6 +13,8 @@ from tasks.maintenance.index_report import IndexParams
 from tasks.maintenance.maintenance_log import read_maintenance_log
 from tests.helpers import wait_for, wait_horizon
 
+pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
+
 S = "idx_t"
 HOSTILE = 'Ix"; DROP TABLE idx_t.t; --'
 BASE = dict(min_stats_window_days=0, unused_min_bytes=0, bloat_ratio=0.5, bloat_min_bytes=200_000)
@@ -131,7 +133,7 @@ def test_actions_rebuild_bloated_and_drop_only_listed(sandbox, cluster_block, id
     size_before = _q(sandbox, "SELECT pg_relation_size('idx_t.big_v')")[0][0]
     report = index_maintenance(cluster_block=cluster_block, params=IndexParams(
         **BASE, dry_run=False, log_dir=str(tmp_path), rebuild_invalid=True,
-        drop_indexes=[f"{S}.{HOSTILE}", f"{S}.big_v_ccnew", f"{S}.t_pkey", f"{S}.uniq_a"]))
+        drop_indexes=[{"schema": S, "name": HOSTILE}, f"{S}.big_v_ccnew", f"{S}.t_pkey", f"{S}.uniq_a"]))
     after = _indexes(sandbox)
     assert HOSTILE not in after and "big_v_ccnew" not in after
     assert {"t_pkey", "uniq_a", "idx_unused", "idx_a", "idx_a_dup", "idx_b", "big_v", "big_id"} <= set(after)
@@ -193,6 +195,15 @@ def test_duplicate_and_redundant_rules():
     assert red == {"s.nonuniq"}, "unique, other opclass, partial and DESC indexes are not redundant"
 
 
+def _replica_has_index(box, db: str, name: str) -> bool:
+    """The replica replayed the database and the index (index statistics are read on every node)."""
+    try:
+        with psycopg.connect(box.conninfo("replica", dbname=db), autocommit=True) as conn:
+            return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+    except psycopg.OperationalError:
+        return False
+
+
 def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbox, cluster_block, tmp_path, slack):
     from tasks.maintenance.maintenance_log import MaintenanceLogFailed
     from tests.helpers import save_slack_block
@@ -204,6 +215,7 @@ def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbo
         with psycopg.connect(sandbox.conninfo("primary", dbname=db), autocommit=True) as conn:
             conn.execute("CREATE TABLE t (id int, c int)")
             conn.execute("CREATE INDEX t_c_unused ON t (c)")
+        wait_for(lambda: _replica_has_index(sandbox, db, "t_c_unused"), what="the replica to replay the index")
         (tmp_path / "a-file").write_text("not a directory")
         state = index_maintenance(
             cluster_block=cluster_block, database=db, return_state=True,
@@ -214,7 +226,7 @@ def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbo
         with pytest.raises(MaintenanceLogFailed) as raised:
             state.result()
         report = raised.value.report
-        assert [(a.index, a.status) for a in report.actions] == [("public.t_c_unused", "done")]
+        assert [(a.index, a.status) for a in report.actions] == [("public.t_c_unused", "done")], report.actions
         assert "maintenance log was NOT written" in report.log_error and report.status == "critical"
         assert report.log_error in report.summary and report.artifact_key and report.notification.ok
         assert any("maintenance log was NOT written" in c.raw for c in slack.calls("chat.postMessage"))
@@ -335,7 +347,7 @@ def test_enforcing_indexes_are_never_unused_nor_dropped(sandbox, cluster_block, 
     assert flags["No Overlap"] == "(f,f,t,f,t)", "a non-unique index that backs an exclusion constraint"
     assert flags["Repl Ident"] == "(f,t,f,t,f)", "replica identity, backing no constraint"
     report = index_maintenance(cluster_block=cluster_block, params=IndexParams(
-        **BASE, drop_indexes=[f"{RT}.{name}" for name in ENFORCING]))
+        **BASE, drop_indexes=[sql.Identifier(RT, name).as_string(None) for name in ENFORCING]))
     assert set(_in_rt(report, "unused")) == {WEIRD, "MixedCase Idx"}, "no scans: the control indexes are unused"
     droppable = {f.index.split(".", 1)[1] for f in report.findings if f.droppable and f.index.startswith(RT + ".")}
     assert not droppable & set(ENFORCING)

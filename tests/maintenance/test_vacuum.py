@@ -13,7 +13,9 @@ from tasks.core.relations import parse_qualified_name
 from tasks.maintenance.maintenance_log import read_maintenance_log
 from tasks.maintenance.vacuum import FreezeLimits, TableVacuumState
 from tasks.maintenance.vacuum_plan import VacuumParams, select_candidates
-from tests.helpers import psql, wait_horizon
+from tests.helpers import psql, wait_horizon, wait_table_stats
+
+pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
 
 SCHEMA = "vac_t"
 HOSTILE = 'We"ird; DROP TABLE x; --'
@@ -50,16 +52,20 @@ def vac_tables(sandbox):
         for name in ("dirty", HOSTILE, UNICODE, "Locked"):
             conn.execute(sql.SQL("DELETE FROM {} WHERE id % 2 = 0").format(sql.Identifier(SCHEMA, name)))
     wait_horizon(sandbox)
+    wait_table_stats(sandbox, f"count(*) FILTER (WHERE schemaname = '{SCHEMA}' AND n_dead_tup >= 2500) = 4")
     yield SCHEMA
     psql(sandbox, "primary", sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
 
 
-def test_parse_qualified_name_is_literal_with_optional_quotes():
-    assert parse_qualified_name(f"vac_t.{HOSTILE}") == ("vac_t", HOSTILE)
+def test_parse_qualified_name_is_postgresql_syntax_or_structured():
+    assert parse_qualified_name('vac_t."We""ird; DROP TABLE x; --"') == ("vac_t", HOSTILE)
     assert parse_qualified_name('"my.schema"."A""b.c"') == ("my.schema", 'A"b.c')
-    assert parse_qualified_name("Ünïcode Tab") == ("public", "Ünïcode Tab")
-    with pytest.raises(ValueError):
-        parse_qualified_name("schema.")
+    assert parse_qualified_name('"Ünïcode Tab"') == ("public", "Ünïcode Tab")
+    assert parse_qualified_name("Vac_T.Dirty") == ("vac_t", "dirty")  # unquoted folds, as in SQL
+    assert parse_qualified_name({"schema": "vac_t", "name": HOSTILE}) == ("vac_t", HOSTILE)
+    for bad in ("schema.", "Ünïcode Tab", "a.b.c", 'x."open'):
+        with pytest.raises(ValueError):
+            parse_qualified_name(bad)
 
 
 def test_selection_orders_wraparound_first_and_skips_clean_tables():
@@ -123,7 +129,7 @@ def test_vacuums_what_needs_it_and_nothing_else(sandbox, cluster_block, vac_tabl
 def test_hostile_name_vacuums_that_table_only(sandbox, cluster_block, vac_tables, tmp_path):
     before = _all_vacuum_counts(sandbox)
     report = vacuum(cluster_block=cluster_block, params=VacuumParams(
-        tables=[f"{SCHEMA}.{HOSTILE}", f'{SCHEMA}."{UNICODE}"'], log_dir=str(tmp_path)))
+        tables=[{"schema": SCHEMA, "name": HOSTILE}, f'{SCHEMA}."{UNICODE}"'], log_dir=str(tmp_path)))
     after = _all_vacuum_counts(sandbox)
     changed = {t for t in after if after[t] != before.get(t)}
     assert changed == {f"{SCHEMA}.{HOSTILE}", f"{SCHEMA}.{UNICODE}"}
@@ -152,7 +158,7 @@ def test_locked_table_is_skipped_and_reported_others_vacuumed(sandbox, cluster_b
     try:
         before = _stats(sandbox, SCHEMA, "dirty")[0]
         report = vacuum(cluster_block=cluster_block, slack_block=save_slack_block(slack, "vac-slack", "xoxb-ok-vacuum"),
-                        params=VacuumParams(tables=[f"{SCHEMA}.Locked", f"{SCHEMA}.dirty"], lock_timeout_ms=300,
+                        params=VacuumParams(tables=[f'{SCHEMA}."Locked"', f"{SCHEMA}.dirty"], lock_timeout_ms=300,
                                             log_dir=str(tmp_path)))
     finally:
         holder.rollback()
@@ -209,7 +215,7 @@ def test_window_ending_during_the_first_table_skips_the_rest(sandbox, cluster_bl
     releaser.start()
     try:
         report = vacuum(cluster_block=cluster_block, params=VacuumParams(
-            tables=[f"{SCHEMA}.Slow", f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"], concurrency=1, batch_tables=1,
+            tables=[f'{SCHEMA}."Slow"', f"{SCHEMA}.dirty", f'{SCHEMA}."{UNICODE}"'], concurrency=1, batch_tables=1,
             window_minutes=window_s / 60, options=VacuumOptions(freeze=True), log_dir=str(tmp_path)))
         status = {r.table: r.status for r in report.results}
         assert status == {f"{SCHEMA}.Slow": "vacuumed", f"{SCHEMA}.dirty": "skipped-window",
@@ -231,6 +237,7 @@ def test_window_ending_during_the_first_table_skips_the_rest(sandbox, cluster_bl
 
 def test_dry_run_changes_nothing(sandbox, cluster_block, vac_tables):
     psql(sandbox, "primary", sql.SQL("DELETE FROM {} WHERE id % 5 = 0").format(sql.Identifier(SCHEMA, "dirty")))
+    wait_table_stats(sandbox, f"bool_or(schemaname = '{SCHEMA}' AND relname = 'dirty' AND n_dead_tup >= 100)")
     before = _all_vacuum_counts(sandbox)
     report = vacuum(cluster_block=cluster_block, params=VacuumParams(dry_run=True, min_dead_tuples=100))
     assert f"{SCHEMA}.dirty" in report.planned and report.results[0].status == "planned"
@@ -312,7 +319,7 @@ def test_one_connection_per_batch_carries_on_after_a_locked_table(sandbox, clust
     try:
         before = _all_vacuum_counts(sandbox)
         target = PostgresCluster.load(cluster_block).primary_target()
-        refs = resolve_tables.fn(target, [f"{SCHEMA}.Locked", f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"])
+        refs = resolve_tables.fn(target, [f'{SCHEMA}."Locked"', f"{SCHEMA}.dirty", f'{SCHEMA}."{UNICODE}"'])
         results = vacuum_tables.fn(target, refs, VacuumOptions(), 300, 60_000, None, one_connection=True)
     finally:
         holder.rollback()

@@ -25,6 +25,8 @@ from tasks.core.findings import worst
 from tasks.report.performance import ReportParams
 from tests.helpers import psql, save_slack_block, seed_report_history, wait_for
 
+pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
+
 QUIET_DB = "perf_quiet_db"
 NOEXT_DB = "perf_noext_db"
 
@@ -266,7 +268,7 @@ def test_pg_monitor_role_with_local_host_metrics_and_slack_digest(monitor_cluste
     unknown = [c.summary for c in report.checks if c.status == "unknown"]
     assert unknown == [], unknown
     assert {c.name for c in report.checks} == {
-        "connections", "statements", "storage", "cache", "wraparound", "checkpoints", "host"}
+        "connections", "statements", "storage", "cache", "wraparound", "checkpoints", "io", "host"}
     assert report.storage.wal_bytes > 0 and report.statements.available
     assert report.host.source == "local" and 0 <= report.host.cpu_percent <= 100
     assert report.host.disk_path.endswith("primary")  # the data directory, read through SQL
@@ -351,7 +353,7 @@ def test_unreachable_primary_is_a_report_of_failed_sections_not_a_crash(sandbox,
                                    ).save("perf-down", overwrite=True)
     report = performance_report(cluster_block="perf-down", params=params(state_dir))
     failed = {c.name for c in report.checks if c.status == "unknown"}
-    assert failed == {"connections", "statements", "storage", "cache", "wraparound", "checkpoints"}
+    assert failed == {"connections", "statements", "storage", "cache", "wraparound", "checkpoints", "io"}
     assert all("unreachable" in report.check(n).summary for n in failed)
     assert report.check("host").status == "ok" and report.status == "unknown"
     assert report.stored_at and (Path(state_dir) / report.stored_at).exists()

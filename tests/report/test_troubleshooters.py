@@ -18,6 +18,8 @@ from tasks.report.connection_rules import ConnectionRules
 from tasks.report.performance_rules import PerformanceRules
 from tests.helpers import psql, save_slack_block, wait_for
 
+pytestmark = pytest.mark.versioned  # database-facing, version-dependent: run on 14 and 18 too
+
 
 def ranked(report) -> bool:
     keys = [(-SEVERITY_RANK[r.severity], -r.impact) for r in report.recommendations]
@@ -235,9 +237,12 @@ def test_performance_troubleshooter_io_cache_and_stale_statistics_match_postgres
                                            "FROM pg_stat_user_tables WHERE relname = 'ts_stale'")[0]
     cold_truth = psql(sandbox, "primary", "SELECT heap_blks_read, heap_blks_hit, pg_relation_size(relid) "
                                           "FROM pg_statio_user_tables WHERE relname = 'ts_cold'")[0]
+    major = int(psql(sandbox, "primary", "SHOW server_version_num")[0][0]) // 10000
+    read_time = "shared_blk_read_time" if major >= 17 else "blk_read_time"  # renamed in 1.11 (PostgreSQL 17)
     calls, total_ms, read_ms, blks_read = psql(
-        sandbox, "primary", "SELECT sum(calls), sum(total_exec_time), sum(blk_read_time), sum(shared_blks_read) "
-                            "FROM pg_stat_statements WHERE query LIKE '%%AS ts_io_read%%'")[0]
+        sandbox, "primary", psycopg.sql.SQL("SELECT sum(calls), sum(total_exec_time), sum({}), sum(shared_blks_read) "
+                                            "FROM pg_stat_statements WHERE query LIKE '%%AS ts_io_read%%'").format(
+            psycopg.sql.Identifier(read_time)))[0]
     assert calls == 3 and read_ms > 0 and blks_read > 0
     read_share = read_ms / total_ms
     rules = PerformanceRules(min_calls=3, max_statements=100, io_bound_min_read_ms=0,
@@ -264,3 +269,47 @@ def test_performance_troubleshooter_io_cache_and_stale_statistics_match_postgres
     assert ranked(report) and all(0 <= r.impact <= 100 for r in report.recommendations)
     print(f"\nts_io_read: {read_ms:.1f} ms reading {blks_read} blocks of {total_ms:.1f} ms ({read_share:.0%}); "
           f"ts_cold heap hit ratio {ev['heap_hit_ratio']}")
+
+
+def test_io_by_backend_type_in_the_report_and_the_troubleshooter_matches_pg_stat_io(sandbox, cluster_block, tmp_path):
+    """A bulk load writes its own buffers (a bulkwrite ring: the client backend, not the background writer or
+    checkpointer, writes them): since the stored daily report the troubleshooter sees client backends doing
+    most buffer writes. Figures against pg_stat_io itself; before PG16 the section says pg_stat_io is missing."""
+    from flows.performance_report import performance_report
+    from tasks.report.performance import ReportParams, render_markdown
+
+    def client_writes():
+        return psql(sandbox, "primary", "SELECT coalesce(sum(writes), 0)::bigint FROM pg_stat_io "
+                                        "WHERE backend_type = 'client backend' AND object = 'relation'")[0][0]
+
+    major = int(psql(sandbox, "primary", "SHOW server_version_num")[0][0]) // 10000
+    first = performance_report(cluster_block=cluster_block, params=ReportParams(state_dir=str(tmp_path)))
+    if major < 16:
+        assert not first.io.available and "needs PostgreSQL 16" in first.check("io").summary
+        report = troubleshoot_performance(cluster_block=cluster_block, rules=PERF_RULES,
+                                          report_state_dir=str(tmp_path))
+        assert not report.by_rule("client-backend-writes") and "I/O by backend type" not in report.failed_sections
+        return
+    before = client_writes()
+    psql(sandbox, "primary", "DROP TABLE IF EXISTS ts_bulk")
+    psql(sandbox, "primary", "CREATE TABLE ts_bulk AS SELECT g AS id, repeat('b', 200) AS pad "
+                             "FROM generate_series(1, 200000) AS g")
+    written = client_writes() - before
+    try:
+        report = troubleshoot_performance(cluster_block=cluster_block, rules=PERF_RULES, report_state_dir=str(tmp_path))
+        found = report.by_rule("client-backend-writes")
+        assert found and found[0].evidence["since"] == "previous report", report.recommendations
+        by = found[0].evidence["writes"]
+        assert by["client backend"] >= written > 1000  # pg_stat_io's own count, since the stored report
+        assert found[0].evidence["client_write_share"] > 0.5
+        second = performance_report(cluster_block=cluster_block, params=ReportParams(state_dir=str(tmp_path)))
+        delta = {r.backend_type: r for r in second.io_delta.rows}
+        now = {r.backend_type: r for r in second.io.rows}
+        then = {r.backend_type: r for r in first.io.rows}
+        assert second.io_delta.since == "previous report"
+        assert all(delta[b].writes == now[b].writes - then.get(b, now[b].model_copy(update={"writes": 0})).writes
+                   for b in delta)
+        assert delta["client backend"].writes >= written and delta["client backend"].write_bytes > 0
+        assert "## I/O by backend type" in render_markdown(second, ReportParams())
+    finally:
+        psql(sandbox, "primary", "DROP TABLE IF EXISTS ts_bulk")
