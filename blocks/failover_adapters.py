@@ -1,5 +1,5 @@
 """Failover adapters as blocks (configuration only; the logic lives in tasks/failover/node_control.py,
-tasks/failover/patroni_api.py and tasks/failover/endpoint.py): how to stop/start a node or who switches the
+tasks/core/patroni_api.py and tasks/failover/endpoint.py): how to stop/start a node or who switches the
 primary (Patroni), and how clients reach the primary."""
 
 from __future__ import annotations

@@ -134,6 +134,7 @@ class PatroniSandbox:
 
     def _config(self, node: str) -> dict:
         auth = {"username": SUPERUSER, "password": self.password}
+        slow = self._slow_flag(node)
         return {
             "scope": self.scope, "name": node,
             "restapi": {"listen": f"{HOST}:{self.rest_ports[node]}",
@@ -154,11 +155,26 @@ class PatroniSandbox:
                 "authentication": {"superuser": auth, "rewind": auth,
                                    "replication": {"username": REPLICATION_USER, "password": self.password}},
                 "parameters": {"unix_socket_directories": str(self.base / node)},
+                # Patroni runs before_stop synchronously before it stops PostgreSQL: a slow one (slow_stop) makes a
+                # switchover outlast Patroni's own wait for it, which answers 503 "switchover status unknown"
+                "before_stop": f"/bin/sh -c 'test ! -e {slow} || sleep $(cat {slow})'",
                 "pg_hba": ["local all all trust", f"host replication {REPLICATION_USER} {HOST}/32 scram-sha-256",
                            f"host all all {HOST}/32 scram-sha-256"],
             },
             "tags": {},
         }
+
+    def _slow_flag(self, node: str) -> Path:
+        return self.base / node / "slow-stop-seconds"
+
+    def slow_stop(self, node: str, seconds: float | None) -> None:
+        """Make the node's before_stop script sleep this long before Patroni stops its PostgreSQL (None: not)."""
+        flag = self._slow_flag(node)
+        if seconds is None:
+            flag.unlink(missing_ok=True)
+        else:
+            flag.write_text(f"{seconds:g}\n")
+            flag.chmod(0o644)
 
     def start_node(self, node: str) -> None:
         """Start the node's Patroni (which starts, bootstraps or clones its PostgreSQL)."""

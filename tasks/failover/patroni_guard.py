@@ -11,9 +11,9 @@ from pydantic import BaseModel
 
 from blocks.failover_adapters import NodeControl
 from blocks.postgres_cluster import ConnectionTarget
+from tasks.core import patroni_api as api
 from tasks.core.db import connect
 from tasks.core.errors import RunbookDBError
-from tasks.failover import patroni_api as api
 from tasks.failover.model import FailoverStepFailed
 
 # Which of Patroni's own sessions are connected to this node (Patroni names them 'Patroni <purpose>')?

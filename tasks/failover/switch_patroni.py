@@ -11,6 +11,8 @@ every other member streams from the new leader and report it (or that it did not
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -19,9 +21,9 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.failover_adapters import PatroniApi
 from blocks.postgres_cluster import ConnectionTarget
+from tasks.core import patroni_api as api
 from tasks.core.db import connect
 from tasks.core.errors import RunbookDBError
-from tasks.failover import patroni_api as api
 from tasks.failover.model import (
     FailoverPlan,
     FailoverRefused,
@@ -33,6 +35,7 @@ from tasks.failover.model import (
 from tasks.failover.rejoin import unfence
 from tasks.failover.run import run_step
 from tasks.failover.run import skip_step as skip
+from tasks.failover.switch_native import NativeSwitch
 
 if TYPE_CHECKING:
     from tasks.failover.run import RunContext
@@ -41,7 +44,7 @@ STEP = dict(retries=0, cache_policy=NO_CACHE)
 
 # Is this server still in recovery (a standby) rather than a writable primary?
 IN_RECOVERY_SQL = "SELECT pg_catalog.pg_is_in_recovery()"
-NATIVE_ONLY = {"checkpoint", "fence", "lsn-gate", "promote", "follow-new-primary"}
+NATIVE_ONLY = {"fence", "lsn-gate", "promote", "follow-new-primary"}
 NOTHING_CHANGED = "nothing changed"
 
 
@@ -112,65 +115,149 @@ def leads(view: dict, node: str) -> bool:
     return bool(m and m.get("role") == "leader" and m.get("state") == "running")
 
 
-def wait_leader(patroni: PatroniApi, candidate: str, deadline: float) -> dict:
-    """Poll GET /cluster until the candidate leads (running) or the deadline passes; the last view."""
-    view: dict = {}
-    while True:
-        try:
-            _, answer = api.first_answer(patroni, "/cluster", prefer=[candidate])
-            view = answer.body if isinstance(answer.body, dict) else {}
-        except api.PatroniUnreachable:
-            pass
-        if leads(view, candidate) or time.monotonic() > deadline:
-            return view
-        time.sleep(0.2)
+def holds_lock(patroni: PatroniApi, node: str) -> bool:
+    """Does GET /cluster show `node` holding the leader lock (whatever its state says yet)?"""
+    try:
+        _, answer = api.first_answer(patroni, "/cluster", prefer=[node])
+    except api.PatroniUnreachable:
+        return False
+    view = answer.body if isinstance(answer.body, dict) else {}
+    return api.leader_of(view) == node
 
 
-def wait_writable(target: ConnectionTarget, deadline: float) -> bool:
-    """Poll the candidate on SQL until it left recovery: Patroni shows it leading while pg_promote still runs."""
-    while True:
+class _Writable:
+    """Is the candidate out of recovery? One session kept open and polled (a new one per poll costs a login)."""
+
+    def __init__(self, target: ConnectionTarget):
+        self.target, self.session, self.db = target, None, None
+
+    def __call__(self) -> bool:
         try:
-            with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
-                if db.scalar(IN_RECOVERY_SQL) is False:
-                    return True
+            if self.db is None:
+                self.session = connect(self.target, purpose="failover", statement_timeout_ms=5_000)
+                self.db = self.session.__enter__()
+            return self.db.scalar(IN_RECOVERY_SQL) is False
         except RunbookDBError:
-            pass
-        if time.monotonic() > deadline:
+            self.close()
             return False
-        time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                self.session.__exit__(None, None, None)
+        self.session = self.db = None
+
+
+class _Background(threading.Thread):
+    """One call run beside the poll (a daemon thread: a POST still waiting never holds the process at exit)."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True, name="patroni-post")
+        self.fn, self.args, self.value, self.error = fn, args, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn(*self.args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the poller by result()
+            self.error = exc
+
+    def done(self) -> bool:
+        return not self.is_alive()
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def post_switch(patroni: PatroniApi, order: list[str], path: str, body: dict, deadline: float
+                ) -> tuple[str, api.Answer]:
+    """POST to the first Patroni in `order` that takes the connection. A refused connection means nothing reached
+    that Patroni, so the next one is asked; any other failure leaves the outcome unknown (PatroniUnreachable)."""
+    refused = []
+    for node in order:
+        try:
+            return node, api.call(patroni, node, "POST", path, body, timeout=max(1.0, deadline - time.monotonic()))
+        except api.PatroniUnreachable as exc:
+            if not exc.refused:
+                raise
+            refused.append(str(exc))
+    raise api.PatroniUnreachable("; ".join(refused), refused=True)
 
 
 @task(name="patroni-switch", **STEP)
 def patroni_switch(patroni: PatroniApi, mode: str, old: str, cand: ConnectionTarget, timeout_s: float) -> dict:
-    """Ask Patroni to make the candidate the leader and wait until it leads and writes (SQL: out of recovery);
-    {'call', 'status', 'answer', 'detail'}."""
+    """Ask Patroni to make the candidate the leader and wait until it holds the leader lock and writes (SQL: out of
+    recovery); {'call', 'status', 'answer', 'detail'}.
+
+    Patroni answers a switchover only at its next whole-second poll after the switch, so the answer is awaited
+    beside the candidate: 412 or another refusal as soon as it comes; otherwise done as soon as the candidate
+    leads and writes, with or without the answer (a 503, or no answer, only means Patroni stopped waiting)."""
     deadline, candidate = time.monotonic() + timeout_s, cand.node
     _, answer = api.first_answer(patroni, "/cluster", prefer=[candidate, old])
     view = answer.body if isinstance(answer.body, dict) else {}
-    if leads(view, candidate) and wait_writable(cand, deadline):
-        return {"call": None, "status": None, "answer": None, "detail": f"{candidate} already leads (Patroni)"}
-    leader = api.leader_of(view)
-    if mode == "switchover":  # phase 1 checked that the leader is alive and is the old primary
-        path, body = "/switchover", {"leader": old, "candidate": candidate}
-    else:  # the leader is gone (Patroni's member list may still say 'running' until its ttl): name the candidate
-        path, body = "/failover", {"candidate": candidate}
-    # asked of the candidate's Patroni: it answers even when the leader's is gone or hung
-    answer = api.call(patroni, candidate, "POST", path, body, timeout=max(1.0, deadline - time.monotonic()))
-    call = f"POST {path} {body}"
-    if answer.status == 412:
-        raise PatroniRefusedSwitch(f"Patroni refused {call} (412: {answer.text}): {NOTHING_CHANGED}, "
-                                   f"{leader or 'no node'} still leads; fix what Patroni names and rerun")
-    if answer.status not in (200, 503):
-        raise FailoverStepFailed(f"Patroni answered {answer.status} to {call}: {answer.text}")
-    view = wait_leader(patroni, candidate, deadline)
-    now = api.leader_of(view)
-    if not leads(view, candidate) or not wait_writable(cand, deadline):
-        raise FailoverStepFailed(f"Patroni answered {answer.status} to {call} ({answer.text}), and {candidate} did "
-                                 f"not lead and accept writes within {timeout_s:.0f} s (Patroni's leader now: "
-                                 f"{now or 'none'}); check patronictl list before rerunning")
-    how = "done" if answer.status == 200 else "switch status unknown, then GET /cluster showed it"
-    return {"call": call, "status": answer.status, "answer": answer.text,
-            "detail": f"{call} → {answer.status} ({how}): {candidate} leads"}
+    writable = _Writable(cand)
+    try:
+        if leads(view, candidate) and writable():
+            return {"call": None, "status": None, "answer": None, "detail": f"{candidate} already leads (Patroni)"}
+        leader = api.leader_of(view)
+        if mode == "switchover":  # phase 1 checked that the leader is alive and is the old primary
+            # asked of the leader's Patroni: it wakes its HA loop at once (asked of another, the leader acts only at
+            # its next loop, up to loop_wait later, while the clients wait); the candidate's when it refuses
+            path, body, order = "/switchover", {"leader": old, "candidate": candidate}, [old, candidate]
+        else:  # the leader is gone (Patroni may still list it 'running' until its ttl): the candidate's Patroni
+            path, body, order = "/failover", {"candidate": candidate}, [candidate]
+        call = f"POST {path} {body}"
+        posted = _Background(post_switch, patroni, order, path, body, deadline)
+        status, text = _await_switch(patroni, posted, writable, call, candidate, leader, deadline, timeout_s)
+    finally:
+        writable.close()
+    how = {200: "done", 503: "switch status unknown, then GET /cluster and SQL showed it"}.get(
+        status, "Patroni had not answered yet; GET /cluster and SQL showed it")
+    return {"call": call, "status": status, "answer": text,
+            "detail": f"{call} → {status or 'no answer yet'}{f' {text!r}' if text else ''} ({how}): {candidate} "
+                      "leads and writes"}
+
+
+def _await_switch(patroni: PatroniApi, posted, writable: _Writable, call: str, candidate: str, leader: str | None,
+                  deadline: float, timeout_s: float) -> tuple[int | None, str | None]:
+    """Poll until the candidate writes and holds the leader lock; Patroni's answer as soon as it comes (a refusal
+    raises). (status, text) of the answer, (None, None) when it had not come yet."""
+    status = text = None
+    while True:
+        if status is None and posted.done():
+            try:
+                node, answer = posted.result()
+            except api.PatroniUnreachable as exc:
+                if exc.refused:
+                    raise FailoverStepFailed(f"no Patroni REST API took {call} ({exc}): {NOTHING_CHANGED}, "
+                                             f"{leader or 'no node'} still leads; check Patroni and rerun") from None
+                status, text = 0, f"no answer ({exc}): outcome unknown"
+            else:
+                status, text = answer.status, answer.text
+                if status == 412:
+                    raise PatroniRefusedSwitch(f"Patroni refused {call} (412: {text}): {NOTHING_CHANGED}, "
+                                               f"{leader or 'no node'} still leads; fix what Patroni names and rerun")
+                if status not in (200, 503):
+                    raise FailoverStepFailed(f"Patroni ({node}) answered {status} to {call}: {text}")
+        if writable() and holds_lock(patroni, candidate):
+            return status or None, text
+        if time.monotonic() > deadline:
+            now = api.leader_of(_cluster(patroni))
+            raise FailoverStepFailed(f"Patroni answered {status if status is not None else 'nothing'} to {call} "
+                                     f"({text}), and {candidate} did not lead and accept writes within "
+                                     f"{timeout_s:.0f} s (Patroni's leader now: {now or 'none'}); check patronictl "
+                                     "list before rerunning")
+        time.sleep(0.01)
+
+
+def _cluster(patroni: PatroniApi) -> dict:
+    try:
+        _, answer = api.first_answer(patroni, "/cluster")
+    except api.PatroniUnreachable:
+        return {}
+    return answer.body if isinstance(answer.body, dict) else {}
 
 
 @task(name="await-old-demoted", **STEP)
@@ -235,7 +322,10 @@ class PatroniSwitch:
         return plan.model_copy(update={"steps": plan_steps(plan, members)})
 
     def before_hold(self, ctx: RunContext, plan: FailoverPlan, promoted: bool) -> None:
-        """Nothing: Patroni CHECKPOINTs the old primary itself before it stops it."""
+        """Switchover: CHECKPOINT the leader while it still serves, as the native path does. Patroni CHECKPOINTs
+        again before it stops it, but that one (inside the clients' hold) then has little left to write."""
+        if any(s.step == "checkpoint" for s in plan.steps):
+            NativeSwitch().before_hold(ctx, plan, promoted)
 
     def switch(self, ctx: RunContext, plan: FailoverPlan, candidate: NodeState) -> dict:
         if candidate.reachable and candidate.in_recovery is False:

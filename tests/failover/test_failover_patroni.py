@@ -10,7 +10,10 @@ import tempfile
 
 import pytest
 
+from blocks.failover_adapters import NodeControl, PatroniApi
+from blocks.postgres_cluster import PostgresNode
 from flows.failover import failover
+from flows.health_check import health_check
 from flows.rejoin import rejoin
 from sandbox.patroni import PatroniSandbox
 from tasks.failover import node_control as nc
@@ -24,6 +27,8 @@ from tasks.failover.model import (
 )
 from tasks.failover.plan import plan_steps as plan_steps_native
 from tasks.failover.switch_patroni import plan_steps, refusals
+from tasks.health.checks import NodeProbe
+from tasks.health.patroni import disagreements
 from tests.helpers import Writer, failover_request, wait_for
 
 BLOCK = "fo-patroni"
@@ -161,9 +166,30 @@ def test_planned_switchover_under_a_writer(patroni, prefect_api, journal_dir):
     assert set(writer.acked) <= stored
     switch = step(report, "patroni-switch")
     assert switch.status == "done" and "POST /switchover" in switch.detail
-    assert {s.step for s in report.steps}.isdisjoint({"fence", "promote", "lsn-gate", "checkpoint"})
+    assert {s.step for s in report.steps}.isdisjoint({"fence", "promote", "lsn-gate"})
+    assert step(report, "checkpoint").status == "done"  # ours, while the clients still ran
     assert report.followers == {leader: "streaming"}
     assert f"{leader} rejoined as a Patroni replica" in report.summary
+
+
+def test_switchover_status_unknown_503_then_polled(patroni, prefect_api, journal_dir):
+    """Patroni waits ~20 s for a switchover it was asked for (max(10, loop_wait) polls of 1 s), then answers 503
+    "Switchover status unknown" while the switch goes on. A leader whose before_stop script (Patroni runs it before
+    stopping PostgreSQL) takes longer gets that real 503: the run keeps polling GET /cluster and SQL until the
+    candidate leads and writes, then completes."""
+    name = save_blocks(patroni, BLOCK, "patroni")
+    leader = patroni.leader()
+    candidate = other(patroni, leader)
+    patroni.slow_stop(leader, 24)
+    try:
+        report = failover(failover_request(name, journal_dir, candidate=candidate))
+    finally:
+        patroni.slow_stop(leader, None)
+    assert report.status == "completed" and patroni.leader() == candidate
+    switch = step(report, "patroni-switch")
+    assert "→ 503 'Switchover status unknown' (switch status unknown, then GET /cluster and SQL showed it)" in \
+        switch.detail
+    assert report.followers == {leader: "streaming"}
 
 
 def test_failover_with_the_leader_killed(patroni, prefect_api, journal_dir):
@@ -185,6 +211,81 @@ def test_failover_with_the_leader_killed(patroni, prefect_api, journal_dir):
     finally:
         patroni.start_node(leader)
         patroni.wait_members()
+
+
+# ---------------------------------------------------------------- the health check's Patroni view
+def checks_of(report, name: str) -> dict:
+    return {c.node: c for c in report.checks if c.name == name}
+
+
+def test_health_check_shows_patronis_view(patroni, prefect_api):
+    """Per member role, state, timeline and lag, the leader lock; Patroni and SQL agree (ground truth: the node SQL
+    finds writable is the one Patroni says holds the lock). Found through the NodeControl block named like the
+    cluster block; maintenance mode and a pending restart are flagged."""
+    name = save_blocks(patroni, f"{BLOCK}-health", "patroni")
+    leader = patroni.leader()
+    replica = other(patroni, leader)
+    report = health_check(cluster_block=name)
+    view = checks_of(report, "patroni")
+    assert view["cluster"].status == "ok" and f"{leader} holds the leader lock" in view["cluster"].summary
+    assert report.primary == leader and view["cluster"].details["leader"] == leader
+    assert "is Patroni's leader, running" in view[leader].summary
+    assert "is Patroni's replica, streaming" in view[replica].summary and "lag 0 B" in view[replica].summary
+    assert checks_of(report, "patroni-vs-sql") == {}
+    patroni.set_pause(True)
+    try:  # maintenance mode, and a parameter that needs a restart (Patroni marks every member pending restart)
+        patroni.request(leader, "PATCH", "/config", {"postgresql": {"parameters": {"max_connections": 123}}})
+        wait_for(lambda: all(m.get("pending_restart") for m in patroni.cluster()["members"]), 30)
+        paused = health_check(cluster_block=name)
+    finally:
+        patroni.request(leader, "PATCH", "/config", {"postgresql": {"parameters": {"max_connections": None}}})
+        patroni.set_pause(False)
+    view = checks_of(paused, "patroni")
+    assert view["cluster"].status == "warning" and "MAINTENANCE MODE (pause)" in view["cluster"].summary
+    assert view[replica].status == "warning" and "PENDING RESTART" in view[replica].summary
+    wait_for(lambda: not any(m.get("pending_restart") for m in patroni.cluster()["members"]), 30)
+
+
+def test_health_check_flags_a_member_sql_does_not_see_and_an_unreachable_patroni(patroni, prefect_api):
+    """A cluster block that lists only the leader: Patroni's replica is a member SQL does not see (flagged). Patroni's
+    REST API not answering: one finding, the SQL checks still ran. A NodeControl without Patroni URLs: no view."""
+    name = save_blocks(patroni, f"{BLOCK}-health-partial", "patroni")
+    leader = patroni.leader()
+    replica = other(patroni, leader)
+    block = patroni.cluster_block(name)
+    block.nodes = [PostgresNode(name=leader, host="127.0.0.1", port=patroni.pg_ports[leader])]
+    block.save(name, overwrite=True)
+    report = health_check(cluster_block=name)
+    (unseen,) = checks_of(report, "patroni-vs-sql").values()
+    assert unseen.status == "warning" and f"Patroni lists {replica} (127.0.0.1:{patroni.pg_ports[replica]}" in \
+        unseen.summary and "not in the cluster block" in unseen.summary
+    gone = NodeControl(kind="patroni", patroni=PatroniApi(urls={leader: "http://127.0.0.1:9"}, timeout_seconds=1))
+    gone.save(f"{name}-gone", overwrite=True)
+    report = health_check(cluster_block=name, node_control_block=f"{name}-gone")
+    (missing,) = checks_of(report, "patroni").values()
+    assert missing.status == "warning" and "Patroni's view is missing" in missing.summary
+    assert checks_of(report, "connectivity")[leader].status == "ok"  # the SQL checks ran
+    patroni.node_control_block("pg_ctl", with_api=False).save(name, overwrite=True)
+    assert not any(c.name.startswith("patroni") for c in health_check(cluster_block=name).checks)
+
+
+def test_patroni_and_sql_disagree():
+    """Patroni's leader in recovery; a writable node Patroni does not lead; a block node that is no member."""
+    from blocks.postgres_cluster import PostgresCluster
+    cluster = PostgresCluster(cluster_name="c", primary_node="pg1", nodes=[
+        PostgresNode(name=n, host="h", port=p) for n, p in (("pg1", 1), ("pg2", 2), ("pg3", 3))])
+
+    def probe(node, in_recovery):
+        return NodeProbe(node=node, host="h", port=1, latency_ms=1, server_version="15", server_version_num=150000,
+                         in_recovery=in_recovery, started_at="2026-12-05T00:00:00Z")
+    members = {"pg1": {"name": "pg1"}, "pg2": {"name": "pg2"}}
+    found = disagreements(cluster, members, "pg1", {"pg1": probe("pg1", True), "pg2": probe("pg2", False),
+                                                    "pg3": None})
+    by_node = {c.node: c for c in found}
+    assert "Patroni says pg1 holds the leader lock, but SQL says pg1 is in recovery" in by_node["pg1"].summary
+    assert "SQL says pg2 accepts writes, but Patroni's leader is pg1" in by_node["pg2"].summary
+    assert "not a member of Patroni's cluster" in by_node["pg3"].summary
+    assert {c.status for c in found} == {"critical", "warning"}
 
 
 # ---------------------------------------------------------------- phase 1's decision on Patroni's view (pure)
@@ -229,8 +330,9 @@ def test_refusals_from_patronis_view():
 def test_patroni_plan_replaces_the_native_switch_once():
     steps = plan_steps(_plan(), ["pg1", "pg2"])
     names = [s.step for s in steps]
-    assert {"checkpoint", "fence", "lsn-gate", "promote"}.isdisjoint(names)
-    assert names.index("pause-endpoint") < names.index("patroni-switch") < names.index("verify-promotion") < \
-        names.index("await-old-demoted") < names.index("repoint-endpoint")
+    assert {"fence", "lsn-gate", "promote"}.isdisjoint(names)
+    order = ["checkpoint", "pause-endpoint", "patroni-switch", "verify-promotion", "await-old-demoted",
+             "repoint-endpoint"]
+    assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
     assert [s.node for s in steps if s.step == "await-patroni-rejoin"] == ["pg1"]
     assert plan_steps(_plan(steps=steps), ["pg1", "pg2"]) == steps  # a resumed plan is left as it is

@@ -15,7 +15,12 @@ from blocks.failover_adapters import PatroniApi
 
 
 class PatroniUnreachable(RuntimeError):
-    """No answer from a Patroni REST API (connection refused, timeout, TLS); the message names node and URL."""
+    """No answer from a Patroni REST API (connection refused, timeout, TLS); the message names node and URL.
+    `refused`: the connection was refused, so the request surely never reached Patroni."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass
@@ -51,7 +56,8 @@ def call(api: PatroniApi, node: str, method: str, path: str, body: dict | None =
         return Answer(exc.code, _decode(exc.read()))
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise PatroniUnreachable(f"Patroni REST API of {node} ({url}) did not answer: {reason}") from None
+        raise PatroniUnreachable(f"Patroni REST API of {node} ({url}) did not answer: {reason}",
+                                 refused=isinstance(reason, ConnectionRefusedError)) from None
 
 
 def _decode(raw: bytes) -> dict | str:
