@@ -281,6 +281,7 @@ def patroni_main(runs: int) -> None:
     box, patroni = Sandbox.ephemeral("pgrb-bench-failover-"), PatroniSandbox(prefix="pgrb-bench-patroni-")
     journal = tempfile.mkdtemp(prefix="pgrb-bench-journal-")
     results: dict[str, list[dict]] = {"native flow": [], "Patroni flow": [], "Patroni bare REST": []}
+    step_ms: dict[str, list[float]] = {}
     try:
         box.start()
         patroni.start()
@@ -308,6 +309,10 @@ def patroni_main(runs: int) -> None:
                 report = failover(FailoverRequest(cluster_block=name, node_control_block=name, endpoint_block=name,
                                                   journal_dir=journal, confirm_cluster=name, candidate=new))
                 assert report.status == "completed", report.summary
+                for s in report.steps:
+                    if s.phase == 2 and s.status == "done":
+                        step_ms.setdefault(s.step, []).append(s.duration_ms)
+                step_ms.setdefault("clients held (PAUSE..RESUME)", []).append(report.write_pause_ms)
 
             def bare(old, new):
                 req = urllib.request.Request(patroni.rest_url(new) + "/switchover", method="POST",
@@ -333,6 +338,9 @@ def patroni_main(runs: int) -> None:
     finally:
         box.destroy()
         patroni.destroy()
+    print("\nPatroni flow phase 2, median ms per step:")
+    for step, values in step_ms.items():
+        print(f"  {step:32}{statistics.median(values):>8.0f}")
     ref = statistics.median(r["pause_s"] for r in results["Patroni bare REST"])
     print(f"\nswitchover under a writer, {runs} runs each, medians (reference: Patroni's bare REST call)")
     print(f"{'':20}{'write gap ms':>13}{'errors':>8}{'lost':>6}{'call→first write s':>20}{'gap/ref':>9}")

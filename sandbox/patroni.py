@@ -9,6 +9,7 @@ orphaned processes ~1.5 s late, and Patroni waits for its postmaster's PID to va
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pwd
@@ -36,20 +37,32 @@ SUPERUSER = "postgres"
 REPLICATION_USER = "replicator"
 
 
-def _python_for(user: str | None) -> tuple[list[str], dict]:
-    """A Python the server user can run with Patroni importable: ours, or the system's of the same minor version
-    with our site-packages (isolated from the system's own packages) when ours sits where that user cannot read."""
+# A Python with Patroni that the server user can run, built by `./run install` (as root) only when neither of the
+# first two ways below works (e.g. our .venv's interpreter lives under /root, which that user cannot read).
+PATRONI_RUNTIME = Path(os.environ.get("PG_RUNBOOKS_PATRONI_RUNTIME", "/opt/pg-runbooks/patroni"))
+
+
+@functools.cache
+def _python_for(user: str | None) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """A Python the server user can run with Patroni importable, probed as that user, in order: ours; the system's
+    of the same minor version with our site-packages (isolated from the system's own packages); the runtime
+    `./run install` builds (PATRONI_RUNTIME). (argv prefix, extra environment)."""
     if user is None:
-        return [sys.executable], {}
-    probe = subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", "import patroni"],
-                           capture_output=True, cwd="/")
-    if probe.returncode == 0:
-        return [sys.executable], {}
+        return (sys.executable,), ()
     system = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin:/usr/local/bin")
-    if not system:
-        raise SandboxError(f"the {user} user cannot run {sys.executable} and there is no system Python "
-                           f"{sys.version_info.major}.{sys.version_info.minor} to run Patroni with")
-    return [system, "-S"], {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    ways: list[tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = [((sys.executable,), ())]
+    if system:
+        ways.append(((system, "-S"), (("PYTHONPATH", sysconfig.get_paths()["purelib"]),)))
+    ways.append(((str(PATRONI_RUNTIME / "bin" / "python"),), ()))
+    for argv, env in ways:
+        with contextlib.suppress(OSError):
+            probe = subprocess.run(["runuser", "-u", user, "--", *argv, "-c", "import patroni"], capture_output=True,
+                                   cwd="/", env={**os.environ, **dict(env)}, timeout=60)
+            if probe.returncode == 0:
+                return argv, env
+    raise SandboxError(f"the {user} user cannot run Patroni: not with {sys.executable} (unreadable by it?), not "
+                       f"with the system Python and our packages, and there is no runtime at {PATRONI_RUNTIME}: run "
+                       "./run install as root (it builds that runtime)")
 
 
 class PatroniSandbox:
@@ -141,7 +154,7 @@ class PatroniSandbox:
                         "connect_address": f"{HOST}:{self.rest_ports[node]}"},
             "etcd3": {"hosts": f"{HOST}:{self.etcd_port}"},
             "bootstrap": {
-                "dcs": {"ttl": 30, "loop_wait": 1, "retry_timeout": 5, "maximum_lag_on_failover": 16 * 1024 * 1024,
+                "dcs": {"ttl": 20, "loop_wait": 1, "retry_timeout": 5, "maximum_lag_on_failover": 16 * 1024 * 1024,
                         "postgresql": {"use_pg_rewind": True, "use_slots": True,
                                        "parameters": {"wal_level": "replica", "hot_standby": "on",
                                                       "wal_log_hints": "on", "max_wal_senders": 10,
@@ -188,7 +201,7 @@ class PatroniSandbox:
         python, env = _python_for(self.user)
         tini = shutil.which("tini")
         argv = [*python, "-m", "patroni", str(cfg)]
-        self._spawn(node, [tini, "-s", "--", *argv] if tini else argv, env)
+        self._spawn(node, [tini, "-s", "--", *argv] if tini else argv, dict(env))
 
     def kill_node(self, node: str) -> None:
         """SIGKILL the node's Patroni and its PostgreSQL (a lost host)."""
@@ -362,3 +375,11 @@ class PatroniSandbox:
         return NodeControl(kind="pg_ctl", bindir=str(self.bindir), os_user=self.user,
                            data_dirs={n: str(self.data_dir(n)) for n in self.names},
                            patroni=self.patroni_api() if with_api else None)
+
+
+if __name__ == "__main__":  # ./run install: exit 0 when the server user can run Patroni, else 1 (build the runtime)
+    try:
+        print(" ".join(_python_for("postgres" if os.geteuid() == 0 else None)[0]))
+    except SandboxError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
