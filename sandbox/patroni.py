@@ -9,7 +9,6 @@ orphaned processes ~1.5 s late, and Patroni waits for its postmaster's PID to va
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import pwd
@@ -17,8 +16,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -32,37 +29,10 @@ from pydantic import SecretStr
 from blocks.failover_adapters import EndpointControl, NodeControl, PatroniApi
 from blocks.postgres_cluster import Endpoint, PostgresCluster, PostgresNode
 from sandbox.cluster import HOST, SandboxError, find_bindir, free_port, port_open
+from sandbox.patroni_runtime import python_for
 
 SUPERUSER = "postgres"
 REPLICATION_USER = "replicator"
-
-
-# A Python with Patroni that the server user can run, built by `./run install` (as root) only when neither of the
-# first two ways below works (e.g. our .venv's interpreter lives under /root, which that user cannot read).
-PATRONI_RUNTIME = Path(os.environ.get("PG_RUNBOOKS_PATRONI_RUNTIME", "/opt/pg-runbooks/patroni"))
-
-
-@functools.cache
-def _python_for(user: str | None) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """A Python the server user can run with Patroni importable, probed as that user, in order: ours; the system's
-    of the same minor version with our site-packages (isolated from the system's own packages); the runtime
-    `./run install` builds (PATRONI_RUNTIME). (argv prefix, extra environment)."""
-    if user is None:
-        return (sys.executable,), ()
-    system = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin:/usr/local/bin")
-    ways: list[tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = [((sys.executable,), ())]
-    if system:
-        ways.append(((system, "-S"), (("PYTHONPATH", sysconfig.get_paths()["purelib"]),)))
-    ways.append(((str(PATRONI_RUNTIME / "bin" / "python"),), ()))
-    for argv, env in ways:
-        with contextlib.suppress(OSError):
-            probe = subprocess.run(["runuser", "-u", user, "--", *argv, "-c", "import patroni"], capture_output=True,
-                                   cwd="/", env={**os.environ, **dict(env)}, timeout=60)
-            if probe.returncode == 0:
-                return argv, env
-    raise SandboxError(f"the {user} user cannot run Patroni: not with {sys.executable} (unreadable by it?), not "
-                       f"with the system Python and our packages, and there is no runtime at {PATRONI_RUNTIME}: run "
-                       "./run install as root (it builds that runtime)")
 
 
 class PatroniSandbox:
@@ -198,7 +168,7 @@ class PatroniSandbox:
         cfg.write_text(yaml.safe_dump(self._config(node)))
         cfg.chmod(0o600)
         self._own(cfg)
-        python, env = _python_for(self.user)
+        python, env = python_for(self.user)
         tini = shutil.which("tini")
         argv = [*python, "-m", "patroni", str(cfg)]
         self._spawn(node, [tini, "-s", "--", *argv] if tini else argv, dict(env))
@@ -376,10 +346,3 @@ class PatroniSandbox:
                            data_dirs={n: str(self.data_dir(n)) for n in self.names},
                            patroni=self.patroni_api() if with_api else None)
 
-
-if __name__ == "__main__":  # ./run install: exit 0 when the server user can run Patroni, else 1 (build the runtime)
-    try:
-        print(" ".join(_python_for("postgres" if os.geteuid() == 0 else None)[0]))
-    except SandboxError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(1)
