@@ -6,9 +6,11 @@ order: each leaves a leader and a streaming replica."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
 
 import pytest
+from pydantic import SecretStr
 
 from blocks.failover_adapters import NodeControl, PatroniApi
 from blocks.postgres_cluster import PostgresNode
@@ -16,6 +18,7 @@ from flows.failover import failover
 from flows.health_check import health_check
 from flows.rejoin import rejoin
 from sandbox.patroni import PatroniSandbox
+from tasks.core import patroni_api as api
 from tasks.failover import node_control as nc
 from tasks.failover.model import (
     FailoverPlan,
@@ -125,6 +128,72 @@ def test_maintenance_mode_refused(patroni, prefect_api, journal_dir):
     assert patroni.leader() == leader
 
 
+# ---------------------------------------------------------------- the health check's Patroni view (the cluster as
+# the suite started it; the switches follow)
+def checks_of(report, name: str) -> dict:
+    return {c.node: c for c in report.checks if c.name == name}
+
+
+def test_health_check_shows_patronis_view(patroni, prefect_api):
+    """Per member role, state, timeline and lag, the leader lock; Patroni and SQL agree (ground truth: the node SQL
+    finds writable is the one Patroni says holds the lock). Found through the NodeControl block named like the
+    cluster block; maintenance mode and a pending restart are flagged."""
+    name = save_blocks(patroni, f"{BLOCK}-health", "patroni")
+    leader = patroni.leader()
+    replica = other(patroni, leader)
+    report = health_check(cluster_block=name)
+    view = checks_of(report, "patroni")
+    assert view["cluster"].status == "ok" and f"{leader} holds the leader lock" in view["cluster"].summary
+    assert report.primary == leader and view["cluster"].details["leader"] == leader
+    assert "is Patroni's leader, running" in view[leader].summary
+    assert "is Patroni's replica, streaming" in view[replica].summary and "; lag " in view[replica].summary
+    assert view[replica].status == "ok"
+    assert checks_of(report, "patroni-vs-sql") == {}
+    patroni.set_pause(True)
+    try:  # maintenance mode, and a parameter that needs a restart (Patroni marks every member pending restart)
+        status, text = patroni.request(leader, "PATCH", "/config",
+                                       {"postgresql": {"parameters": {"max_connections": 123}}})
+        assert status == 200, text
+        wait_for(lambda: (api.member(patroni.cluster(), replica) or {}).get("pending_restart"), 60,
+                 what=f"{replica} pending restart in Patroni's view")
+        paused = health_check(cluster_block=name)
+    finally:
+        patroni.request(leader, "PATCH", "/config", {"postgresql": {"parameters": {"max_connections": None}}})
+        patroni.set_pause(False)
+    view = checks_of(paused, "patroni")
+    assert view["cluster"].status == "warning" and "MAINTENANCE MODE (pause)" in view["cluster"].summary
+    assert view[replica].status == "warning" and "PENDING RESTART" in view[replica].summary
+    wait_for(lambda: not any(m.get("pending_restart") for m in patroni.cluster()["members"]), 60,
+             what="no member pending restart")
+
+
+def test_health_check_flags_a_member_sql_does_not_see_and_an_unreachable_patroni(patroni, prefect_api, caplog):
+    """A cluster block that lists only the leader: Patroni's replica is a member SQL does not see (flagged). Patroni's
+    REST API not answering: one finding, the SQL checks still ran. A NodeControl without Patroni URLs: no view."""
+    caplog.set_level(logging.DEBUG)
+    name = save_blocks(patroni, f"{BLOCK}-health-partial", "patroni")
+    leader = patroni.leader()
+    replica = other(patroni, leader)
+    block = patroni.cluster_block(name)
+    block.nodes = [PostgresNode(name=leader, host="127.0.0.1", port=patroni.pg_ports[leader])]
+    block.save(name, overwrite=True)
+    report = health_check(cluster_block=name)
+    (unseen,) = checks_of(report, "patroni-vs-sql").values()
+    assert unseen.status == "warning" and f"Patroni lists {replica} (127.0.0.1:{patroni.pg_ports[replica]}" in \
+        unseen.summary and "not in the cluster block" in unseen.summary
+    secret = "patroni-rest-SECRET-7731"
+    gone = NodeControl(kind="patroni", patroni=PatroniApi(urls={leader: "http://127.0.0.1:9"}, timeout_seconds=1,
+                                                          username="patroni", password=SecretStr(secret)))
+    gone.save(f"{name}-gone", overwrite=True)
+    report = health_check(cluster_block=name, node_control_block=f"{name}-gone")
+    (missing,) = checks_of(report, "patroni").values()
+    assert missing.status == "warning" and "Patroni's view is missing" in missing.summary
+    assert secret not in report.model_dump_json() and secret not in caplog.text
+    assert checks_of(report, "connectivity")[leader].status == "ok"  # the SQL checks ran
+    patroni.node_control_block("pg_ctl", with_api=False).save(name, overwrite=True)
+    assert not any(c.name.startswith("patroni") for c in health_check(cluster_block=name).checks)
+
+
 def test_refused_switchover_412_changes_nothing(patroni, prefect_api, journal_dir):
     """A candidate Patroni may not promote (tag nofailover): Patroni answers 412; the run reports it as refused with
     nothing changed, the clients held at pgbouncer are released onto the same leader."""
@@ -211,63 +280,6 @@ def test_failover_with_the_leader_killed(patroni, prefect_api, journal_dir):
     finally:
         patroni.start_node(leader)
         patroni.wait_members()
-
-
-# ---------------------------------------------------------------- the health check's Patroni view
-def checks_of(report, name: str) -> dict:
-    return {c.node: c for c in report.checks if c.name == name}
-
-
-def test_health_check_shows_patronis_view(patroni, prefect_api):
-    """Per member role, state, timeline and lag, the leader lock; Patroni and SQL agree (ground truth: the node SQL
-    finds writable is the one Patroni says holds the lock). Found through the NodeControl block named like the
-    cluster block; maintenance mode and a pending restart are flagged."""
-    name = save_blocks(patroni, f"{BLOCK}-health", "patroni")
-    leader = patroni.leader()
-    replica = other(patroni, leader)
-    report = health_check(cluster_block=name)
-    view = checks_of(report, "patroni")
-    assert view["cluster"].status == "ok" and f"{leader} holds the leader lock" in view["cluster"].summary
-    assert report.primary == leader and view["cluster"].details["leader"] == leader
-    assert "is Patroni's leader, running" in view[leader].summary
-    assert "is Patroni's replica, streaming" in view[replica].summary and "; lag " in view[replica].summary
-    assert view[replica].status == "ok"
-    assert checks_of(report, "patroni-vs-sql") == {}
-    patroni.set_pause(True)
-    try:  # maintenance mode, and a parameter that needs a restart (Patroni marks every member pending restart)
-        patroni.request(leader, "PATCH", "/config", {"postgresql": {"parameters": {"max_connections": 123}}})
-        wait_for(lambda: all(m.get("pending_restart") for m in patroni.cluster()["members"]), 30)
-        paused = health_check(cluster_block=name)
-    finally:
-        patroni.request(leader, "PATCH", "/config", {"postgresql": {"parameters": {"max_connections": None}}})
-        patroni.set_pause(False)
-    view = checks_of(paused, "patroni")
-    assert view["cluster"].status == "warning" and "MAINTENANCE MODE (pause)" in view["cluster"].summary
-    assert view[replica].status == "warning" and "PENDING RESTART" in view[replica].summary
-    wait_for(lambda: not any(m.get("pending_restart") for m in patroni.cluster()["members"]), 30)
-
-
-def test_health_check_flags_a_member_sql_does_not_see_and_an_unreachable_patroni(patroni, prefect_api):
-    """A cluster block that lists only the leader: Patroni's replica is a member SQL does not see (flagged). Patroni's
-    REST API not answering: one finding, the SQL checks still ran. A NodeControl without Patroni URLs: no view."""
-    name = save_blocks(patroni, f"{BLOCK}-health-partial", "patroni")
-    leader = patroni.leader()
-    replica = other(patroni, leader)
-    block = patroni.cluster_block(name)
-    block.nodes = [PostgresNode(name=leader, host="127.0.0.1", port=patroni.pg_ports[leader])]
-    block.save(name, overwrite=True)
-    report = health_check(cluster_block=name)
-    (unseen,) = checks_of(report, "patroni-vs-sql").values()
-    assert unseen.status == "warning" and f"Patroni lists {replica} (127.0.0.1:{patroni.pg_ports[replica]}" in \
-        unseen.summary and "not in the cluster block" in unseen.summary
-    gone = NodeControl(kind="patroni", patroni=PatroniApi(urls={leader: "http://127.0.0.1:9"}, timeout_seconds=1))
-    gone.save(f"{name}-gone", overwrite=True)
-    report = health_check(cluster_block=name, node_control_block=f"{name}-gone")
-    (missing,) = checks_of(report, "patroni").values()
-    assert missing.status == "warning" and "Patroni's view is missing" in missing.summary
-    assert checks_of(report, "connectivity")[leader].status == "ok"  # the SQL checks ran
-    patroni.node_control_block("pg_ctl", with_api=False).save(name, overwrite=True)
-    assert not any(c.name.startswith("patroni") for c in health_check(cluster_block=name).checks)
 
 
 def test_patroni_and_sql_disagree():
