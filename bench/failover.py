@@ -13,7 +13,11 @@ LSN gap the report states, side by side with two references: the flow through th
 pgbouncer (server_login_retry = 1), and the bare crash sequence (PAUSE, pg_promote, repoint, RELOAD,
 RESUME: what the runbook did before it lifted server_login_retry) on the default pgbouncer.
 
-    ./run bench failover [--runs 5] [--scenario crash]
+patroni: our native switchover (sandbox) vs our switchover delegated to a real Patroni (pgbouncer PAUSE/RESUME)
+vs Patroni's bare REST call with libpq multi-host clients (target_session_attrs=read-write), same writer: longest
+write gap, client errors, acknowledged rows lost, call → first write after the gap. Reference: the bare call.
+
+    ./run bench failover [--runs 5] [--scenario crash|patroni]
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import psycopg  # noqa: E402
 from blocks.postgres_cluster import PostgresCluster  # noqa: E402
 from sandbox.blocks import save_failover_blocks  # noqa: E402
 from sandbox.cluster import Sandbox  # noqa: E402
-from tasks.failover.endpoint import rewrite_ini  # noqa: E402
+from tasks.failover.endpoint import repoint, rewrite_ini  # noqa: E402
 from tasks.failover.node_control import parse_controldata  # noqa: E402
 from tasks.failover.plan import lsn_int  # noqa: E402
 
@@ -47,9 +51,10 @@ BLOCK = "bench-failover"
 class Writer(threading.Thread):
     """Commits numbered rows through pgbouncer; records each acknowledged commit and its time."""
 
-    def __init__(self, box: Sandbox):
+    def __init__(self, box: Sandbox, connect=None):
         super().__init__(daemon=True)
         self.box, self.stop_event = box, threading.Event()
+        self.connect = connect or (lambda: box.connect("pgbouncer"))
         self.acked: list[tuple[int, float]] = []
         self.errors = 0
         self.base = int(time.time() * 1000) % 1_000_000 * 1000
@@ -60,7 +65,7 @@ class Writer(threading.Thread):
         while not self.stop_event.is_set():
             n += 1
             try:
-                conn = conn or self.box.connect("pgbouncer")
+                conn = conn or self.connect()
                 conn.execute("INSERT INTO public.bench_writes (n) VALUES (%s)", (n,))
                 self.acked.append((n, time.perf_counter()))
             except psycopg.Error:
@@ -229,21 +234,133 @@ def measure(box: Sandbox, switch) -> dict:
     writer.stop_event.set()
     writer.join(10)
     times = [t for _, t in writer.acked]
-    window = [b - a for a, b in zip(times, times[1:], strict=False) if b >= started - 0.5]
+    window = [(b - a, b) for a, b in zip(times, times[1:], strict=False) if b >= started - 0.5]
+    gap, first = max(window, default=(0.0, started))
     with box.connect(new) as conn:
         have = {r[0] for r in conn.execute("SELECT n FROM public.bench_writes WHERE n > %s", (writer.base,))}
     lost = len({n for n, _ in writer.acked} - have)
-    return {"pause_s": max(window, default=0.0), "errors": writer.errors, "lost": lost, "total_s": total,
-            "acked": len(writer.acked)}
+    return {"pause_s": gap, "first_write_s": first - started, "errors": writer.errors, "lost": lost,
+            "total_s": total, "acked": len(writer.acked)}
+
+
+def measure_patroni(patroni, switch, connect) -> dict:
+    """One switchover of the Patroni cluster under a writer (through `connect`): the longest write gap, client
+    errors, acknowledged rows lost, and the time from the call to the first write after that gap."""
+    old = patroni.leader()
+    new = next(n for n in patroni.names if n != old)
+    writer = Writer(patroni, connect)
+    writer.start()
+    time.sleep(1.0)
+    started = time.perf_counter()
+    switch(old, new)
+    total = time.perf_counter() - started
+    time.sleep(1.5)
+    writer.stop_event.set()
+    writer.join(10)
+    times = [t for _, t in writer.acked]
+    gaps = [(b - a, b) for a, b in zip(times, times[1:], strict=False) if b >= started]
+    gap, first = max(gaps, default=(0.0, started))
+    with patroni.connect(new) as conn:
+        have = {r[0] for r in conn.execute("SELECT n FROM public.bench_writes WHERE n > %s", (writer.base,))}
+    return {"pause_s": gap, "first_write_s": first - started, "errors": writer.errors,
+            "lost": len({n for n, _ in writer.acked} - have), "total_s": total, "acked": len(writer.acked)}
+
+
+def patroni_main(runs: int) -> None:
+    """Native switchover (sandbox, flow) vs the flow delegated to Patroni vs Patroni's bare REST call with libpq
+    multi-host clients, each under the same writer."""
+    import urllib.request
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.failover import failover
+    from flows.rejoin import rejoin
+    from sandbox.patroni import PatroniSandbox
+    from tasks.failover.model import FailoverRequest, RejoinRequest
+
+    box, patroni = Sandbox.ephemeral("pgrb-bench-failover-"), PatroniSandbox(prefix="pgrb-bench-patroni-")
+    journal = tempfile.mkdtemp(prefix="pgrb-bench-journal-")
+    results: dict[str, list[dict]] = {"native flow": [], "Patroni flow": [], "Patroni bare REST": []}
+    step_ms: dict[str, list[float]] = {}
+    try:
+        box.start()
+        patroni.start()
+        patroni.start_pgbouncer()
+        for conn in (box.connect("primary"), patroni.connect(patroni.leader())):
+            with conn:
+                conn.execute("CREATE TABLE public.bench_writes (n bigint PRIMARY KEY)")
+        multi = psycopg.conninfo.make_conninfo(
+            host=",".join("127.0.0.1" for _ in patroni.names), port=",".join(str(patroni.pg_ports[n])
+                                                                             for n in patroni.names),
+            user="postgres", password=patroni.password, dbname="postgres", target_session_attrs="read-write")
+        with prefect_test_harness(server_startup_timeout=120):
+            save_failover_blocks(box, BLOCK)
+
+            def native(old, new):
+                report = failover(FailoverRequest(cluster_block=BLOCK, node_control_block=BLOCK, endpoint_block=BLOCK,
+                                                  journal_dir=journal, confirm_cluster=BLOCK))
+                assert report.status == "completed", report.summary
+
+            def delegated(old, new):
+                name = "bench-patroni"
+                patroni.cluster_block(name).save(name, overwrite=True)
+                patroni.node_control_block("patroni").save(name, overwrite=True)
+                patroni.endpoint_block().save(name, overwrite=True)
+                report = failover(FailoverRequest(cluster_block=name, node_control_block=name, endpoint_block=name,
+                                                  journal_dir=journal, confirm_cluster=name, candidate=new))
+                assert report.status == "completed", report.summary
+                for s in report.steps:
+                    if s.phase == 2 and s.status == "done":
+                        step_ms.setdefault(s.step, []).append(s.duration_ms)
+                step_ms.setdefault("clients held (PAUSE..RESUME)", []).append(report.write_pause_ms)
+
+            def bare(old, new):
+                req = urllib.request.Request(patroni.rest_url(new) + "/switchover", method="POST",
+                                             data=f'{{"leader": "{old}", "candidate": "{new}"}}'.encode())
+                with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+                    assert resp.status == 200
+
+            for i in range(runs):
+                box.wait_streaming(roles(box)[0])
+                results["native flow"].append(measure(box, native))
+                rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
+                for kind, fn, connect in (("Patroni flow", delegated, lambda: patroni.connect("pgbouncer")),
+                                          ("Patroni bare REST", bare,
+                                           lambda: psycopg.connect(multi, autocommit=True, connect_timeout=5))):
+                    patroni.wait_members()
+                    if fn is delegated:  # the bare call left pgbouncer on the old leader: start where the runbook would
+                        repoint(patroni.endpoint_block(), "127.0.0.1", patroni.pg_ports[patroni.leader()])
+                    results[kind].append(measure_patroni(patroni, fn, connect))
+                for kind in results:
+                    r = results[kind][-1]
+                    print(f"run {i + 1} {kind}: gap {r['pause_s'] * 1000:.0f} ms, errors {r['errors']}, lost "
+                          f"{r['lost']} of {r['acked']}, call→first write {r['first_write_s']:.2f} s", flush=True)
+    finally:
+        box.destroy()
+        patroni.destroy()
+    print("\nPatroni flow phase 2, median ms per step:")
+    for step, values in step_ms.items():
+        print(f"  {step:32}{statistics.median(values):>8.0f}")
+    ref = statistics.median(r["pause_s"] for r in results["Patroni bare REST"])
+    print(f"\nswitchover under a writer, {runs} runs each, medians (reference: Patroni's bare REST call)")
+    print(f"{'':20}{'write gap ms':>13}{'errors':>8}{'lost':>6}{'call→first write s':>20}{'gap/ref':>9}")
+    for kind, rows in results.items():
+        gap = statistics.median(r["pause_s"] for r in rows)
+        print(f"{kind:20}{gap * 1000:>13.0f}{statistics.median(r['errors'] for r in rows):>8.0f}"
+              f"{statistics.median(r['lost'] for r in rows):>6.0f}"
+              f"{statistics.median(r['first_write_s'] for r in rows):>20.2f}{gap / ref if ref else float('nan'):>9.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--scenario", choices=["switchover", "crash"], default="switchover")
+    parser.add_argument("--scenario", choices=["switchover", "crash", "patroni"], default="switchover")
     args = parser.parse_args()
     if args.scenario == "crash":
         crash_main(args.runs)
+        return
+    if args.scenario == "patroni":
+        patroni_main(args.runs)
         return
     from prefect.testing.utilities import prefect_test_harness
 

@@ -1,12 +1,48 @@
-"""Failover adapters as blocks (configuration only; the logic lives in tasks/failover/node_control.py
-and tasks/failover/endpoint.py): how to stop/start a node, and how clients reach the primary."""
+"""Failover adapters as blocks (configuration only; the logic lives in tasks/failover/node_control.py,
+tasks/core/patroni_api.py and tasks/failover/endpoint.py): how to stop/start a node or who switches the
+primary (Patroni), and how clients reach the primary."""
 
 from __future__ import annotations
 
+import base64
+import ssl
 from typing import Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
+
+
+class PatroniApi(BaseModel):
+    """Patroni's REST API: one base URL per node (e.g. https://db1:8008), optional basic auth, TLS options."""
+
+    urls: dict[str, str] = Field(description="Base URL of the Patroni REST API per node name.")
+    username: str | None = Field(default=None, description="restapi.authentication username (for POST calls).")
+    password: SecretStr | None = Field(default=None, description="restapi.authentication password.")
+    ca_file: str | None = Field(default=None, description="CA bundle that signed the REST API's certificate.")
+    verify: bool = Field(default=True, description="Verify the REST API's TLS certificate (https URLs).")
+    timeout_seconds: float = Field(default=5, gt=0, le=120, description="Seconds to wait for one REST answer.")
+
+    @model_validator(mode="after")
+    def _has_urls(self) -> PatroniApi:
+        bad = [n for n, u in self.urls.items() if not u.startswith(("http://", "https://"))]
+        if not self.urls or bad:
+            raise ValueError("urls needs an http:// or https:// base URL for every node"
+                             + (f" (not: {', '.join(bad)})" if bad else ""))
+        return self
+
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header for basic auth. The one place the password is read."""
+        if not self.username or self.password is None:
+            return {}
+        token = f"{self.username}:{self.password.get_secret_value()}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(token).decode()}
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
 
 class NodeControl(Block):
@@ -15,6 +51,8 @@ class NodeControl(Block):
     kind 'pg_ctl': the servers run on this host; commands are pg_ctl / pg_controldata / pg_waldump
     from `bindir`, as `os_user` when we are root. kind 'shell': user-supplied command templates
     (e.g. over ssh) with the placeholders {node}, {host}, {data_dir}, {bindir}, {mode}, {timeout}.
+    kind 'patroni': Patroni manages the nodes; the runbook never stops, starts or promotes them itself and
+    switches the primary through Patroni's REST API (`patroni`).
     """
 
     _block_type_name = "Node Control"
@@ -22,9 +60,12 @@ class NodeControl(Block):
     _description = "How pg-runbooks' failover fences (stops), starts and inspects a PostgreSQL node."
     _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#failover-and-switchover"
 
-    kind: Literal["pg_ctl", "shell"] = Field(default="pg_ctl", description="Local pg_ctl or shell templates.")
+    kind: Literal["pg_ctl", "shell", "patroni"] = Field(
+        default="pg_ctl", description="Local pg_ctl, shell templates, or Patroni (through its REST API).")
+    patroni: PatroniApi | None = Field(
+        default=None, description="Patroni's REST API (kind 'patroni'; with another kind, used to detect Patroni).")
     bindir: str = Field(default="/usr/lib/postgresql/15/bin", description="PostgreSQL binaries on the node.")
-    data_dirs: dict[str, str] = Field(description="Data directory per node name.")
+    data_dirs: dict[str, str] = Field(default_factory=dict, description="Data directory per node name.")
     os_user: str | None = Field(
         default="postgres", description="OS user owning the servers (commands run as it when we are root)."
     )
@@ -57,7 +98,10 @@ class NodeControl(Block):
 
     @model_validator(mode="after")
     def _has_dirs(self) -> NodeControl:
-        if not self.data_dirs:
+        if self.kind == "patroni":
+            if self.patroni is None:
+                raise ValueError("kind 'patroni' needs patroni: the REST API URL of every node")
+        elif not self.data_dirs:
             raise ValueError("data_dirs needs the data directory of every node")
         return self
 

@@ -1,7 +1,8 @@
 """Runbook 4.2: manual failover and planned switchover in three phases.
 
 Phase 1 checks the candidate and backs up the critical state (dry_run stops there with the plan).
-Phase 2 holds the clients, fences the old primary, waits for the LSN gate, promotes, verifies and
+Phase 2 holds the clients, switches the primary through the backend the NodeControl block configures
+(native: fence, LSN gate, promote; Patroni: its REST API, tasks/failover/switch_patroni.py), verifies and
 repoints. Phase 3 probes the application path, records the new primary in the cluster block and
 notifies. Every step is journaled outside the worker; a rerun inspects the real state of each
 node and continues. At most one run per cluster: the journal's file lock, the cluster's Prefect
@@ -17,9 +18,8 @@ from tasks.core.publish import artifact_key, publish_markdown
 from tasks.failover import hooks
 from tasks.failover.approval import await_approval
 from tasks.failover.dblock import database_lock
-from tasks.failover.followers import follow_new_primary
 from tasks.failover.model import FailoverPlan, FailoverRefused, FailoverReport, FailoverRequest
-from tasks.failover.plan import data_loss, decide, followers, probe_deadline, refuse_unconfirmed
+from tasks.failover.plan import data_loss, decide, probe_deadline, refuse_unconfirmed
 from tasks.failover.report import (
     endpoint_actions,
     endpoint_sentence,
@@ -37,27 +37,20 @@ from tasks.failover.run import (
     reply_phase,
     run_step,
 )
-from tasks.failover.run import skip_step as skip
 from tasks.failover.slot import cluster_slot
 from tasks.failover.steps import (
     application_target,
-    checkpoint,
-    fence_node,
     lift_login_retry,
-    lsn_gate,
     pause_endpoint,
     probe_application,
-    promote,
     read_backup,
     read_endpoint,
     read_node_state,
-    read_shutdown_checkpoint,
-    read_wal_end,
-    replay_received,
     repoint_endpoint,
     resume_endpoint,
     verify_promotion,
 )
+from tasks.failover.switch import backend_for
 from tasks.failover.wiring import (
     LOGIN_RETRY_FACT,
     note_lifted,
@@ -81,8 +74,10 @@ def pre_failover(run_key: str) -> FailoverPlan:
         endpoint, endpoint_error = {}, str(exc)
     plan = resume_plan(ctx, states, endpoint_error) or decide(ctx.request, ctx.cluster, states, endpoint_error,
                                                               ctx.endpoint.kind)
+    plan = backend_for(ctx.node_control).preflight(ctx, plan, states)
     start_journal(ctx, plan)
     backup = {"states": {k: v.model_dump() for k, v in states.items()}, "endpoint": endpoint,
+              "switch_backend": ctx.backend_view,
               "nodes": [read_backup(t).model_dump() for t in ctx.cluster.targets() if states[t.node].reachable],
               "plan": plan.model_dump()}
     path = ctx.store.write_backup(ctx.cluster.cluster_name, ctx.run_id, backup)
@@ -96,50 +91,23 @@ def pre_failover(run_key: str) -> FailoverPlan:
 
 @flow(name="failover-switch", on_failure=[hooks.phase_failed])
 def failover_phase(run_key: str) -> None:
-    """Phase 2: CHECKPOINT, PAUSE, fence, LSN gate, promote, verify, repoint, RESUME."""
+    """Phase 2: hold the clients, switch the primary (the configured backend), verify, repoint, RESUME."""
     ctx = context(run_key)
     started = time.perf_counter()
-    plan, req, c = ctx.journal.plan, ctx.request, ctx.cluster
-    old, cand = c.target(plan.old_primary), c.target(plan.candidate)
-    old_host, cand_host = c.node(plan.old_primary).host, c.node(plan.candidate).host
-    ctl, endpoint = ctx.node_control, ctx.endpoint
+    plan, c, endpoint = ctx.journal.plan, ctx.cluster, ctx.endpoint
+    backend = backend_for(ctx.node_control)
+    cand = c.target(plan.candidate)
     cand_state = read_node_state(cand)
-    promoted = cand_state.reachable and cand_state.in_recovery is False
-    if plan.mode == "switchover" and not promoted:
-        old_state = read_node_state(old)
-        if old_state.reachable and old_state.in_recovery is False:
-            run_step(ctx, 2, "checkpoint", old.node, checkpoint, old)
-        else:
-            skip(ctx, 2, "checkpoint", old.node, f"{old.node} serves no writes now ({old_state.error or 'standby'})")
-    run_step(ctx, 2, "pause-endpoint", "endpoint", pause_endpoint, endpoint, req.pause_timeout_seconds)
+    backend.before_hold(ctx, plan, cand_state.reachable and cand_state.in_recovery is False)
+    run_step(ctx, 2, "pause-endpoint", "endpoint", pause_endpoint, endpoint, ctx.request.pause_timeout_seconds)
     ctx.paused_at = time.perf_counter()
-    stop_mode = "fast" if plan.mode == "switchover" else "immediate"
-    run_step(ctx, 2, "fence", old.node, fence_node, ctl, old.node, old_host, stop_mode, req.stop_timeout_seconds,
-             req.accept_unconfirmed_fence, endpoint.kind)
-    shutdown = run_step(ctx, 2, "read-shutdown-checkpoint", old.node, read_shutdown_checkpoint, ctl, old.node,
-                        old_host, required=plan.mode == "switchover")
-    if plan.mode == "switchover":
-        if shutdown["state"] != "shut down":
-            raise hooks.unclean_shutdown(old.node, shutdown["state"])
-        ctx.journal.facts["old_wal_end"] = shutdown["checkpoint"]
-    if promoted:
-        skip(ctx, 2, "promote", cand.node, f"{cand.node} is already writable (timeline {cand_state.timeline}): "
-             "resuming after the promotion, not promoting twice")
-    else:
-        if plan.mode == "switchover":
-            reached = run_step(ctx, 2, "lsn-gate", cand.node, lsn_gate, cand, shutdown["checkpoint"],
-                               req.lsn_gate_timeout_seconds)
-        else:
-            reached = run_step(ctx, 2, "lsn-gate", cand.node, replay_received, cand, req.lsn_gate_timeout_seconds)
-        ctx.journal.facts["promoted_at"] = reached
-        run_step(ctx, 2, "promote", cand.node, promote, cand, req.promote_timeout_seconds)
+    shutdown = backend.switch(ctx, plan, cand_state)
     verified = run_step(ctx, 2, "verify-promotion", cand.node, verify_promotion, cand, plan.original_timeline)
     ctx.journal.facts.update(new_timeline=verified["timeline"], switch_lsn=verified["switch_lsn"])
     if verified["switch_lsn"]:  # where the old timeline really ended (timeline history), not the journal's word
         ctx.journal.facts["promoted_at"] = verified["switch_lsn"]
-    if plan.mode == "failover" and shutdown["checkpoint"]:  # after the promotion: availability first
-        ctx.journal.facts["old_wal_end"] = read_wal_end(ctl, old.node, old_host, shutdown["checkpoint"],
-                                                         shutdown["timeline"])
+    backend.after_verify(ctx, plan, shutdown)
+    cand_host = c.node(plan.candidate).host
     run_step(ctx, 2, "repoint-endpoint", "endpoint", repoint_endpoint, endpoint, cand_host, cand.port)
     note_lifted(ctx, run_step(ctx, 2, "lift-login-retry", "endpoint", lift_login_retry, endpoint))
     run_step(ctx, 2, "resume-endpoint", "endpoint", resume_endpoint, endpoint)
@@ -166,23 +134,10 @@ def post_failover(run_key: str) -> None:
         raise hooks.endpoint_elsewhere(probe["port"], plan.candidate)
     run_step(ctx, 3, "update-cluster-block", "cluster", save_cluster_block, ctx.request.cluster_block,
              plan.candidate, plan.old_primary)
-    for node in followers(ctx.cluster, plan.old_primary, plan.candidate):
-        run_step(ctx, 3, "follow-new-primary", node, follow, ctx, node, plan.candidate)
+    backend_for(ctx.node_control).settle(ctx, plan)
     ctx.journal.status = "completed"
     ctx.phase_seconds["post-failover"] = time.perf_counter() - started
     reply_phase(ctx, 3, ctx.phase_seconds["post-failover"])
-
-
-def follow(ctx: RunContext, node: str, primary: str) -> str:
-    """One other standby follows the new primary; the journal keeps its outcome (a standby that cannot follow
-    is a warning with its action, not a failed failover)."""
-    result = follow_new_primary(ctx.cluster.target(node), ctx.cluster.target(primary),
-                                ctx.request.follow_timeout_seconds, ctx.journal.facts.get("switch_lsn"),
-                                ctx.cluster.target(ctx.journal.plan.old_primary))
-    ctx.journal.facts.setdefault("followers", {})[node] = result.status
-    if result.status == "failed":
-        get_run_logger().warning(result.detail)
-    return f"{result.status}: {result.detail}"
 
 
 @flow(name="failover", on_crashed=[hooks.run_crashed], on_cancellation=[hooks.run_crashed])
@@ -243,14 +198,14 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
         journal.status = "dry_run"
     else:
         summary = (f"{plan.cluster}: {plan.candidate} is the new primary (timeline {facts.get('new_timeline')}), "
-                   f"{plan.old_primary} is fenced; {loss.sentence}")
+                   f"{facts.get('old_primary_note') or plan.old_primary + ' is fenced'}; {loss.sentence}")
         stuck = sorted(n for n, status in facts.get("followers", {}).items() if status == "failed")
         if endpoint := endpoint_sentence(facts, plan.candidate, ctx.endpoint, ctx.request.incident_at,
                                          journal.started_at):
             summary += "; " + endpoint
         if stuck:
             summary += (f"; WARNING: standby {', '.join(stuck)} does not follow the new primary (see its "
-                        "follow-new-primary step: rejoin it)")
+                        "follow-new-primary or await-patroni-rejoin step: rejoin it)")
     report = FailoverReport(
         cluster=plan.cluster, mode=plan.mode, status=status, summary=summary, old_primary=plan.old_primary,
         new_primary=plan.candidate if status == "completed" else None, resumed=plan.resumed, plan=plan,

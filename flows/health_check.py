@@ -2,7 +2,8 @@
 
 Connectivity of every node; replication per standby and the slots on the
 primary; each standby's own receiver; long-running sessions everywhere.
-A node being down is a finding, not a crash.
+A node being down is a finding, not a crash. On a cluster run by Patroni (its REST URLs in the
+NodeControl block), Patroni's view per member beside SQL's, and where they disagree.
 """
 
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from tasks.core.replica_match import match_reads
 from tasks.core.replication import read_receiver, read_replication, read_slots, upstream_of
 from tasks.health import report as rules
 from tasks.health.checks import find_long_queries, probe_node
+from tasks.health.patroni import patroni_checks, patroni_settings, read_patroni_view
 from tasks.health.report import HealthReport, HealthThresholds
 
 
@@ -25,6 +27,7 @@ def health_check(
     thresholds: HealthThresholds = HealthThresholds(),
     slack_block: str | None = None,
     always_notify: bool = False,
+    node_control_block: str | None = None,
 ) -> HealthReport:
     """Check every node of the cluster and report ok / warning / critical per check.
 
@@ -33,12 +36,16 @@ def health_check(
         thresholds: Limits that turn a figure into a warning or a critical finding.
         slack_block: Name of a SlackNotifier block; none means no Slack message.
         always_notify: Post to Slack even when every check is ok.
+        node_control_block: NodeControl block whose Patroni REST URLs add Patroni's view. Empty: the one named like
+            the cluster block, if any; none, or none with Patroni URLs: no Patroni view.
     """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     report = HealthReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC))
 
     targets = cluster.targets()
+    patroni = patroni_settings(cluster_block, node_control_block)
+    patroni_read = read_patroni_view.submit(patroni, [cluster.primary_node]) if patroni else None
     probes = dict(zip([t.node for t in targets], gather([probe_node.submit(t) for t in targets]), strict=True))
     for t in targets:
         probe, error = probes[t.node]
@@ -75,6 +82,11 @@ def health_check(
             if err is None else None
         if source is not None:
             report.checks.append(source)
+
+    if patroni_read is not None:
+        ((view, view_err),) = gather([patroni_read])
+        report.checks += patroni_checks(view, view_err, cluster, {n: p for n, (p, _) in probes.items()},
+                                        thresholds.lag_warning_bytes, thresholds.lag_critical_bytes)
 
     nodes = list(up)
     long_futures = [find_long_queries.submit(up[n], thresholds.long_query_seconds) for n in nodes]

@@ -13,6 +13,7 @@ from blocks.postgres_cluster import PostgresCluster
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown
 from tasks.failover import rejoin as steps
 from tasks.failover.model import FailoverStepFailed, RejoinReport, RejoinRequest
+from tasks.failover.patroni_guard import refuse_native
 from tasks.failover.steps import read_node_state
 
 
@@ -33,6 +34,7 @@ def rejoin(request: RejoinRequest = RejoinRequest()) -> RejoinReport:
     primary_state = read_node_state(cluster.primary_target())
     if not primary_state.reachable or primary_state.in_recovery:
         raise FailoverStepFailed(f"the primary {cluster.primary_node} is not writable: run the failover first")
+    refuse_native(ctl, [cluster.target(node), cluster.primary_target()], "rejoin", node)
     host = cluster.node(node).host
     primary, slot = cluster.primary_target(), steps.slot_name(node)
     actions = [steps.ensure_stopped(ctl, node, host)]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+
+import psycopg
+import psycopg.sql
 
 from sandbox.cluster import Sandbox
 
@@ -117,6 +121,37 @@ def seed_report_history(state_dir: str | Path, cluster: str, days: int = 2) -> l
         written.append(path)
     (folder / "latest.json").write_text(written[-1].read_text())
     return written
+
+
+class Writer(threading.Thread):
+    """Commits numbered rows through pgbouncer and records which commits were acknowledged."""
+
+    def __init__(self, box, table: str = "fo_writes"):
+        super().__init__(daemon=True)
+        self.box, self.stop_event = box, threading.Event()
+        self.insert = psycopg.sql.SQL("INSERT INTO {} (n) VALUES (%s)").format(psycopg.sql.Identifier("public", table))
+        self.acked: list[int] = []
+        self.acked_at: list[float] = []  # perf_counter of each acknowledged commit
+        self.errors: list[str] = []
+
+    def run(self):
+        conn = None
+        n = 0
+        while not self.stop_event.is_set():
+            n += 1
+            try:
+                conn = conn or self.box.connect("pgbouncer")
+                conn.execute(self.insert, (n,))
+                self.acked.append(n)
+                self.acked_at.append(time.perf_counter())
+            except psycopg.Error as exc:
+                self.errors.append(f"{n}: {type(exc).__name__}: {exc}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(0.002)
+        if conn is not None:
+            conn.close()
 
 
 def wait_table_stats(box: Sandbox, condition: str, dbname: str = "postgres", timeout: float = 10) -> None:

@@ -88,6 +88,9 @@ class FailoverRequest(BaseModel):
         default=30, ge=1, le=600, description="Wait this long for the candidate to replay the old primary's WAL."
     )
     promote_timeout_seconds: float = Field(default=30, ge=1, le=600, description="Wait this long for promotion.")
+    patroni_timeout_seconds: float = Field(
+        default=90, ge=5, le=600, description="Patroni backend: wait this long for the candidate to lead (the POST "
+        "to Patroni, then GET /cluster; a failover after a lost leader waits for its leader key's ttl).")
     follow_timeout_seconds: float = Field(
         default=30, ge=1, le=600, description="Wait this long for each other standby to stream from the new primary."
     )

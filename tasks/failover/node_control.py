@@ -45,6 +45,11 @@ def run(argv: list[str], timeout: float, env: dict | None = None) -> subprocess.
 
 
 def data_dir(control: NodeControl, node: str) -> str:
+    """The node's data directory; every native command starts here, so a Patroni node is refused here."""
+    if control.kind == "patroni":
+        raise NodeControlError(f"refusing to run a native command on {node}: the NodeControl block configures the "
+                               "Patroni backend, and Patroni alone stops, starts and promotes its nodes (a native "
+                               "command would fight it)")
     try:
         return control.data_dirs[node]
     except KeyError:

@@ -49,6 +49,7 @@ class RunContext:
     progress: list[str] = field(default_factory=list)
     supersedes: tuple[str, str] | None = None  # (run id, why) of an unfinished run this one replaces
     bar: Progress | None = None  # the progress artifact of phases 2 and 3, one step per planned step
+    backend_view: dict = field(default_factory=dict)  # what the switch backend read in phase 1 (backup)
 
     @property
     def clients_paused(self) -> bool:

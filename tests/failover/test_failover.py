@@ -31,7 +31,7 @@ from tasks.failover.plan import lsn_int
 from tasks.failover.run import FAULT_ENV, HANG_ENV
 from tasks.failover.slot import lease_file
 from tasks.failover.steps import application_target, fence_node, write_then_read
-from tests.helpers import failover_fixtures, failover_request, save_slack_block, wait_for
+from tests.helpers import Writer, failover_fixtures, failover_request, save_slack_block, wait_for
 
 BLOCK = "fo-test"
 
@@ -65,37 +65,6 @@ def pgbouncer_port_backend(box) -> int:
 def psql_one(box, node, query):
     with box.connect(node) as conn:
         return conn.execute(query).fetchone()[0]
-
-
-class Writer(threading.Thread):
-    """Commits numbered rows through pgbouncer and records which commits were acknowledged."""
-
-    def __init__(self, box, table: str = "fo_writes"):
-        super().__init__(daemon=True)
-        self.box, self.stop_event = box, threading.Event()
-        self.insert = psycopg.sql.SQL("INSERT INTO {} (n) VALUES (%s)").format(psycopg.sql.Identifier("public", table))
-        self.acked: list[int] = []
-        self.acked_at: list[float] = []  # perf_counter of each acknowledged commit
-        self.errors: list[str] = []
-
-    def run(self):
-        conn = None
-        n = 0
-        while not self.stop_event.is_set():
-            n += 1
-            try:
-                conn = conn or self.box.connect("pgbouncer")
-                conn.execute(self.insert, (n,))
-                self.acked.append(n)
-                self.acked_at.append(time.perf_counter())
-            except psycopg.Error as exc:
-                self.errors.append(f"{n}: {type(exc).__name__}: {exc}")
-                if conn is not None:
-                    conn.close()
-                conn = None
-            time.sleep(0.002)
-        if conn is not None:
-            conn.close()
 
 
 def test_refusals_change_nothing(box, blocks, journal_dir, slack):
