@@ -8,6 +8,6 @@ from blocks.scalers import NoScaler, PgBouncerPoolScaler, WebhookScaler
 from blocks.slack_notifier import SlackNotifier
 
 __all__ = [
-    "ConnectionTarget", "Endpoint", "EndpointControl", "Fleet", "HostMetrics", "MetricsSource", "NoScaler", "NodeControl",
-    "PgBouncerPoolScaler", "PostgresCluster", "PostgresNode", "SlackNotifier", "WebhookScaler",
+    "ConnectionTarget", "Endpoint", "EndpointControl", "Fleet", "HostMetrics", "MetricsSource", "NoScaler",
+    "NodeControl", "PgBouncerPoolScaler", "PostgresCluster", "PostgresNode", "SlackNotifier", "WebhookScaler",
 ]

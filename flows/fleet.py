@@ -63,6 +63,7 @@ def fleet(
     parallel = max_parallel or (spec.max_parallel if spec else 8)
     timeout = cluster_timeout_seconds or (spec.cluster_timeout_seconds if spec else 3600)
     params = dict(parameters or {}, **({"slack_block": slack_block} if slack_block else {}))
+    FLOWS[runbook].validate_parameters(fleet_run.for_cluster(params, clusters[0]))  # a typo fails once, here
     launch = (fleet_run.deployment_launcher(deployment, runbook, params, timeout, PREFECT_UI_URL.value())
               if deployment else fleet_run.flow_launcher(FLOWS[runbook], runbook, params, timeout,
                                                          PREFECT_UI_URL.value()))

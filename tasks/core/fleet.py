@@ -224,13 +224,28 @@ def notify_digest(slack_block: str | None, report: FleetReport, link: str | None
     return thread.outcome
 
 
+def for_cluster(params: Any, cluster: str) -> Any:
+    """The runbook's parameters for one cluster: `{cluster}` in any string (e.g. metrics_block '{cluster}-host') is
+    that cluster's block name, and cluster_block is set."""
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{cluster}", cluster)
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    return dict(fill(dict(params)), cluster_block=cluster)
+
+
 def flow_launcher(runbook_flow: Any, runbook: str, params: dict[str, Any], timeout_seconds: float,
                   ui_url: str | None) -> Callable[[str], MemberResult]:
     """Each cluster as a child flow run of the runbook in this process, named `<runbook> · <cluster>`."""
 
     def launch(cluster: str) -> MemberResult:
         child = runbook_flow.with_options(flow_run_name=f"{runbook} · {cluster}", timeout_seconds=timeout_seconds)
-        state = child(**dict(params, cluster_block=cluster), return_state=True)
+        state = child(**for_cluster(params, cluster), return_state=True)
         return member_from_state(cluster, state, ui_url)
 
     return launch
@@ -243,7 +258,7 @@ def deployment_launcher(deployment: str, runbook: str, params: dict[str, Any], t
     from prefect.deployments import run_deployment
 
     def launch(cluster: str) -> MemberResult:
-        run = run_deployment(name=deployment, parameters=dict(params, cluster_block=cluster),
+        run = run_deployment(name=deployment, parameters=for_cluster(params, cluster),
                              flow_run_name=f"{runbook} · {cluster}", timeout=timeout_seconds,
                              poll_interval=poll_seconds, as_subflow=True)
         url = f"{ui_url.rstrip('/')}/runs/flow-run/{run.id}" if ui_url else None
