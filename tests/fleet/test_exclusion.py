@@ -4,6 +4,7 @@ of two clusters are independent. Real Prefect global concurrency limits, a real 
 
 from __future__ import annotations
 
+import tempfile
 import threading
 
 import pytest
@@ -103,13 +104,14 @@ def test_the_vacuum_flow_skips_under_a_failover_and_says_so(sandbox, cluster_blo
     from flows.vacuum import vacuum
     from tasks.maintenance.vacuum_plan import VacuumParams
 
+    params = VacuumParams(tables=tables, log_dir=tempfile.mkdtemp(prefix="pgrb-excl-log-"))
     with exclusive(failover_lock_name("test-sandbox")) as mine:
         assert mine
-        report = vacuum(cluster_block=cluster_block, params=VacuumParams(tables=tables), if_busy="skip")
+        report = vacuum(cluster_block=cluster_block, params=params, if_busy="skip")
     assert report.status == "warning" and report.results == []
     assert report.summary == ("vacuum of test-sandbox skipped: a failover of test-sandbox is running (it has "
                               "priority); nothing was done.")
-    done = vacuum(cluster_block=cluster_block, params=VacuumParams(tables=tables), if_busy="skip")
+    done = vacuum(cluster_block=cluster_block, params=params, if_busy="skip")
     assert {r.status for r in done.results} == {"vacuumed"}, done.summary
     assert done.exclusion == "vacuum took the maintenance lock maintenance-test-sandbox at once."
 
