@@ -31,7 +31,7 @@ Fleet(members=["pg-orders"], name_prefix="prod-", tags=["tier-1"]).save("product
     tags: list[str] = Field(
         default_factory=list, description="Also every PostgresCluster block carrying ALL of these tags.")
     exclude: list[str] = Field(default_factory=list, description="Cluster block names never run over (e.g. retired).")
-    max_parallel: int = Field(default=8, ge=1, le=256, description="How many clusters a fleet run runs at once.")
+    max_parallel: int = Field(default=4, ge=1, le=256, description="How many clusters a fleet run runs at once.")
     cluster_timeout_seconds: int = Field(
         default=3600, ge=10, le=86_400,
         description="A cluster's run not finished after this long is reported timed out; the others go on.")

@@ -49,7 +49,7 @@ def fleet(
         cluster_blocks: Also these PostgresCluster blocks (a fleet of listed clusters needs no Fleet block).
         parameters: The runbook's own parameters, the same for every cluster (cluster_block is set per cluster).
         slack_block: SlackNotifier block: each cluster's run posts to its own thread, and the fleet posts a digest.
-        max_parallel: Clusters run at once (default: the Fleet block's, else 8).
+        max_parallel: Clusters run at once (default: the Fleet block's, else 4).
         cluster_timeout_seconds: A cluster's run not done after this long is timed out (default: the Fleet
             block's, else 3600); the others go on.
         deployment: Run each cluster as a run of this deployment ('<flow>/<deployment>', e.g.
@@ -60,7 +60,7 @@ def fleet(
     name = fleet_block or "listed"
     report = fleet_run.started_now(runbook, name)
     clusters = fleet_run.resolve_fleet(spec, cluster_blocks, fleet_name=name)
-    parallel = max_parallel or (spec.max_parallel if spec else 8)
+    parallel = max_parallel or (spec.max_parallel if spec else 4)
     timeout = cluster_timeout_seconds or (spec.cluster_timeout_seconds if spec else 3600)
     params = dict(parameters or {}, **({"slack_block": slack_block} if slack_block else {}))
     FLOWS[runbook].validate_parameters(fleet_run.for_cluster(params, clusters[0]))  # a typo fails once, here

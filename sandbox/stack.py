@@ -76,6 +76,7 @@ class LocalStack:
         from sandbox.cluster import SUPERUSER, free_port
 
         base = self.state / "prefect-db"
+        self.state.chmod(self.state.stat().st_mode | 0o011)  # the server's OS user passes through (mkdtemp: 0700)
         known = base / "sandbox.json"
         db = Sandbox.open(base) if known.exists() else Sandbox.open(base, primary_port=free_port(),
                                                                     replica_port=free_port(),

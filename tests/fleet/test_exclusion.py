@@ -8,6 +8,7 @@ import tempfile
 import threading
 
 import pytest
+from psycopg import sql
 
 from tasks.core import exclusion
 from tasks.core.exclusion import StopCheck, maintenance_lock_name, maintenance_turn, urgent_marker
@@ -20,8 +21,9 @@ TABLES = ["excl_a", "excl_b", "excl_c"]
 @pytest.fixture(scope="module")
 def tables(sandbox, cluster_block):
     for t in TABLES:
-        psql(sandbox, "primary", f"DROP TABLE IF EXISTS public.{t}; CREATE TABLE public.{t} (id int); "
-                                 f"INSERT INTO public.{t} SELECT generate_series(1, 100); DELETE FROM public.{t};")
+        table = sql.Identifier("public", t)
+        psql(sandbox, "primary", sql.SQL("DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int); INSERT INTO {t} "
+                                         "SELECT generate_series(1, 100); DELETE FROM {t};").format(t=table))
     return [f"public.{t}" for t in TABLES]
 
 
