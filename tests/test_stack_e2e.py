@@ -530,7 +530,8 @@ def test_monitor_on_the_worker_starts_its_action_as_a_deployment_run(stack):
     rules = Path(tempfile.mkdtemp(prefix="pgrb-e2e-rules-")) / "rules.yaml"
     rules.write_text(ACTION_RULES)
     t0 = datetime.now(UTC)
-    params = {"cluster_blocks": [cluster], "params": {"rules_file": str(rules)}}  # scaler_block: the deployment's
+    params = {"cluster_blocks": [cluster], "fleet_block": None,  # this cluster only, not the deployment's fleet
+              "params": {"rules_file": str(rules)}}  # scaler_block: the deployment's
     try:
         first = _monitor_run(stack, {**params, "evaluated_at": t0.isoformat()}, "e2e-action-t0")
         assert first["state"]["type"] == "COMPLETED", first["state"]
