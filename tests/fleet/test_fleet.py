@@ -127,3 +127,13 @@ def test_summary_and_digest_order_worst_first():
     assert [m.cluster for m in report.not_ok] == ["d", "c", "b"]
     md = fleet_core.render_markdown(report)
     assert md.index("| d |") < md.index("| c |") < md.index("| b |") < md.index("| a |")
+
+
+def test_the_alert_monitor_watches_a_fleet_block_and_cluster_group_still_works(fleet_blocks):
+    from flows.alert_monitor import alert_monitor
+    from tasks.alerts.monitor import MonitorParams, resolve_clusters
+
+    report = alert_monitor(cluster_blocks=[], fleet_block="fl-tier1", params=MonitorParams(deadline_seconds=5))
+    assert sorted(c.block for c in report.clusters) == ["fl-a", "fl-b", "fl-down"]
+    assert resolve_clusters(["fl-c"], "fl-d") == ["fl-c", "fl-down"]
+    assert resolve_clusters([], "no-such-prefix-") == []  # an empty group: nothing to watch, not an error
