@@ -811,10 +811,11 @@ def test_a_fleet_run_over_two_workers_reports_a_cluster_whose_worker_died(stack)
                             port=listener.getsockname()[1])], primary_node="pg-1", password=SecretStr("x"),
                             sslmode="disable", connect_timeout=60).save("zz-hangs", overwrite=True)
 
-            def run_fleet():
-                outcome["report"] = fleet(runbook="health-check", fleet_block="fleet", cluster_blocks=["zz-hangs"],
-                                          max_parallel=1, cluster_timeout_seconds=60,
-                                          deployment="health-check/health-check")
+            def run_fleet():  # settings are a context variable: a new thread needs its own
+                with temporary_settings({PREFECT_API_URL: stack.api_url}):
+                    outcome["report"] = fleet(runbook="health-check", fleet_block="fleet",
+                                              cluster_blocks=["zz-hangs"], max_parallel=1,
+                                              cluster_timeout_seconds=60, deployment="health-check/health-check")
 
             import threading
 
