@@ -18,6 +18,7 @@ in .state/stack under the repo unless --state-dir says otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -215,6 +216,11 @@ class LocalStack:
         return sorted(p.stem for p in self.state.glob("worker*.pid"))
 
     def down(self, keep_sandbox: bool = False) -> None:
+        for name in self._worker_pidfiles():  # every worker winds down at once, then each is waited for
+            pid = self._pid(name)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
         for name in self._worker_pidfiles():
             self._stop(name)
         self._stop("server")

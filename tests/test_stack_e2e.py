@@ -815,7 +815,7 @@ def test_a_fleet_run_over_two_workers_reports_a_cluster_whose_worker_died(stack)
                 with temporary_settings({PREFECT_API_URL: stack.api_url}):
                     outcome["report"] = fleet(runbook="health-check", fleet_block="fleet",
                                               cluster_blocks=["zz-hangs"], max_parallel=1,
-                                              cluster_timeout_seconds=60, deployment="health-check/health-check")
+                                              cluster_timeout_seconds=30, deployment="health-check/health-check")
 
             import threading
 
@@ -836,7 +836,7 @@ def test_a_fleet_run_over_two_workers_reports_a_cluster_whose_worker_died(stack)
     assert set(by) == {"sandbox", "fleet-001", "fleet-002", "zz-hangs"}, report.summary
     assert {by[c].status for c in ("sandbox", "fleet-001", "fleet-002")} == {"ok"}, report.summary
     hung = by["zz-hangs"]
-    assert hung.status == "timed-out" and hung.flow_run_id and "Not finished after 60 s" in hung.summary, hung
+    assert hung.status == "timed-out" and hung.flow_run_id and "Not finished after 30 s" in hung.summary, hung
     assert report.status == "critical" and "1 timed-out" in report.summary
     (art,) = post(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-health-check-fleet"]}},
                                                "sort": "CREATED_DESC", "limit": 1})
