@@ -103,6 +103,8 @@ primary = cluster.primary_target()
         default=30_000, ge=100, le=3_600_000, description="Default statement_timeout of runbook sessions."
     )
     endpoint: Endpoint | None = Field(default=None, description="pgbouncer in front of the primary, if any.")
+    tags: list[str] = Field(
+        default_factory=list, description="Labels fleets select clusters by (e.g. 'production', 'tier-1').")
     fenced_nodes: list[str] = Field(
         default_factory=list, description="Nodes fenced by a failover: never used as primary again until rejoined."
     )

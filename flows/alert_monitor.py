@@ -42,6 +42,7 @@ WORKERS = 32
 def alert_monitor(
     cluster_blocks: list[str] = ["sandbox"],  # noqa: B006 - rendered as the default in the UI form
     cluster_group: str | None = None,
+    fleet_block: str | None = None,
     slack_block: str | None = None,
     metrics_block: str | None = None,
     metrics_blocks: dict[str, str] | None = None,
@@ -55,6 +56,7 @@ def alert_monitor(
     Args:
         cluster_blocks: PostgresCluster blocks to watch.
         cluster_group: Also watch every PostgresCluster block whose name starts with this prefix.
+        fleet_block: Also watch the members of this Fleet block (listed, by name prefix, by tag).
         slack_block: Name of a SlackNotifier block; none means alerts are only logged and stored.
         metrics_block: Each cluster's host-metrics-source block; `{cluster}` is replaced by the cluster block
             name (e.g. '{cluster}-host'); a plain name is used only when the fleet is one cluster.
@@ -71,7 +73,7 @@ def alert_monitor(
     report.rules_source = params.rules_file or "built-in defaults"
     rules = answer_rules(slack_block, params.rules_file, rules, report.rules_error, report.started_at,
                          runtime.flow_run.ui_url)  # a rejected file pages once per episode; none in force raises
-    blocks = resolve_clusters(cluster_blocks, cluster_group)
+    blocks = resolve_clusters(cluster_blocks, cluster_group, fleet_block)
     for spec, mapping, name in ((metrics_block, metrics_blocks, "metrics_block"),
                                 (scaler_block, scaler_blocks, "scaler_block")):
         if warning := one_block_for_many(spec, mapping, blocks, name):
@@ -111,7 +113,7 @@ def alert_monitor(
 
     finish(report)
     report.finished_at = datetime.now(UTC)
-    report.artifact_key = publish_markdown(artifact_key("alert-monitor", cluster_group or "fleet"),
+    report.artifact_key = publish_markdown(artifact_key("alert-monitor", fleet_block or cluster_group or "fleet"),
                                            render_markdown(report), report.summary[:500])
     for line in (t for c in report.clusters for t in c.transitions):
         logger.info(line)

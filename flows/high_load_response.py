@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, runtime
 from blocks.postgres_cluster import PostgresCluster
 from tasks.alerts.sources import this_clusters_block
 from tasks.core.alert_context import AlertContext
+from tasks.core.exclusion import urgent_marker
 from tasks.core.publish import artifact_key, publish_markdown, publish_table
 from tasks.core.sessions import survey_sessions
 from tasks.emergency import high_load_plan as plan
@@ -67,59 +68,61 @@ def high_load_response(
     report = HighLoadReport(cluster=cluster.cluster_name, node=target.node, dry_run=params.dry_run,
                             flow_run_id=run_id, started_at=datetime.now(UTC), params=params, alert=alert)
 
-    # 1. Check active queries.
-    survey, error = _run(survey_sessions, target)
-    report.steps.append(rules.step_failed("check-active-queries", error) if error else rules.step_ok(
-        "check-active-queries", f"read {len(survey.sessions)} backend(s) on {target.node}."))
-    if survey:
-        report.active_sessions, report.waiting_sessions = rules.load_figures(survey)
+    # A marker slot (high-load-<cluster>) unless a dry run: maintenance of this cluster stops before its next table.
+    with urgent_marker(cluster.cluster_name, active=not params.dry_run):
+        # 1. Check active queries.
+        survey, error = _run(survey_sessions, target)
+        report.steps.append(rules.step_failed("check-active-queries", error) if error else rules.step_ok(
+            "check-active-queries", f"read {len(survey.sessions)} backend(s) on {target.node}."))
+        if survey:
+            report.active_sessions, report.waiting_sessions = rules.load_figures(survey)
 
-    # 2. Terminate long queries and old idle transactions.
-    budget = params.max_sessions
-    handled: set[int] = set()
-    if not params.terminate_long_queries:
-        report.steps.append(rules.step_skipped("terminate-long-queries", "turned off in the parameters"))
-    elif survey is None:
-        report.steps.append(rules.step_skipped("terminate-long-queries", "no survey of the sessions"))
-    else:
-        step = plan.plan_long_queries(survey, params, budget)
-        budget -= len(step.actions)
-        handled |= {a.pid for a in step.actions}
-        _act(report, "terminate-long-queries", target, step, params, survey)
-
-    # 3. Cancel conflicting operations (lock chains), on a fresh survey if step 2 ended sessions.
-    if not params.resolve_lock_chains:
-        report.steps.append(rules.step_skipped("cancel-conflicting-operations", "turned off in the parameters"))
-    else:
-        if survey is not None and not params.dry_run and handled:
-            survey, error = _run(survey_sessions, target)
-        if survey is None:
-            report.steps.append(rules.step_failed("cancel-conflicting-operations", error) if error
-                                else rules.step_skipped("cancel-conflicting-operations", "no survey of the sessions"))
+        # 2. Terminate long queries and old idle transactions.
+        budget = params.max_sessions
+        handled: set[int] = set()
+        if not params.terminate_long_queries:
+            report.steps.append(rules.step_skipped("terminate-long-queries", "turned off in the parameters"))
+        elif survey is None:
+            report.steps.append(rules.step_skipped("terminate-long-queries", "no survey of the sessions"))
         else:
-            report.chains = plan.find_lock_chains(survey)
-            step = plan.plan_lock_chains(report.chains, survey, params, budget, handled)
-            _act(report, "cancel-conflicting-operations", target, step, params, survey)
+            step = plan.plan_long_queries(survey, params, budget)
+            budget -= len(step.actions)
+            handled |= {a.pid for a in step.actions}
+            _act(report, "terminate-long-queries", target, step, params, survey)
 
-    # 4. Increase resources.
-    if not params.scale:
-        report.steps.append(rules.step_skipped("increase-resources", "turned off in the parameters"))
-    else:
-        request = ScaleRequest(cluster=report.cluster, dry_run=params.dry_run, reason=f"high load on {target.node}",
-                               active_sessions=report.active_sessions, waiting_sessions=report.waiting_sessions,
-                               flow_run_id=run_id)
-        scaler, _ = this_clusters_block(cluster_block, scaler_block)
-        report.scale, error = _run(scale_up, scaler, request)
-        report.steps.append(rules.step_failed("increase-resources", error) if error
-                            else rules.step_ok("increase-resources", report.scale.summary))
+        # 3. Cancel conflicting operations (lock chains), on a fresh survey if step 2 ended sessions.
+        if not params.resolve_lock_chains:
+            report.steps.append(rules.step_skipped("cancel-conflicting-operations", "turned off in the parameters"))
+        else:
+            if survey is not None and not params.dry_run and handled:
+                survey, error = _run(survey_sessions, target)
+            if survey is None:
+                report.steps.append(rules.step_failed("cancel-conflicting-operations", error) if error else
+                                    rules.step_skipped("cancel-conflicting-operations", "no survey of the sessions"))
+            else:
+                report.chains = plan.find_lock_chains(survey)
+                step = plan.plan_lock_chains(report.chains, survey, params, budget, handled)
+                _act(report, "cancel-conflicting-operations", target, step, params, survey)
 
-    # 5. Verify, notify, publish.
-    if not params.dry_run:
-        after, error = _run(survey_sessions, target)
-        report.remaining = rules.remaining_load(after, params) if after else None
-        report.steps.append(rules.step_failed("verify", error) if error else rules.step_ok(
-            "verify", "load persists after the response." if report.remaining.persistent
-            else "nothing eligible is over the thresholds any more."))
+        # 4. Increase resources.
+        if not params.scale:
+            report.steps.append(rules.step_skipped("increase-resources", "turned off in the parameters"))
+        else:
+            request = ScaleRequest(cluster=report.cluster, dry_run=params.dry_run, reason=f"high load on {target.node}",
+                                   active_sessions=report.active_sessions, waiting_sessions=report.waiting_sessions,
+                                   flow_run_id=run_id)
+            scaler, _ = this_clusters_block(cluster_block, scaler_block)
+            report.scale, error = _run(scale_up, scaler, request)
+            report.steps.append(rules.step_failed("increase-resources", error) if error
+                                else rules.step_ok("increase-resources", report.scale.summary))
+
+        # 5. Verify, notify, publish.
+        if not params.dry_run:
+            after, error = _run(survey_sessions, target)
+            report.remaining = rules.remaining_load(after, params) if after else None
+            report.steps.append(rules.step_failed("verify", error) if error else rules.step_ok(
+                "verify", "load persists after the response." if report.remaining.persistent
+                else "nothing eligible is over the thresholds any more."))
     rules.finish_report(report)
     report.finished_at = datetime.now(UTC)
     report.notification = notify_high_load(slack_block, report, runtime.flow_run.ui_url)

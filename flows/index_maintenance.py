@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
+from tasks.core.exclusion import OnBusy, StopCheck, maintenance_turn
 from tasks.core.outcomes import gather
 from tasks.core.progress import track_progress
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
@@ -37,6 +38,8 @@ def index_maintenance(
     params: IndexParams = IndexParams(),
     database: str | None = None,
     slack_block: str | None = None,
+    if_busy: OnBusy = "wait",
+    busy_wait_minutes: float = 30,
 ) -> IndexReport:
     """Report index findings with DO/UNDO statements; rebuild or drop (listed only) when not a dry run.
 
@@ -45,6 +48,10 @@ def index_maintenance(
         params: Dry run (default), what counts as unused/bloated/duplicate, what may be rebuilt or dropped.
         database: Database to maintain; empty means the block's database.
         slack_block: Name of a SlackNotifier block; none means no Slack message.
+        if_busy: When another maintenance run or a failover / high-load response holds the cluster: wait for it
+            (up to busy_wait_minutes) or skip (a dry run takes no lock). A failover or high-load response that starts
+            later stops this run before its next index action.
+        busy_wait_minutes: How long to wait for the cluster's maintenance lock.
     """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
@@ -79,6 +86,7 @@ def index_maintenance(
                        + rules.bloated(indexes, estimates, params))
     report.actions = rules.plan_actions(report.findings, [r.qualified for r in listed], params)
 
+    turn = None
     if not params.dry_run:
         refs = {ix.qualified: RelationRef(oid=ix.oid, schema_name=ix.schema_name, name=ix.name, kind="i")
                 for ix in indexes}
@@ -86,16 +94,21 @@ def index_maintenance(
         planned = [a for a in report.actions if a.status == "planned"]
         check_index_grants(primary, [refs[a.index] for a in planned if a.action != "reindex"],
                            [refs[a.index] for a in planned if a.action == "reindex"])
-        with track_progress(artifact_key("indexes-progress", report.cluster), len(planned),
-                            f"Index maintenance of {report.cluster}", "indexes") as bar:
+        with maintenance_turn(report.cluster, "index maintenance", if_busy, busy_wait_minutes * 60) as turn, \
+                track_progress(artifact_key("indexes-progress", report.cluster), len(planned) if turn.held else 0,
+                               f"Index maintenance of {report.cluster}", "indexes") as bar:
+            report.exclusion = turn.sentence  # not held: every planned action is skipped-stopped, saying why
+            stop = StopCheck(report.cluster) if turn.held else StopCheck.already(turn.sentence)
             report.actions = run_index_actions(primary, report.actions, refs, params.lock_timeout_ms,
-                                               params.statement_timeout_ms, bar)
+                                               params.statement_timeout_ms, bar, stop)
 
     rows = rules.log_rows(report)
     if rows and not params.dry_run:
         report.log_path, report.log_error = write_maintenance_log("index-maintenance", report.cluster,
                                                                   str(runtime.flow_run.id), rows, params.log_dir)
     rules.finish_report(report)
+    if turn is not None and not turn.held:  # waited in vain or skipped: nothing was done, and it says why
+        report.status, report.summary = "warning", report.exclusion
     report.finished_at = datetime.now(UTC)
     key = artifact_key("indexes", report.cluster)
     if rows:

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger, runtime
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.bounded import run_bounded
+from tasks.core.exclusion import OnBusy, StopCheck, maintenance_turn
 from tasks.core.progress import finish, track_progress
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.maintenance import vacuum_plan as plan
@@ -27,6 +28,8 @@ def vacuum(
     params: VacuumParams = VacuumParams(),
     database: str | None = None,
     slack_block: str | None = None,
+    if_busy: OnBusy = "wait",
+    busy_wait_minutes: float = 30,
 ) -> VacuumReport:
     """Vacuum the named tables, or every table that needs it, within the maintenance window.
 
@@ -35,6 +38,10 @@ def vacuum(
         params: Tables (none: what needs it), thresholds, VACUUM options, concurrency, timeouts, window.
         database: Database to vacuum; empty means the block's database.
         slack_block: Name of a SlackNotifier block for failures; none means no Slack message.
+        if_busy: When another maintenance run or a failover / high-load response holds the cluster: wait for it
+            (up to busy_wait_minutes) or skip this run. A failover or high-load response that starts later stops
+            this run before its next table.
+        busy_wait_minutes: How long to wait for the cluster's maintenance lock.
     """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
@@ -50,26 +57,32 @@ def vacuum(
         candidates = plan.select_candidates(states, params, limits)
     report.planned = [c.table for c in candidates]
 
+    turn = None
     if params.dry_run:
         report.results = [plan.planned_result(c) for c in candidates]
     else:
-        with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
-                            f"Vacuum of {report.cluster}", "tables") as bar:
-            started, not_started = run_bounded(
-                plan.batches(candidates, params.batch_tables, params.concurrency),
-                lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
-                                                   params.statement_timeout_ms, deadline,
-                                                   params.one_connection_per_batch, bar),
-                params.concurrency, deadline)
-            report.results = [result for _, future in started for result in future.result()]
-            report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]
-            finish(bar, plan.progress_outcome(report))
+        with maintenance_turn(report.cluster, "vacuum", if_busy, busy_wait_minutes * 60) as turn:
+            report.exclusion, stop = turn.sentence, StopCheck(report.cluster)
+            if turn.held:
+                with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
+                                    f"Vacuum of {report.cluster}", "tables") as bar:
+                    started, not_started = run_bounded(
+                        plan.batches(candidates, params.batch_tables, params.concurrency),
+                        lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
+                                                           params.statement_timeout_ms, deadline,
+                                                           params.one_connection_per_batch, bar, stop),
+                        params.concurrency, deadline)
+                    report.results = [result for _, future in started for result in future.result()]
+                    report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]
+                    finish(bar, plan.progress_outcome(report))
 
     rows = plan.log_rows(report)
     if rows and not params.dry_run:
         report.log_path, report.log_error = write_maintenance_log("vacuum", report.cluster,
                                                                   str(runtime.flow_run.id), rows, params.log_dir)
     plan.finish_report(report)
+    if turn is not None and not turn.held:  # waited in vain or skipped: it did nothing, and says why
+        report.status, report.summary = "warning", report.exclusion
     report.finished_at = datetime.now(UTC)
     key = artifact_key("vacuum", report.cluster)
     if rows:

@@ -4,7 +4,9 @@ The stack is brought up by the same code as `./run stack up`, on free ports, wit
 sandbox cluster, then driven only through the REST API and a real browser.
 """
 
+import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,8 +28,11 @@ SHOTS = ROOT / "tests" / "artifacts"
 @pytest.fixture(scope="module")
 def stack():
     ports = {"primary_port": free_port(), "replica_port": free_port(), "pgbouncer_port": free_port()}
+    # The scale-out configuration: the Prefect server on its own PostgreSQL, two workers, a fleet of three clusters
+    # (the sandbox and two more cluster blocks over its servers).
     s = LocalStack(state_dir=Path(tempfile.mkdtemp(prefix="pgrb-stack-")), port=free_port(),
-                   sandbox_dir=Path(tempfile.mkdtemp(prefix="pgrb-stack-sbx-")), sandbox_ports=ports)
+                   sandbox_dir=Path(tempfile.mkdtemp(prefix="pgrb-stack-sbx-")), sandbox_ports=ports,
+                   fleet=2, workers=2, server_db="postgres")
     try:
         s.up()
         _hold_schedules(s)
@@ -406,11 +411,17 @@ def _failover_params(**request):
     return {"request": {"cluster_block": "sandbox", "mode": "switchover", "confirm_cluster": "sandbox", **request}}
 
 
-def test_second_failover_trigger_is_cancelled_while_the_first_runs(stack):
-    first = create_run(stack.api_url, "failover/failover", _failover_params(dry_run=True), "dup-a")
+def test_a_second_failover_of_one_cluster_is_refused_while_the_first_runs(stack):
+    """The deployment has no one-at-a-time limit (failovers of two clusters run at once): the run's own per-cluster
+    locks refuse a second failover of the same cluster while the first one waits for its approval."""
+    first = create_run(stack.api_url, "failover/failover",
+                       _failover_params(dry_run=False, require_approval=True, approval_timeout_seconds=30), "dup-a")
+    _wait_state(stack, first["id"], "PAUSED")
     second = create_run(stack.api_url, "failover/failover", _failover_params(dry_run=True), "dup-b")
-    states = sorted(wait_for(stack.api_url, r["id"], timeout=120)["state"]["type"] for r in (first, second))
-    assert states == ["CANCELLED", "COMPLETED"], states
+    refused = wait_for(stack.api_url, second["id"], timeout=120)["state"]
+    assert refused["type"] == "FAILED" and "already running" in (refused.get("message") or ""), refused
+    assert wait_for(stack.api_url, first["id"], timeout=120)["state"]["type"] == "FAILED"  # unanswered: closed
+    assert _primary_in_block(stack) == "primary"
 
 
 def _wait_state(stack, run_id, wanted, timeout=120):
@@ -519,7 +530,8 @@ def test_monitor_on_the_worker_starts_its_action_as_a_deployment_run(stack):
     rules = Path(tempfile.mkdtemp(prefix="pgrb-e2e-rules-")) / "rules.yaml"
     rules.write_text(ACTION_RULES)
     t0 = datetime.now(UTC)
-    params = {"cluster_blocks": [cluster], "params": {"rules_file": str(rules)}}  # scaler_block: the deployment's
+    params = {"cluster_blocks": [cluster], "fleet_block": None,  # this cluster only, not the deployment's fleet
+              "params": {"rules_file": str(rules)}}  # scaler_block: the deployment's
     try:
         first = _monitor_run(stack, {**params, "evaluated_at": t0.isoformat()}, "e2e-action-t0")
         assert first["state"]["type"] == "COMPLETED", first["state"]
@@ -774,3 +786,80 @@ def test_a_failover_killed_mid_phase_is_alerted_by_the_server_then_a_rerun_resum
     assert _primary_in_block(stack) == cand and _block_data(stack)["fenced_nodes"] == [old]
     node, _ = _rejoin_via_rest(stack, "rejoin-after-worker-died")
     assert node == old
+
+
+def test_a_fleet_run_over_two_workers_reports_a_cluster_whose_worker_died(stack):
+    """The fleet's clusters run as deployment runs on either worker, one at a time; the last cluster's run hangs
+    (its server accepts TCP and never answers) and its worker is SIGKILLed: the fleet run still ends, with that
+    cluster timed out (linked to its run) and every other cluster ok. The worker is restarted afterwards."""
+    import signal
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from pydantic import SecretStr
+
+    from blocks.postgres_cluster import PostgresCluster, PostgresNode
+    from flows.fleet import fleet
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    outcome = {}
+    try:
+        with temporary_settings({PREFECT_API_URL: stack.api_url}):
+            PostgresCluster(cluster_name="zz-hangs", nodes=[PostgresNode(name="pg-1", host="127.0.0.1",
+                            port=listener.getsockname()[1])], primary_node="pg-1", password=SecretStr("x"),
+                            sslmode="disable", connect_timeout=60).save("zz-hangs", overwrite=True)
+
+            def run_fleet():  # settings are a context variable: a new thread needs its own
+                with temporary_settings({PREFECT_API_URL: stack.api_url}):
+                    outcome["report"] = fleet(runbook="health-check", fleet_block="fleet",
+                                              cluster_blocks=["zz-hangs"], max_parallel=1,
+                                              cluster_timeout_seconds=30, deployment="health-check/health-check")
+
+            import threading
+
+            thread = threading.Thread(target=run_fleet)
+            thread.start()
+            victim, run_pids = _worker_of_the_run_named(stack, "health-check · zz-hangs", timeout=240)
+            os.killpg(stack._pid(victim), signal.SIGKILL)  # the worker, then the flow-run process it started
+            for pid in run_pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            thread.join(timeout=300)
+    finally:
+        listener.close()
+        for name in stack.worker_names:
+            stack.start_worker(name)
+    report = outcome["report"]
+    by = {m.cluster: m for m in report.members}
+    assert set(by) == {"sandbox", "fleet-001", "fleet-002", "zz-hangs"}, report.summary
+    assert {by[c].status for c in ("sandbox", "fleet-001", "fleet-002")} == {"ok"}, report.summary
+    hung = by["zz-hangs"]
+    assert hung.status == "timed-out" and hung.flow_run_id and "Not finished after 30 s" in hung.summary, hung
+    assert report.status == "critical" and "1 timed-out" in report.summary
+    (art,) = post(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-health-check-fleet"]}},
+                                               "sort": "CREATED_DESC", "limit": 1})
+    assert "| zz-hangs | timed-out |" in art["data"]
+
+
+def _worker_of_the_run_named(stack, name: str, timeout: float) -> tuple[str, list[int]]:
+    """Which of the stack's workers runs the flow run of this name (an ancestor of its process), once it runs, and
+    the run's processes."""
+    workers = {stack._pid(w): w for w in stack.worker_names}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = post(stack, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [name]},
+                                                               "state": {"type": {"any_": ["RUNNING"]}}}})
+        for run in runs:
+            pids = _flow_run_pids(run["id"])
+            for pid in pids:
+                while pid > 1:
+                    if pid in workers:
+                        return workers[pid], pids
+                    try:
+                        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                    except (OSError, ValueError, IndexError):
+                        break
+        time.sleep(0.5)
+    raise AssertionError(f"no worker runs {name}")

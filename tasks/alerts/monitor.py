@@ -134,17 +134,18 @@ def _store_rules(rules_file: str, rules: RuleSet) -> None:
         log.warning("could not store the last valid rules: %s", exc)
 
 
-def resolve_clusters(cluster_blocks: list[str], cluster_group: str | None) -> list[str]:
-    """The cluster blocks to evaluate: the listed ones plus every PostgresCluster block named group*."""
-    names = list(dict.fromkeys(cluster_blocks))
-    if cluster_group:
-        from prefect.client.orchestration import get_client
+def resolve_clusters(cluster_blocks: list[str], cluster_group: str | None, fleet_block: str | None = None
+                     ) -> list[str]:
+    """The cluster blocks to evaluate: the listed ones, every PostgresCluster block named group*, and the members of
+    the Fleet block (listed, by prefix, by tag). An empty selection is an empty fleet (the monitor evaluates none)."""
+    from blocks.fleet import Fleet
+    from tasks.core.fleet import EmptyFleet, resolve_fleet
 
-        with get_client(sync_client=True) as client:
-            # One call: this endpoint returns every block of the type (it ignores offset and limit).
-            docs = client.read_block_documents_by_type("postgres-cluster", include_secrets=False)
-        names += sorted(d.name for d in docs if d.name and d.name.startswith(cluster_group))
-    return list(dict.fromkeys(names))
+    try:
+        return resolve_fleet(Fleet.load(fleet_block) if fleet_block else None, cluster_blocks, cluster_group,
+                             fleet_name=fleet_block or cluster_group or "listed")
+    except EmptyFleet:
+        return []
 
 
 @task(name="load-alert-state", cache_policy=NO_CACHE, retries=0)

@@ -82,6 +82,8 @@ class IndexReport(BaseModel):
     actions: list[IndexActionResult] = Field(default_factory=list)
     log_path: str | None = None
     log_error: str | None = Field(default=None, description="Why the maintenance log was not written.")
+    exclusion: str | None = Field(default=None, description="How the run got (or did not get) the cluster's "
+                                                             "maintenance lock.")
     artifact_key: str | None = None
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
 
@@ -289,7 +291,7 @@ def finish_report(report: IndexReport) -> IndexReport:
     for f in report.findings:
         counts[f.kind] = counts.get(f.kind, 0) + 1
     found = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no index finding"
-    failed = [a for a in report.actions if a.status in ("failed", "skipped-locked")]
+    failed = [a for a in report.actions if a.status in ("failed", "skipped-locked", "skipped-stopped")]
     done = [a for a in report.actions if a.status == "done"]
     refused = [a for a in report.actions if a.status == "refused"]
     if report.dry_run:
@@ -310,7 +312,7 @@ def finish_report(report: IndexReport) -> IndexReport:
 def slack_lines(report: IndexReport) -> list[str]:
     """What the alert says: the log failure first, then every action that failed or was skipped."""
     lines = [f":warning: {report.log_error}"] if report.log_error else []
-    return lines + [a.summary for a in report.actions if a.status in ("failed", "skipped-locked")]
+    return lines + [a.summary for a in report.actions if a.status in ("failed", "skipped-locked", "skipped-stopped")]
 
 
 def render_markdown(report: IndexReport) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -216,7 +216,7 @@ def check_index_grants(target: ConnectionTarget, refs: list[RelationRef],
 class IndexActionResult(BaseModel):
     index: str
     action: Literal["reindex", "drop"]
-    status: Literal["done", "skipped-locked", "failed", "planned", "refused"]
+    status: Literal["done", "skipped-locked", "skipped-stopped", "failed", "planned", "refused"]
     statement: str
     undo: str | None = None
     reason: str = ""
@@ -340,11 +340,16 @@ def run_index_action(target: ConnectionTarget, planned: IndexActionResult, ref: 
 
 def run_index_actions(target: ConnectionTarget, actions: list[IndexActionResult], refs: dict[str, RelationRef],
                       lock_timeout_ms: int, statement_timeout_ms: int,
-                      progress: Progress | None = None) -> list[IndexActionResult]:
-    """Each planned action in turn (the others as they are); each outcome moves the run's progress bar."""
+                      progress: Progress | None = None, stop: Any = None) -> list[IndexActionResult]:
+    """Each planned action in turn (the others as they are); each outcome moves the run's progress bar.
+    `stop.reason()` (tasks.core.exclusion.StopCheck), asked before each action, stops the run when a failover or
+    high-load response of the cluster started: the remaining actions are `skipped-stopped`."""
     out = []
     for action in actions:
-        if action.status == "planned":
+        if action.status == "planned" and stop is not None and (why := stop.reason()):
+            action = action.model_copy(update={"status": "skipped-stopped", "reason": why,
+                                               "summary": f"{action.index} {action.action} not started: {why}."})
+        elif action.status == "planned":
             action = run_index_action(target, action, refs[action.index], lock_timeout_ms, statement_timeout_ms)
             if progress is not None:
                 progress.advance(1, f"{action.index} {action.action}: {action.status}", action.status)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -118,7 +118,7 @@ class VacuumResult(BaseModel):
     """One table's vacuum: what it was like before and after, or why it did not run."""
 
     table: str
-    status: Literal["vacuumed", "skipped-locked", "skipped-window", "failed", "planned"]
+    status: Literal["vacuumed", "skipped-locked", "skipped-window", "skipped-stopped", "failed", "planned"]
     reason: str = ""
     started_at: datetime | None = None
     duration_s: float = 0.0
@@ -189,6 +189,7 @@ def vacuum_tables(
     deadline_epoch: float | None = None,
     one_connection: bool = False,
     progress: Progress | None = None,
+    stop: Any = None,
 ) -> list[VacuumResult]:
     """VACUUM a batch of tables one after the other; never raises for a database error. Batches keep
     Prefect's per-task cost off thousands of small tables.
@@ -199,7 +200,7 @@ def vacuum_tables(
     """
     if not one_connection:
         return [counted(progress, vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms,
-                                             deadline_epoch)) for ref in refs]
+                                             deadline_epoch, stop=stop)) for ref in refs]
     results: list[VacuumResult] = []
     with contextlib.ExitStack() as stack:
         session: Session | None = None
@@ -213,13 +214,13 @@ def vacuum_tables(
                 except RunbookDBError:
                     session = None  # vacuum_one reconnects and reports the error for this table
             results.append(counted(progress, vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms,
-                                                        deadline_epoch, session=session)))
+                                                        deadline_epoch, session=session, stop=stop)))
     return results
 
 
 def counted(progress: Progress | None, result: VacuumResult) -> VacuumResult:
     """The table's outcome on the progress bar (a table the window stopped is not done: the bar stays there)."""
-    if progress is not None and result.status != "skipped-window":
+    if progress is not None and result.status not in ("skipped-window", "skipped-stopped"):
         progress.advance(1, f"{result.table} {result.status}", result.status)
     return result
 
@@ -232,9 +233,14 @@ def vacuum_one(
     statement_timeout_ms: int,
     deadline_epoch: float | None = None,
     session: Session | None = None,
+    stop: Any = None,
 ) -> VacuumResult:
     """VACUUM one table on its own autocommit connection (or on `session`, a dedicated autocommit one);
-    a failure is the result, not an exception."""
+    a failure is the result, not an exception. `stop.reason()` (tasks.core.exclusion.StopCheck), asked first,
+    stops the run before this table when a failover or high-load response of the cluster started."""
+    if stop is not None and (why := stop.reason()):
+        return VacuumResult(table=ref.qualified, status="skipped-stopped", reason=why,
+                            summary=f"{ref.qualified} not vacuumed: {why}.")
     if deadline_epoch is not None and time.time() >= deadline_epoch:
         return VacuumResult(table=ref.qualified, status="skipped-window", reason="maintenance window ended",
                             summary=f"{ref.qualified} not vacuumed: the maintenance window had ended.")

@@ -86,6 +86,8 @@ class VacuumReport(BaseModel):
     results: list[VacuumResult] = Field(default_factory=list)
     log_path: str | None = None
     log_error: str | None = Field(default=None, description="Why the maintenance log was not written.")
+    exclusion: str | None = Field(default=None, description="How the run got (or did not get) the cluster's "
+                                                             "maintenance lock.")
     artifact_key: str | None = None
     notification: NotificationOutcome = Field(default_factory=NotificationOutcome)
 
@@ -145,12 +147,13 @@ def finish_report(report: VacuumReport) -> VacuumReport:
     """Status and the one-sentence summary from the per-table results."""
     failed, locked = report.count("failed"), report.count("skipped-locked")
     window, done = report.count("skipped-window"), report.count("vacuumed")
+    stopped = [r for r in report.results if r.status == "skipped-stopped"]
     if report.dry_run:
         report.status = "ok"
         report.summary = (f"Dry run on {report.cluster}: {len(report.planned)} table(s) would be vacuumed"
                           + (f", first {report.planned[0]}." if report.planned else "."))
         return report
-    report.status = "critical" if failed else "warning" if (locked or window) else "ok"
+    report.status = "critical" if failed else "warning" if (locked or window or stopped) else "ok"
     parts = [f"{done} of {len(report.planned)} table(s) vacuumed on {report.cluster}"]
     if failed:
         parts.append(f"{failed} failed")
@@ -158,6 +161,8 @@ def finish_report(report: VacuumReport) -> VacuumReport:
         parts.append(f"{locked} skipped because locked")
     if window:
         parts.append(f"{window} not started before the maintenance window ended")
+    if stopped:
+        parts.append(f"{len(stopped)} not started, {stopped[0].reason}")
     if not report.planned:
         parts = [f"No table on {report.cluster} needs vacuum by the thresholds"]
     if report.log_error:
@@ -170,6 +175,9 @@ def finish_report(report: VacuumReport) -> VacuumReport:
 def progress_outcome(report: VacuumReport) -> str:
     """The progress bar's last line: the tally, and where the run stopped when the window ended."""
     window = [r.table for r in report.results if r.status == "skipped-window"]
+    stopped = [r for r in report.results if r.status == "skipped-stopped"]
+    if stopped:
+        return f"{stopped[0].reason} (before {stopped[0].table}; {len(stopped)} of {len(report.planned)} not started)"
     tally = ", ".join(f"{report.count(s)} {s}" for s in ("vacuumed", "skipped-locked", "failed") if report.count(s))
     if window:
         return (f"stopped: the maintenance window ended before {window[0]}; {len(window)} of "
@@ -204,7 +212,7 @@ def render_markdown(report: VacuumReport, candidates: list[Candidate]) -> str:
 def slack_lines(report: VacuumReport) -> list[str]:
     lines = [f":warning: {report.log_error}"] if report.log_error else []
     return lines + [r.summary for r in report.results
-                    if r.status in ("failed", "skipped-locked", "skipped-window")][:40]
+                    if r.status in ("failed", "skipped-locked", "skipped-window", "skipped-stopped")][:40]
 
 
 def ref_of(c: Candidate) -> RelationRef:

@@ -11,12 +11,17 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = {"vacuum-nightly", "vacuum", "bloat-analysis-weekly", "index-maintenance-weekly"}
+NAMES = {"vacuum", "bloat-analysis", "index-maintenance"}  # on demand, one cluster
+FLEET_NAMES = {"vacuum-nightly": "vacuum", "bloat-analysis-weekly": "bloat-analysis",
+               "index-maintenance-weekly": "index-maintenance"}  # scheduled, over the fleet (tests/fleet)
 
 
 def test_maintenance_deployments_are_well_formed():
     deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
-    assert NAMES <= set(deployments)
+    assert NAMES | set(FLEET_NAMES) <= set(deployments)
+    for name, runbook in FLEET_NAMES.items():
+        assert deployments[name]["entrypoint"] == "flows/fleet.py:fleet"
+        assert deployments[name]["parameters"]["runbook"] == runbook
     for name in NAMES:
         d = deployments[name]
         unknown = set(d) - set(DeploymentConfig.model_fields) - {"schedules", "concurrency_limit"}
