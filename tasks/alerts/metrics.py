@@ -225,7 +225,9 @@ def host_samples(source: BlockChoice | str | None) -> list[Sample]:
         source_block = _load_metrics_source(name)
         if source_block.kind == "none":
             return no_data(HOST_METRICS, f"metrics source not configured: {name!r} is kind none", unconfigured=True)
-        reading = source_block.sample()
+        from tasks.core.host_metrics import read_source
+
+        reading = read_source(source_block)
     except ImportError:
         return no_data(HOST_METRICS, "metrics source not configured (blocks.metrics_source is not installed)",
                        unconfigured=True)
