@@ -10,7 +10,9 @@ import logging
 import boto3
 import pytest
 from botocore.stub import Stubber
+from prefect_aws import AwsCredentials
 
+from blocks.aurora import AuroraCluster
 from blocks.metrics_source import MetricsSource
 from tasks.core import aurora
 from tasks.core.errors import InvalidScaling, ProviderError
@@ -79,8 +81,9 @@ def test_scale_up_dry_run_first_then_sent_and_read_back(moto):
 def test_scale_up_keeps_auto_pause(moto):
     """A cluster that pauses at 0 ACU keeps MinCapacity 0 and its SecondsUntilAutoPause."""
     cid = moto.seed_cluster(min_acu=0.5, max_acu=2)
-    moto.client("rds").modify_db_cluster(DBClusterIdentifier=cid, ApplyImmediately=True, ServerlessV2ScalingConfiguration={
-        "MinCapacity": 0, "MaxCapacity": 2, "SecondsUntilAutoPause": 900})
+    moto.client("rds").modify_db_cluster(DBClusterIdentifier=cid, ApplyImmediately=True,
+                                         ServerlessV2ScalingConfiguration={
+                                             "MinCapacity": 0, "MaxCapacity": 2, "SecondsUntilAutoPause": 900})
     done = aurora.scale_up(api_of(moto, cid), dry_run=False)
     assert done.status == "scaled" and '"SecondsUntilAutoPause": 900' in done.request
     config = moto.client("rds").describe_db_clusters(DBClusterIdentifier=cid)["DBClusters"][0][
@@ -116,14 +119,8 @@ def test_promotion_tier_warning(moto):
 
 def stubbed(cluster_id: str = "stubbed", **kw) -> tuple[aurora.AuroraApi, Stubber, list[float]]:
     """An AuroraApi whose RDS client answers from a Stubber (no network), and the sleeps it asked for."""
-    from tests.aws_stand_in import MotoStandIn as _M  # noqa: F401 - same credentials shape as the moto tests
-
     client = boto3.client("rds", region_name=REGION, aws_access_key_id="AKIAX", aws_secret_access_key=SECRET_KEY)
     sleeps: list[float] = []
-    from prefect_aws import AwsCredentials
-
-    from blocks.aurora import AuroraCluster
-
     block = AuroraCluster(credentials=AwsCredentials(region_name=REGION), cluster_identifier=cluster_id,
                           **{"poll_seconds": 0.01, **kw})
     return aurora.AuroraApi(block, rds=client, sleep=sleeps.append), Stubber(client), sleeps
