@@ -63,14 +63,36 @@ def plan_steps(plan: FailoverPlan, request: aurora.ApiRequest, members: list[str
 
 
 @task(name="aurora-failover", **STEP)
-def aurora_failover(block: AuroraCluster, candidate: str) -> dict:
-    """FailoverDBCluster to the candidate and wait until it is the available writer."""
+def aurora_failover(block: AuroraCluster, cand: ConnectionTarget) -> dict:
+    """FailoverDBCluster to the candidate, wait until it is the available writer (DescribeDBClusters), then until
+    a fresh SQL connection to it says it left recovery."""
     try:
-        done = aurora.fail_over(aurora.AuroraApi(block), candidate)
+        done = aurora.fail_over(aurora.AuroraApi(block), cand.node)
     except ProviderError as exc:
         raise FailoverStepFailed(str(exc)) from None
-    return {**done, "detail": f"{done['request']} → {candidate} is the writer, cluster available after "
-            f"{done['seconds']:.1f} s ({done['polls']} polls; seen {' -> '.join(done['statuses'])})"}
+    started = time.monotonic()
+    if not wait_writable(cand, started + block.failover_timeout_seconds):
+        raise FailoverStepFailed(f"Aurora made {cand.node} the writer, but a fresh SQL connection to {cand.label} "
+                                 f"still finds it in recovery (or unreachable) {block.failover_timeout_seconds:g} s "
+                                 "later; clients stay held: check the instance in the RDS console, then rerun")
+    done["sql_writable_after_s"] = round(time.monotonic() - started, 3)
+    return {**done, "detail": f"{done['request']} → {cand.node} is the writer, cluster available after "
+            f"{done['seconds']:.1f} s ({done['polls']} polls; seen {' -> '.join(done['statuses'])}); out of "
+            f"recovery on a fresh SQL connection {done['sql_writable_after_s']:.1f} s later"}
+
+
+def wait_writable(target: ConnectionTarget, deadline: float) -> bool:
+    """Poll fresh SQL connections until the server left recovery (True) or the deadline passed (False)."""
+    while True:
+        try:
+            with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
+                if db.scalar(IN_RECOVERY_SQL) is False:
+                    return True
+        except RunbookDBError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
 
 
 @task(name="await-old-demoted", **STEP)
@@ -139,7 +161,10 @@ class AuroraSwitch:
             warnings.append(warning)
         members = [m["DBInstanceIdentifier"] for m in cluster.get("DBClusterMembers", [])]
         request = aurora.failover_request(self.block, plan.candidate)
-        return plan.model_copy(update={"steps": plan_steps(plan, request, members), "warnings": warnings})
+        # Aurora's shared storage does not promise PostgreSQL's timeline switch: verify-promotion checks that the
+        # candidate left recovery and commits a write, not that its timeline went up.
+        return plan.model_copy(update={"steps": plan_steps(plan, request, members), "warnings": warnings,
+                                       "original_timeline": None})
 
     def before_hold(self, ctx: RunContext, plan: FailoverPlan, promoted: bool) -> None:
         """Nothing: Aurora's storage is shared; there is no WAL to carry over."""
@@ -149,7 +174,8 @@ class AuroraSwitch:
             skip(ctx, 2, "aurora-failover", plan.candidate, f"{plan.candidate} is already writable: resuming after "
                  "the failover, not failing over twice")
         else:
-            done = run_step(ctx, 2, "aurora-failover", plan.candidate, aurora_failover, self.block, plan.candidate)
+            done = run_step(ctx, 2, "aurora-failover", plan.candidate, aurora_failover, self.block,
+                            ctx.cluster.target(plan.candidate))
             ctx.journal.facts["aurora_failover"] = done
         return {"state": None, "checkpoint": None, "timeline": None}
 
