@@ -20,13 +20,6 @@ from tasks.core.host_metrics import read_source
 from tests.aws_stand_in import REGION, SECRET_KEY, MotoStandIn
 
 
-@pytest.fixture(scope="module")
-def moto():
-    stand_in = MotoStandIn()
-    yield stand_in
-    stand_in.stop()
-
-
 def api_of(moto: MotoStandIn, cluster_id: str, **kw) -> aurora.AuroraApi:
     return aurora.AuroraApi(moto.aurora_block(cluster_id, **kw))
 

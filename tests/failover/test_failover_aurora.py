@@ -32,13 +32,6 @@ def box():
 
 
 @pytest.fixture(scope="module")
-def moto():
-    stand_in = MotoStandIn()
-    yield stand_in
-    stand_in.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster_id(moto, box, prefect_api):
     cid = moto.seed_cluster(writer="primary", readers={"replica": 2})
     sandbox_cluster_block(box, name=BLOCK).save(BLOCK, overwrite=True)
