@@ -58,6 +58,16 @@ def moto():
 
 
 @pytest.fixture(scope="session")
+def neon():
+    """The stateful Neon API v2 stand-in of the Neon tests (tests/neon_server.py)."""
+    from tests.neon_server import start_neon_server
+
+    stand_in = start_neon_server()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture(scope="session")
 def fake_slack():
     fake = start_fake_slack()
     yield fake

@@ -9,7 +9,6 @@ with backoff up to the block's `api_attempts`; other errors become a typed Provi
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from blocks.aurora import ACU_MAX, ACU_STEP, AUTO_PAUSE_MAX_SECONDS, AUTO_PAUSE_MIN_SECONDS, AuroraCluster
 from tasks.core.errors import InvalidScaling, ProviderError
+from tasks.core.provider import ApiRequest, ScaleResult
 
 THROTTLING = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
 # Errors that mean "the cluster is busy with something else now": retry later, nothing changed.
@@ -43,17 +43,6 @@ CLOUDWATCH_METRICS = {
     "free_local_storage": "FreeLocalStorage",
     "replica_lag": "ReplicaLag",
 }
-
-
-class ApiRequest(BaseModel):
-    """One provider call exactly as sent (no credentials in it)."""
-
-    service: str
-    operation: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    def render(self) -> str:
-        return f"{self.service} {self.operation} {json.dumps(self.params, sort_keys=True)}"
 
 
 class AuroraApi:
@@ -186,16 +175,6 @@ def plan_scale_up(block: AuroraCluster, cluster: dict) -> ScalePlan:
     return ScalePlan(status="planned", before=before, after=after, request=request,
                      summary=f"raise {block.label} MaxCapacity {old_max:g} -> {new_max:g} ACU "
                              f"(ceiling {block.max_capacity_ceiling_acu:g})")
-
-
-class ScaleResult(BaseModel):
-    status: str  # planned | scaled | at_max | not_serverless
-    summary: str
-    before: float | None = None
-    after: float | None = None
-    request: str | None = Field(default=None, description="The exact ModifyDBCluster request (dry run or sent).")
-    pending_reboot: list[str] = Field(default_factory=list)
-    rebooted: list[str] = Field(default_factory=list)
 
 
 def scale_up(api: AuroraApi, dry_run: bool) -> ScaleResult:

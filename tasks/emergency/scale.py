@@ -13,8 +13,9 @@ from psycopg import sql
 from pydantic import BaseModel, Field
 
 from blocks.aurora import AuroraCluster
+from blocks.neon import NeonEndpoint
 from blocks.scalers import SCALER_TYPES, NoScaler, PgBouncerPoolScaler, WebhookScaler
-from tasks.core import aurora
+from tasks.core import aurora, neon
 from tasks.core.errors import ProviderError, classify, raised_by
 
 ScaleStatus = Literal["not_configured", "planned", "scaled", "at_max", "requested", "failed"]
@@ -89,19 +90,23 @@ def scale_up(scaler_block: str | None, request: ScaleRequest) -> ScaleOutcome:
                             summary=f"no scaler is configured{note}: resources were not increased.")
     if isinstance(scaler, WebhookScaler):
         return _webhook(scaler, request)
-    if isinstance(scaler, AuroraCluster):
-        return _aurora(scaler, request)
+    if isinstance(scaler, AuroraCluster | NeonEndpoint):
+        return _provider(scaler, request)
     return _pgbouncer(scaler, request)
 
 
-def _aurora(scaler: AuroraCluster, request: ScaleRequest) -> ScaleOutcome:
-    """Raise the Serverless v2 MaxCapacity by the block's step within its ceiling (tasks/core/aurora.py)."""
+def _provider(scaler: AuroraCluster | NeonEndpoint, request: ScaleRequest) -> ScaleOutcome:
+    """Raise an Aurora Serverless v2 MaxCapacity or a Neon endpoint's max CU by the block's step within its
+    ceiling (tasks/core/aurora.py, tasks/core/neon.py)."""
     try:
-        result = aurora.scale_up(aurora.AuroraApi(scaler), request.dry_run)
+        if isinstance(scaler, AuroraCluster):
+            result = aurora.scale_up(aurora.AuroraApi(scaler), request.dry_run)
+        else:
+            result = neon.scale_up(neon.NeonApi(scaler), request.dry_run)
     except ProviderError as exc:
         raise ScalerError(str(exc), transient=exc.transient) from None
     status = {"planned": "planned", "scaled": "scaled", "at_max": "at_max"}.get(result.status, "not_configured")
-    return ScaleOutcome(kind="aurora", status=status, summary=result.summary, before=result.before,
+    return ScaleOutcome(kind=scaler.kind, status=status, summary=result.summary, before=result.before,
                         after=result.after, request=result.request)
 
 
