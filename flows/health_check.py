@@ -15,7 +15,7 @@ from tasks.core.publish import artifact_key, notify_slack, publish_markdown
 from tasks.core.replica_match import match_reads
 from tasks.core.replication import read_receiver, read_replication, read_slots, upstream_of
 from tasks.health import report as rules
-from tasks.health.checks import find_long_queries, probe_node
+from tasks.health.checks import find_long_queries, probe_node, provider_check
 from tasks.health.report import HealthReport, HealthThresholds
 
 
@@ -25,6 +25,7 @@ def health_check(
     thresholds: HealthThresholds = HealthThresholds(),
     slack_block: str | None = None,
     always_notify: bool = False,
+    wake_paused: bool = False,
 ) -> HealthReport:
     """Check every node of the cluster and report ok / warning / critical per check.
 
@@ -33,12 +34,16 @@ def health_check(
         thresholds: Limits that turn a figure into a warning or a critical finding.
         slack_block: Name of a SlackNotifier block; none means no Slack message.
         always_notify: Post to Slack even when every check is ok.
+        wake_paused: A managed cluster whose compute is paused (Aurora 0 ACU, Neon idle) is reported as paused
+            without a SQL connection, which would wake it; true connects anyway.
     """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     report = HealthReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC))
 
-    targets = cluster.targets()
+    paused, provider = provider_check(cluster, wake_paused)
+    report.checks += [provider] if provider else []
+    targets = [] if paused else cluster.targets()
     probes = dict(zip([t.node for t in targets], gather([probe_node.submit(t) for t in targets]), strict=True))
     for t in targets:
         probe, error = probes[t.node]
@@ -65,7 +70,7 @@ def health_check(
                           else [rules.skipped_check("replication", report.primary, rep_err)])
         report.checks += (rules.slot_checks(report.primary, slots, thresholds)
                           if slot_err is None else [rules.skipped_check("replication-slot", report.primary, slot_err)])
-    else:
+    elif not paused:
         report.checks.append(rules.skipped_check("replication", "cluster", "no reachable primary"))
 
     for node, (row, err) in receivers.items():
