@@ -241,9 +241,18 @@ def host_samples(source: BlockChoice | str | None) -> list[Sample]:
     for metric, names in (("cpu_usage_percent", ("cpu_percent", "cpu_usage_percent", "cpu")),
                           ("disk_usage_percent", ("disk_used_percent", "disk_percent", "disk_usage_percent", "disk"))):
         value = next((_get(reading, n) for n in names if _get(reading, n) is not None), None)
+        if value is None and metric == "disk_usage_percent" and _get_str(reading, "source") == "cloudwatch":
+            samples.append(Sample(metric=metric, no_data="Aurora storage is managed: CloudWatch has no disk-used "
+                                  "percentage", unconfigured=True))
+            continue
         samples.append(Sample(metric=metric, value=value,
                               no_data=None if value is not None else f"metrics source gave no {metric}"))
     return samples
+
+
+def _get_str(reading: Any, name: str) -> str | None:
+    value = reading.get(name) if isinstance(reading, dict) else getattr(reading, name, None)
+    return value if isinstance(value, str) else None
 
 
 def _load_metrics_source(block_name: str) -> Any:

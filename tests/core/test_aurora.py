@@ -233,7 +233,8 @@ def test_cloudwatch_metrics_source(moto, prefect_api):
     source.save(f"cw-{cid}", overwrite=True)
     samples = {s.metric: s for s in host_samples(f"cw-{cid}")}
     assert samples["cpu_usage_percent"].value == 37.5
-    assert samples["disk_usage_percent"].value is None and samples["disk_usage_percent"].no_data
+    disk = samples["disk_usage_percent"]  # managed storage: no data, and no no-data alert
+    assert disk.value is None and disk.unconfigured and "Aurora storage is managed" in disk.no_data
 
 
 def test_aws_secret_never_logged(moto, prefect_api, caplog):
