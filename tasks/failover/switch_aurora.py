@@ -28,14 +28,13 @@ from tasks.core.errors import ProviderError, RunbookDBError
 from tasks.failover.model import FailoverPlan, FailoverRefused, FailoverStepFailed, NodeState, PlannedStep
 from tasks.failover.run import run_step
 from tasks.failover.run import skip_step as skip
+from tasks.failover.switch_patroni import IN_RECOVERY_SQL, wait_writable
 
 if TYPE_CHECKING:
     from tasks.failover.run import RunContext
 
 STEP = dict(retries=0, cache_policy=NO_CACHE)
 NATIVE_ONLY = {"checkpoint", "fence", "lsn-gate", "promote", "follow-new-primary"}
-# Is this server still in recovery (a reader) rather than the writer?
-IN_RECOVERY_SQL = "SELECT pg_catalog.pg_is_in_recovery()"
 
 
 def plan_steps(plan: FailoverPlan, request: aurora.ApiRequest, members: list[str]) -> list[PlannedStep]:
@@ -79,20 +78,6 @@ def aurora_failover(block: AuroraCluster, cand: ConnectionTarget) -> dict:
     return {**done, "detail": f"{done['request']} → {cand.node} is the writer, cluster available after "
             f"{done['seconds']:.1f} s ({done['polls']} polls; seen {' -> '.join(done['statuses'])}); out of "
             f"recovery on a fresh SQL connection {done['sql_writable_after_s']:.1f} s later"}
-
-
-def wait_writable(target: ConnectionTarget, deadline: float) -> bool:
-    """Poll fresh SQL connections until the server left recovery (True) or the deadline passed (False)."""
-    while True:
-        try:
-            with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
-                if db.scalar(IN_RECOVERY_SQL) is False:
-                    return True
-        except RunbookDBError:
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
 
 
 @task(name="await-old-demoted", **STEP)
