@@ -74,7 +74,9 @@ class HostMetrics(BaseModel):
                 if self.disk_used_percent is not None else "disk unknown")
         if self.source == "cloudwatch":
             cap = f"{self.capacity_acu:g} ACU" if self.capacity_acu is not None else "capacity unknown"
-            return f"{cpu} (of max ACU); {cap}; local storage not reported (source: cloudwatch)."
+            free = (f"{self.disk_free_bytes / 2**30:.1f} GiB free local storage" if self.disk_free_bytes is not None
+                    else "free local storage unknown")
+            return f"{cpu} (of max ACU); {cap}; {free}; no disk-used share on Aurora (source: cloudwatch)."
         return f"{cpu}; {disk} (source: {self.source})."
 
 
