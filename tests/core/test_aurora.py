@@ -228,9 +228,13 @@ def test_cloudwatch_metrics_source(moto, prefect_api):
         "cloudwatch", 37.5, 2.0, 12)
     assert metrics.disk_free_bytes == 10**9 and metrics.replica_lag_ms is None
     assert "of max ACU" in metrics.summary and "MaxCapacity" in metrics.note
-    from tasks.alerts.metrics import host_samples
+    from tasks.core.host_metrics import sample_host
 
     source.save(f"cw-{cid}", overwrite=True)
+    reported = sample_host.fn(f"cw-{cid}", None)  # the daily report's task: no SQL needed for this source
+    assert reported.source == "cloudwatch" and reported.cpu_percent == 37.5
+    from tasks.alerts.metrics import host_samples
+
     samples = {s.metric: s for s in host_samples(f"cw-{cid}")}
     assert samples["cpu_usage_percent"].value == 37.5
     disk = samples["disk_usage_percent"]  # managed storage: no data, and no no-data alert
