@@ -31,7 +31,7 @@ class NeonApi:
     def __init__(self, block: NeonEndpoint, client: httpx.Client | None = None,
                  sleep: Callable[[float], None] = time.sleep):
         self.block = block
-        self.http = client or httpx.Client(base_url=block.base_url, timeout=block.timeout_seconds)
+        self.http = client  # None: one short-lived connection per request (nothing left open in a worker)
         self.sleep = sleep
         self.retries: list[int] = []  # statuses retried, for the report
 
@@ -44,8 +44,9 @@ class NeonApi:
         attempts = self.block.api_attempts
         for attempt in range(1, attempts + 1):
             try:
-                response = self.http.request(method, self.block.base_url.rstrip("/") + path,
-                                             json=request.params or None, headers=self.block.auth_headers())
+                response = (self.http or httpx).request(
+                    method, self.block.base_url.rstrip("/") + path, json=request.params or None,
+                    headers=self.block.auth_headers(), timeout=self.block.timeout_seconds)
             except httpx.HTTPError as exc:
                 if attempt < attempts:
                     self.sleep(_backoff(attempt))

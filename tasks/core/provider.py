@@ -17,7 +17,7 @@ class ApiRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
     def render(self) -> str:
-        return f"{self.service} {self.operation} {json.dumps(self.params, sort_keys=True)}"
+        return f"{self.service} {self.operation} {json.dumps(self.params, sort_keys=True, default=str)}"
 
 
 class ScaleResult(BaseModel):
