@@ -44,6 +44,12 @@ class AuroraCluster(Block):
         "follows MaxCapacity only after a reboot). Off: the report says a reboot is needed.")
     failover_timeout_seconds: float = Field(
         default=180, ge=5, le=1800, description="How long to wait for the target to be the writer and available.")
+    writer_host: str | None = Field(
+        default=None, description="Verify a failover through this host instead of the cluster's writer endpoint "
+        "from DescribeDBClusters (e.g. a proxy in front of it; a local stand-in in tests).")
+    writer_port: int | None = Field(default=None, ge=1, le=65535, description="Port with writer_host.")
+    writer_is_pooler: bool = Field(
+        default=False, description="writer_host is a pooler such as pgbouncer (settings sent per transaction).")
     poll_seconds: float = Field(default=2.0, ge=0.01, le=30, description="Seconds between DescribeDBClusters polls.")
     api_attempts: int = Field(default=5, ge=1, le=20, description="Attempts per API call on throttling.")
     metrics_period_seconds: int = Field(default=60, ge=1, le=3600, description="CloudWatch period of a sample.")

@@ -290,7 +290,8 @@ def fail_over(api: AuroraApi, target: str, clock: Callable[[], float] = time.mon
             statuses.append(status)
         if cluster and writer_of(cluster) == target and status == "available":
             return {"request": request.render(), "polls": polls, "statuses": statuses,
-                    "seconds": round(clock() - started, 3)}
+                    "seconds": round(clock() - started, 3), "endpoint": cluster.get("Endpoint"),
+                    "port": cluster.get("Port")}
         if clock() > deadline:
             raise ProviderError(
                 f"{block.label}: {target} is not the available writer {block.failover_timeout_seconds:g} s after "

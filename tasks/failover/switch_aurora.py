@@ -63,21 +63,31 @@ def plan_steps(plan: FailoverPlan, request: aurora.ApiRequest, members: list[str
 
 @task(name="aurora-failover", **STEP)
 def aurora_failover(block: AuroraCluster, cand: ConnectionTarget) -> dict:
-    """FailoverDBCluster to the candidate, wait until it is the available writer (DescribeDBClusters), then until
-    a fresh SQL connection to it says it left recovery."""
+    """FailoverDBCluster to the candidate, wait until it is the available writer (DescribeDBClusters), then until a
+    fresh SQL connection through the cluster's writer endpoint (a CNAME, 5 s TTL) reaches a server out of recovery."""
     try:
         done = aurora.fail_over(aurora.AuroraApi(block), cand.node)
     except ProviderError as exc:
         raise FailoverStepFailed(str(exc)) from None
+    writer = writer_target(block, done, cand)
     started = time.monotonic()
-    if not wait_writable(cand, started + block.failover_timeout_seconds):
-        raise FailoverStepFailed(f"Aurora made {cand.node} the writer, but a fresh SQL connection to {cand.label} "
-                                 f"still finds it in recovery (or unreachable) {block.failover_timeout_seconds:g} s "
-                                 "later; clients stay held: check the instance in the RDS console, then rerun")
-    done["sql_writable_after_s"] = round(time.monotonic() - started, 3)
+    if not wait_writable(writer, started + block.failover_timeout_seconds):
+        raise FailoverStepFailed(f"Aurora made {cand.node} the writer, but a fresh SQL connection through "
+                                 f"{writer.label} still finds a server in recovery (or none) "
+                                 f"{block.failover_timeout_seconds:g} s later; clients stay held: check the writer "
+                                 "endpoint and the instance in the RDS console, then rerun")
+    done["writer_endpoint_writable_after_s"] = round(time.monotonic() - started, 3)
     return {**done, "detail": f"{done['request']} → {cand.node} is the writer, cluster available after "
-            f"{done['seconds']:.1f} s ({done['polls']} polls; seen {' -> '.join(done['statuses'])}); out of "
-            f"recovery on a fresh SQL connection {done['sql_writable_after_s']:.1f} s later"}
+            f"{done['seconds']:.1f} s ({done['polls']} polls; seen {' -> '.join(done['statuses'])}); a fresh "
+            f"connection through {writer.label} wrote {done['writer_endpoint_writable_after_s']:.1f} s later"}
+
+
+def writer_target(block: AuroraCluster, done: dict, cand: ConnectionTarget) -> ConnectionTarget:
+    """The candidate's connection settings aimed at the cluster's writer endpoint (or the block's override)."""
+    host = block.writer_host or done.get("endpoint") or cand.host
+    port = block.writer_port or done.get("port") or cand.port
+    return cand.model_copy(update={"node": "writer endpoint", "host": host, "port": port,
+                                   "via_pooler": block.writer_is_pooler})
 
 
 @task(name="await-old-demoted", **STEP)

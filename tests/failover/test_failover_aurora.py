@@ -35,7 +35,9 @@ def box():
 def cluster_id(moto, box, prefect_api):
     cid = moto.seed_cluster(writer="primary", readers={"replica": 2})
     sandbox_cluster_block(box, name=BLOCK).save(BLOCK, overwrite=True)
-    moto.aurora_block(cid, failover_timeout_seconds=30).save(BLOCK, overwrite=True)
+    # the writer endpoint: the sandbox's pgbouncer stands in for Aurora's CNAME (repointed when Aurora "acts")
+    moto.aurora_block(cid, failover_timeout_seconds=30, writer_host="127.0.0.1",
+                      writer_port=box.config.pgbouncer_port, writer_is_pooler=True).save(BLOCK, overwrite=True)
     NodeControl(kind="aurora", aurora_block=BLOCK).save(BLOCK, overwrite=True)
     EndpointControl(kind="none").save(BLOCK, overwrite=True)
     return cid
@@ -66,6 +68,10 @@ class AuroraActs(threading.Thread):
                 self.box.stop_node(self.old, "fast")
                 with self.box.connect(self.target) as conn:
                     conn.execute("SELECT pg_catalog.pg_promote(true, 30)")
+                self.box.write_pgbouncer_ini(self.box.node_port(self.target))  # the writer endpoint's CNAME moves
+                with self.box.connect("pgbouncer", dbname="pgbouncer", autocommit=True,
+                                      prepare_threshold=None) as admin:
+                    admin.execute("RELOAD")
                 return
             time.sleep(0.02)
 
@@ -110,6 +116,7 @@ def test_switchover_through_aurora(box, moto, cluster_id, journal_dir, caplog):
     assert writer(moto, cluster_id) == "replica"
     done = {s.step: s for s in report.steps if s.status == "done"}
     assert "rds FailoverDBCluster" in done["aurora-failover"].detail
+    assert f"through writer endpoint (127.0.0.1:{box.config.pgbouncer_port}) wrote" in done["aurora-failover"].detail
     assert "verify-promotion" in done and "await-old-demoted" in done
     assert report.followers == {"primary": "streaming"}
     with box.connect("replica") as conn:
