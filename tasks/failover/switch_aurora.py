@@ -5,10 +5,10 @@ Phase 1 reads DescribeDBClusters beside our SQL checks and refuses when the clus
 candidate is not a member or already the writer, or Aurora's writer is not the plan's old primary; it warns when
 the candidate's promotion tier lets it be smaller than the writer. The plan's step says the exact API request (a
 dry run stops there). Phase 2: FailoverDBCluster(TargetDBInstanceIdentifier), poll DescribeDBClusters until the
-candidate is the writer and the cluster is available, then the flow verifies the candidate on a fresh SQL
-connection; before the clients go on, the old writer must no longer accept writes (Aurora restarts it as a reader;
-a client that cached the writer endpoint's DNS gets SQLSTATE 25006 there, and we report how long it did). Phase 3:
-the readers follow the new writer on their own; we read the members back.
+candidate is the writer and the cluster is available, then fresh SQL connections through the cluster's writer
+endpoint until one writes, and the flow verifies the candidate itself. Before the clients go on, the old writer
+must no longer accept writes (Aurora restarts it as a reader; a client that cached the writer endpoint's DNS gets
+SQLSTATE 25006 there). Phase 3: the readers follow the new writer on their own; we read the members back.
 Node names of the PostgresCluster block are the DB instance identifiers.
 """
 
@@ -53,7 +53,8 @@ def plan_steps(plan: FailoverPlan, request: aurora.ApiRequest, members: list[str
         if s.step == "pause-endpoint":
             steps.append(PlannedStep(phase=2, step="aurora-failover", node=plan.candidate, why=(
                 f"{request.render()} (Aurora has no separate fence: it stops the old writer and promotes the "
-                "target); then poll DescribeDBClusters until the target is the writer and the cluster available")))
+                "target); then poll DescribeDBClusters until the target is the writer and the cluster available, "
+                "and fresh connections through the writer endpoint until one writes")))
         if s.step == "verify-promotion":
             steps.append(PlannedStep(phase=2, step="await-old-demoted", node=plan.old_primary, why=(
                 "never two writable primaries: wait until the old writer accepts no writes; count how long it "
