@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from blocks.aurora import AuroraCluster
 from blocks.postgres_cluster import ConnectionTarget
@@ -28,13 +29,27 @@ from tasks.core.errors import ProviderError, RunbookDBError
 from tasks.failover.model import FailoverPlan, FailoverRefused, FailoverStepFailed, NodeState, PlannedStep
 from tasks.failover.run import run_step
 from tasks.failover.run import skip_step as skip
-from tasks.failover.switch_patroni import IN_RECOVERY_SQL, wait_writable
+from tasks.failover.switch_patroni import IN_RECOVERY_SQL
 
 if TYPE_CHECKING:
     from tasks.failover.run import RunContext
 
 STEP = dict(retries=0, cache_policy=NO_CACHE)
 NATIVE_ONLY = {"checkpoint", "fence", "lsn-gate", "promote", "follow-new-primary"}
+# Which server answers this connection (address, port, start), and is it in recovery?
+SERVER_SQL = """
+SELECT pg_catalog.host(pg_catalog.inet_server_addr()) AS addr,
+       pg_catalog.inet_server_port()                  AS port,
+       pg_catalog.pg_postmaster_start_time()::text    AS started,
+       pg_catalog.pg_is_in_recovery()                 AS in_recovery
+"""
+
+
+class _Server(BaseModel):
+    addr: str | None
+    port: int | None
+    started: str
+    in_recovery: bool
 
 
 def plan_steps(plan: FailoverPlan, request: aurora.ApiRequest, members: list[str]) -> list[PlannedStep]:
@@ -72,15 +87,40 @@ def aurora_failover(block: AuroraCluster, cand: ConnectionTarget) -> dict:
         raise FailoverStepFailed(str(exc)) from None
     writer = writer_target(block, done, cand)
     started = time.monotonic()
-    if not wait_writable(writer, started + block.failover_timeout_seconds):
+    if not wait_reaches(writer, cand, started + block.failover_timeout_seconds):
         raise FailoverStepFailed(f"Aurora made {cand.node} the writer, but a fresh SQL connection through "
-                                 f"{writer.label} still finds a server in recovery (or none) "
+                                 f"{writer.label} does not reach {cand.node} out of recovery "
                                  f"{block.failover_timeout_seconds:g} s later; clients stay held: check the writer "
                                  "endpoint and the instance in the RDS console, then rerun")
     done["writer_endpoint_writable_after_s"] = round(time.monotonic() - started, 3)
     return {**done, "detail": f"{done['request']} → {cand.node} is the writer, cluster available after "
             f"{done['seconds']:.1f} s ({done['polls']} polls; seen {' -> '.join(done['statuses'])}); a fresh "
-            f"connection through {writer.label} wrote {done['writer_endpoint_writable_after_s']:.1f} s later"}
+            f"connection through {writer.label} reached it out of recovery "
+            f"{done['writer_endpoint_writable_after_s']:.1f} s later"}
+
+
+def server(target: ConnectionTarget) -> _Server | None:
+    try:
+        with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
+            return db.fetch_one(SERVER_SQL, None, _Server)
+    except RunbookDBError:
+        return None
+
+
+def wait_reaches(writer: ConnectionTarget, cand: ConnectionTarget, deadline: float) -> bool:
+    """Poll fresh connections through the writer endpoint until they reach the candidate itself (same address,
+    port and start time as a direct connection) out of recovery: a writable server there that is not the candidate
+    is the old writer behind a stale DNS answer, and does not count."""
+    while True:
+        through = server(writer)
+        if through is not None and not through.in_recovery:
+            direct = server(cand)
+            if direct is not None and (through.addr, through.port, through.started) == (
+                    direct.addr, direct.port, direct.started):
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
 
 
 def writer_target(block: AuroraCluster, done: dict, cand: ConnectionTarget) -> ConnectionTarget:

@@ -116,7 +116,8 @@ def test_switchover_through_aurora(box, moto, cluster_id, journal_dir, caplog):
     assert writer(moto, cluster_id) == "replica"
     done = {s.step: s for s in report.steps if s.status == "done"}
     assert "rds FailoverDBCluster" in done["aurora-failover"].detail
-    assert f"through writer endpoint (127.0.0.1:{box.config.pgbouncer_port}) wrote" in done["aurora-failover"].detail
+    endpoint = f"through writer endpoint (127.0.0.1:{box.config.pgbouncer_port}) reached it out of recovery"
+    assert endpoint in done["aurora-failover"].detail
     assert "verify-promotion" in done and "await-old-demoted" in done
     assert report.followers == {"primary": "streaming"}
     with box.connect("replica") as conn:
