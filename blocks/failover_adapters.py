@@ -52,7 +52,8 @@ class NodeControl(Block):
     from `bindir`, as `os_user` when we are root. kind 'shell': user-supplied command templates
     (e.g. over ssh) with the placeholders {node}, {host}, {data_dir}, {bindir}, {mode}, {timeout}.
     kind 'patroni': Patroni manages the nodes; the runbook never stops, starts or promotes them itself and
-    switches the primary through Patroni's REST API (`patroni`).
+    switches the primary through Patroni's REST API (`patroni`). kind 'aurora': Aurora fails over its own
+    instances (FailoverDBCluster); node names are the DB instance identifiers (docs/providers/aurora.md).
     """
 
     _block_type_name = "Node Control"
@@ -60,8 +61,11 @@ class NodeControl(Block):
     _description = "How pg-runbooks' failover fences (stops), starts and inspects a PostgreSQL node."
     _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#failover-and-switchover"
 
-    kind: Literal["pg_ctl", "shell", "patroni"] = Field(
-        default="pg_ctl", description="Local pg_ctl, shell templates, or Patroni (through its REST API).")
+    kind: Literal["pg_ctl", "shell", "patroni", "aurora"] = Field(
+        default="pg_ctl", description="Local pg_ctl, shell templates, Patroni (through its REST API), or Aurora "
+        "(FailoverDBCluster through the AuroraCluster block named in aurora_block).")
+    aurora_block: str | None = Field(
+        default=None, description="kind 'aurora': the AuroraCluster block; node names are the instance identifiers.")
     patroni: PatroniApi | None = Field(
         default=None, description="Patroni's REST API (kind 'patroni'; with another kind, used to detect Patroni).")
     bindir: str = Field(default="/usr/lib/postgresql/15/bin", description="PostgreSQL binaries on the node.")
@@ -101,6 +105,9 @@ class NodeControl(Block):
         if self.kind == "patroni":
             if self.patroni is None:
                 raise ValueError("kind 'patroni' needs patroni: the REST API URL of every node")
+        elif self.kind == "aurora":
+            if not self.aurora_block:
+                raise ValueError("kind 'aurora' needs aurora_block: the name of the AuroraCluster block")
         elif not self.data_dirs:
             raise ValueError("data_dirs needs the data directory of every node")
         return self

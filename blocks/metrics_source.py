@@ -7,6 +7,8 @@ ask a pluggable source:
 - ``local``: the worker runs on the database host (as with the sandbox): CPU from
   /proc/stat, disk from statvfs of the data directory's filesystem.
 - ``prometheus``: node_exporter series through Prometheus' HTTP API (/api/v1/query).
+- ``cloudwatch``: an Aurora cluster's CloudWatch metrics (GetMetricData), through the AuroraCluster block named
+  in ``aurora_block``; sampled by tasks/core/host_metrics.py (``read_source``), which every consumer calls.
 
 API for every consumer (report, alerts): ``MetricsSource.load(name).sample(data_path=...)``
 returns a ``HostMetrics``; it raises ``MetricsUnavailable`` with what to fix.
@@ -26,7 +28,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, SecretStr
 
-SourceKind = Literal["none", "local", "prometheus"]
+SourceKind = Literal["none", "local", "prometheus", "cloudwatch"]
 
 # Busy CPU share of one instance over the last 5 minutes (node_exporter).
 PROMETHEUS_CPU_QUERY = '100 * (1 - avg(rate(node_cpu_seconds_total{{mode="idle",instance="{instance}"}}[5m])))'
@@ -59,12 +61,22 @@ class HostMetrics(BaseModel):
     disk_used_percent: float | None = Field(default=None, description="Used share of that filesystem, 0-100.")
     disk_total_bytes: int | None = None
     disk_free_bytes: int | None = None
+    capacity_acu: float | None = Field(default=None, description="cloudwatch: ServerlessDatabaseCapacity (0 = paused).")
+    acu_utilization_percent: float | None = Field(default=None, description="cloudwatch: ACUUtilization.")
+    connections: float | None = Field(default=None, description="cloudwatch: DatabaseConnections.")
+    replica_lag_ms: float | None = Field(default=None, description="cloudwatch: ReplicaLag (readers).")
+    note: str | None = Field(default=None, description="What the figures mean on this source.")
 
     @property
     def summary(self) -> str:
         cpu = f"CPU {self.cpu_percent:.0f} % busy" if self.cpu_percent is not None else "CPU unknown"
         disk = (f"disk {self.disk_used_percent:.0f} % used at {self.disk_path}"
                 if self.disk_used_percent is not None else "disk unknown")
+        if self.source == "cloudwatch":
+            cap = f"{self.capacity_acu:g} ACU" if self.capacity_acu is not None else "capacity unknown"
+            free = (f"{self.disk_free_bytes / 2**30:.1f} GiB free local storage" if self.disk_free_bytes is not None
+                    else "free local storage unknown")
+            return f"{cpu} (of max ACU); {cap}; {free}; no disk-used share on Aurora (source: cloudwatch)."
         return f"{cpu}; {disk} (source: {self.source})."
 
 
@@ -115,7 +127,10 @@ class MetricsSource(Block):
     _description = "CPU and disk figures for pg-runbooks reports and alerts: none, local host, or Prometheus."
     _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#daily-performance-report-and-troubleshooters-runbooks-12-31-32"
 
-    kind: SourceKind = Field(default="none", description="none, local (worker on the DB host) or prometheus.")
+    kind: SourceKind = Field(
+        default="none", description="none, local (worker on the DB host), prometheus, or cloudwatch (Aurora).")
+    aurora_block: str | None = Field(
+        default=None, description="cloudwatch: name of the AuroraCluster block whose CloudWatch metrics are read.")
     data_path: str | None = Field(
         default=None, description="local: path whose filesystem is measured (default: the server's data_directory).")
     cpu_sample_seconds: float = Field(default=0.25, ge=0.05, le=10, description="local: CPU sampling window.")
@@ -133,6 +148,8 @@ class MetricsSource(Block):
             return HostMetrics(source="none", sampled_at=now)
         if self.kind == "local":
             return self._sample_local(now, self.data_path or data_path)
+        if self.kind == "cloudwatch":
+            raise MetricsUnavailable("a cloudwatch source is sampled through tasks.core.host_metrics.read_source")
         return self._sample_prometheus(now)
 
     def _sample_local(self, now: datetime, path: str | None) -> HostMetrics:

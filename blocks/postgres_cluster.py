@@ -108,6 +108,10 @@ primary = cluster.primary_target()
     fenced_nodes: list[str] = Field(
         default_factory=list, description="Nodes fenced by a failover: never used as primary again until rejoined."
     )
+    provider_block: str | None = Field(
+        default=None, pattern=r"^(aurora-cluster|neon-endpoint)/.+",
+        description="A managed cluster's provider block, 'aurora-cluster/<name>' or 'neon-endpoint/<name>': the "
+        "health check and the alert monitor read its state first and never wake a paused compute unless asked.")
 
     @model_validator(mode="after")
     def _primary_is_a_node(self) -> PostgresCluster:

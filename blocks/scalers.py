@@ -4,6 +4,8 @@ Three kinds, chosen by which block the flow is given (`<block-type-slug>/<name>`
   no-scaler              records that no scaler is configured
   webhook-scaler         POSTs a JSON request to a URL (provider APIs, internal tooling)
   pgbouncer-pool-scaler  raises pgbouncer's default_pool_size through its admin console, within a maximum
+  aurora-cluster         raises an Aurora Serverless v2 cluster's MaxCapacity within a ceiling (blocks/aurora.py)
+  neon-endpoint          raises a Neon endpoint's autoscaling_limit_max_cu within a ceiling (blocks/neon.py)
 The acting code lives in tasks/emergency/scale.py; only these blocks read their secrets.
 """
 
@@ -14,7 +16,10 @@ from typing import Any, ClassVar, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
-ScalerKind = Literal["none", "webhook", "pgbouncer"]
+from blocks.aurora import AuroraCluster
+from blocks.neon import NeonEndpoint
+
+ScalerKind = Literal["none", "webhook", "pgbouncer", "aurora", "neon"]
 
 
 class NoScaler(Block):
@@ -123,4 +128,5 @@ Pass it to the high-load response as scaler_block="pgbouncer-pool-scaler/BLOCK_N
         return kwargs
 
 
-SCALER_TYPES: tuple[type[Block], ...] = (NoScaler, WebhookScaler, PgBouncerPoolScaler)
+SCALER_TYPES: tuple[type[Block], ...] = (NoScaler, WebhookScaler, PgBouncerPoolScaler, AuroraCluster,
+                                           NeonEndpoint)

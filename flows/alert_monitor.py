@@ -81,7 +81,7 @@ def alert_monitor(
     scalers = {b: block_for(b, scaler_block, scaler_blocks, len(blocks), "scaler_block") for b in blocks}
 
     sampled = sample_fleet(blocks, host_sources(blocks, metrics_block, metrics_blocks), params.deadline_seconds,
-                           params.fleet_budget_seconds)
+                           params.fleet_budget_seconds, params.wake_paused)
     report.sample_seconds = report.phase_seconds["sample"] = (datetime.now(UTC) - report.started_at).total_seconds()
     report.evaluated_at = evaluated_at or datetime.now(UTC)
 
@@ -124,13 +124,14 @@ def alert_monitor(
 
 
 def sample_fleet(blocks: list[str], sources: dict[str, BlockChoice], deadline: float,
-                 budget: float) -> dict[str, ClusterSamples]:
+                 budget: float, wake_paused: bool = False) -> dict[str, ClusterSamples]:
     """Sample every cluster concurrently, each within its deadline and all within the fleet's budget: a cluster
     past either is no data (timed out) and the others go on. Its hung work is abandoned (daemon threads), and
     tasks not started by the end of the budget are cancelled, so the run ends on time."""
     started = time.time()
     until = started + budget
-    futures = sample_cluster.map(blocks, [sources[b] for b in blocks], unmapped(deadline), unmapped(until))
+    futures = sample_cluster.map(blocks, [sources[b] for b in blocks], unmapped(deadline), unmapped(until),
+                                 unmapped(wake_paused))
     done, _ = wait(list(futures), timeout=budget + 1)  # each task returns by `until`; 1 s for Prefect's bookkeeping
     out = {}
     for block, future in zip(blocks, futures, strict=True):

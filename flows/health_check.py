@@ -16,7 +16,7 @@ from tasks.core.publish import artifact_key, notify_slack, publish_markdown
 from tasks.core.replica_match import match_reads
 from tasks.core.replication import read_receiver, read_replication, read_slots, upstream_of
 from tasks.health import report as rules
-from tasks.health.checks import find_long_queries, probe_node
+from tasks.health.checks import find_long_queries, probe_node, provider_check
 from tasks.health.patroni import patroni_checks, patroni_settings, read_patroni_view
 from tasks.health.report import HealthReport, HealthThresholds
 
@@ -28,6 +28,7 @@ def health_check(
     slack_block: str | None = None,
     always_notify: bool = False,
     node_control_block: str | None = None,
+    wake_paused: bool = False,
 ) -> HealthReport:
     """Check every node of the cluster and report ok / warning / critical per check.
 
@@ -38,13 +39,17 @@ def health_check(
         always_notify: Post to Slack even when every check is ok.
         node_control_block: NodeControl block whose Patroni REST URLs add Patroni's view. Empty: the one named like
             the cluster block, if any; none, or none with Patroni URLs: no Patroni view.
+        wake_paused: A managed cluster whose compute is paused (Aurora 0 ACU, Neon idle) is reported as paused
+            without a SQL connection, which would wake it; true connects anyway.
     """
     logger = get_run_logger()
     cluster = PostgresCluster.load(cluster_block)
     report = HealthReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC))
 
-    targets = cluster.targets()
-    patroni = patroni_settings(cluster_block, node_control_block)
+    paused, provider = provider_check(cluster, wake_paused)
+    report.checks += [provider] if provider else []
+    targets = [] if paused else cluster.targets()
+    patroni = None if paused else patroni_settings(cluster_block, node_control_block)
     patroni_read = read_patroni_view.submit(patroni, [cluster.primary_node]) if patroni else None
     probes = dict(zip([t.node for t in targets], gather([probe_node.submit(t) for t in targets]), strict=True))
     for t in targets:
@@ -72,7 +77,7 @@ def health_check(
                           else [rules.skipped_check("replication", report.primary, rep_err)])
         report.checks += (rules.slot_checks(report.primary, slots, thresholds)
                           if slot_err is None else [rules.skipped_check("replication-slot", report.primary, slot_err)])
-    else:
+    elif not paused:
         report.checks.append(rules.skipped_check("replication", "cluster", "no reachable primary"))
 
     for node, (row, err) in receivers.items():

@@ -48,6 +48,26 @@ def monitor_cluster_block(sandbox, prefect_api) -> str:
 
 
 @pytest.fixture(scope="session")
+def moto():
+    """moto's real HTTP server as the AWS stand-in (RDS, CloudWatch) of the Aurora tests (tests/aws_stand_in.py)."""
+    from tests.aws_stand_in import MotoStandIn
+
+    stand_in = MotoStandIn()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture(scope="session")
+def neon():
+    """The stateful Neon API v2 stand-in of the Neon tests (tests/neon_server.py)."""
+    from tests.neon_server import start_neon_server
+
+    stand_in = start_neon_server()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture(scope="session")
 def fake_slack():
     fake = start_fake_slack()
     yield fake

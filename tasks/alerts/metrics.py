@@ -25,6 +25,7 @@ from tasks.alerts.evaluate import Sample
 from tasks.alerts.sources import BlockChoice, block_for
 from tasks.core.db import connect
 from tasks.core.errors import cause_of, describe_error
+from tasks.core.provider_state import provider_state
 from tasks.core.replica_match import Matching, StandbyView, expected_standbys, match_replicas, node_addresses
 from tasks.core.replication import (
     RECEIVER_SQL,
@@ -225,7 +226,9 @@ def host_samples(source: BlockChoice | str | None) -> list[Sample]:
         source_block = _load_metrics_source(name)
         if source_block.kind == "none":
             return no_data(HOST_METRICS, f"metrics source not configured: {name!r} is kind none", unconfigured=True)
-        reading = source_block.sample()
+        from tasks.core.host_metrics import read_source
+
+        reading = read_source(source_block)
     except ImportError:
         return no_data(HOST_METRICS, "metrics source not configured (blocks.metrics_source is not installed)",
                        unconfigured=True)
@@ -238,9 +241,18 @@ def host_samples(source: BlockChoice | str | None) -> list[Sample]:
     for metric, names in (("cpu_usage_percent", ("cpu_percent", "cpu_usage_percent", "cpu")),
                           ("disk_usage_percent", ("disk_used_percent", "disk_percent", "disk_usage_percent", "disk"))):
         value = next((_get(reading, n) for n in names if _get(reading, n) is not None), None)
+        if value is None and metric == "disk_usage_percent" and _get_str(reading, "source") == "cloudwatch":
+            samples.append(Sample(metric=metric, no_data="Aurora storage is managed: CloudWatch has no disk-used "
+                                  "percentage", unconfigured=True))
+            continue
         samples.append(Sample(metric=metric, value=value,
                               no_data=None if value is not None else f"metrics source gave no {metric}"))
     return samples
+
+
+def _get_str(reading: Any, name: str) -> str | None:
+    value = reading.get(name) if isinstance(reading, dict) else getattr(reading, name, None)
+    return value if isinstance(value, str) else None
 
 
 def _load_metrics_source(block_name: str) -> Any:
@@ -267,22 +279,29 @@ class _Progress:
 
 
 def _sample_into(progress: _Progress, cluster_block: str, source: BlockChoice | str | None,
-                 deadline_seconds: float) -> None:
-    """Block load, then the database, then the metrics source; each result recorded as soon as it is known."""
+                 deadline_seconds: float, wake_paused: bool = False) -> None:
+    """Block load, the provider's state (a managed cluster), then the database, then the metrics source; each
+    result recorded as soon as it is known. A paused compute is not connected to (that would wake it)."""
     try:
         cluster = PostgresCluster.load(cluster_block)
     except Exception as exc:  # noqa: BLE001
         progress.error = f"cannot load PostgresCluster block {cluster_block!r}: {type(exc).__name__}"
         progress.db = no_data(DB_METRICS, progress.error)
     else:
-        progress.cluster, progress.step = cluster.cluster_name, "the database"
+        progress.cluster, progress.step = cluster.cluster_name, "the provider's state"
+        state = provider_state(cluster, wake_paused)
+        if state is not None and state.paused:
+            progress.db = no_data(DB_METRICS, f"paused: {state.summary}", unconfigured=True)
+            progress.host = no_data(HOST_METRICS, f"paused: {state.summary}", unconfigured=True)
+            return
+        progress.step = "the database"
         progress.db = database_samples(cluster, deadline_seconds)
     progress.step = "the metrics source"
     progress.host = host_samples(source)
 
 
 def sample_within(cluster_block: str, source: BlockChoice | str | None, deadline_seconds: float,
-                  fleet_until: float | None = None) -> ClusterSamples:
+                  fleet_until: float | None = None, wake_paused: bool = False) -> ClusterSamples:
     """Every sample of one cluster, its whole sampling (block load, database, metrics source) bounded by one
     deadline, cut short by the fleet's budget (`fleet_until`, epoch seconds). Never raises, never waits past
     the bound: the work runs in a daemon thread that is abandoned if it hangs (what it finished is kept;
@@ -298,7 +317,8 @@ def sample_within(cluster_block: str, source: BlockChoice | str | None, deadline
     progress = _Progress()
     if limit > 0:
         worker = threading.Thread(target=contextvars.copy_context().run, name=f"sample-{cluster_block}",
-                                  args=(_sample_into, progress, cluster_block, source, deadline_seconds), daemon=True)
+                                  args=(_sample_into, progress, cluster_block, source, deadline_seconds, wake_paused),
+                                  daemon=True)
         worker.start()
         worker.join(limit)
     host, db = progress.host, progress.db  # host first: once it is set, db is too
@@ -315,6 +335,7 @@ def sample_within(cluster_block: str, source: BlockChoice | str | None, deadline
 
 @task(name="sample-cluster", cache_policy=NO_CACHE, task_run_name="sample-{cluster_block}")
 def sample_cluster(cluster_block: str, metrics_source: BlockChoice | str | None,
-                   deadline_seconds: float, fleet_until: float | None = None) -> ClusterSamples:
+                   deadline_seconds: float, fleet_until: float | None = None,
+                   wake_paused: bool = False) -> ClusterSamples:
     """Every sample of one cluster within its deadline and the fleet's budget (sample_within)."""
-    return sample_within(cluster_block, metrics_source, deadline_seconds, fleet_until)
+    return sample_within(cluster_block, metrics_source, deadline_seconds, fleet_until, wake_paused)

@@ -44,6 +44,8 @@ class MonitorParams(BaseModel):
     lock_timeout_seconds: float = Field(default=30, ge=1, le=300,
                                         description="Wait this long for another monitor run's state lock.")
     dispatch_actions: bool = Field(default=True, description="Start the actions of firing alerts.")
+    wake_paused: bool = Field(default=False, description="Connect to a managed cluster whose compute is paused "
+                              "(Aurora 0 ACU, Neon idle), waking it; off: it is reported paused, no data, no alert.")
 
 
 class ClusterResult(BaseModel):

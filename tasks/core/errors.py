@@ -254,3 +254,17 @@ def _first_line(exc: BaseException) -> str:
     # libpq prefixes connection errors with the whole attempt list; keep it short.
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return "; ".join(lines[:2])[:500]
+
+
+class ProviderError(Exception):
+    """A managed provider's API (Aurora, Neon) refused or failed a call. The message names the provider, the
+    call and what to do; never a key. `transient` decides a retry (throttling, 5xx, a busy resource)."""
+
+    def __init__(self, message: str, transient: bool = False, code: str | None = None):
+        super().__init__(message)
+        self.transient = transient
+        self.code = code
+
+
+class InvalidScaling(ProviderError):
+    """A requested capacity range the provider would refuse (or a stand-in would wrongly accept): nothing sent."""

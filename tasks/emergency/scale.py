@@ -1,4 +1,4 @@
-"""Increase resources through the configured scaler block (none, webhook, pgbouncer pool)."""
+"""Increase resources through the configured scaler block (none, webhook, pgbouncer pool, Aurora Serverless v2)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from pydantic import BaseModel, Field
 
+from blocks.aurora import AuroraCluster
+from blocks.neon import NeonEndpoint
 from blocks.scalers import SCALER_TYPES, NoScaler, PgBouncerPoolScaler, WebhookScaler
-from tasks.core.errors import classify, raised_by
+from tasks.core import aurora, neon
+from tasks.core.errors import ProviderError, classify, raised_by
 
 ScaleStatus = Literal["not_configured", "planned", "scaled", "at_max", "requested", "failed"]
 
@@ -34,9 +37,10 @@ class ScaleOutcome(BaseModel):
     kind: str
     status: ScaleStatus
     summary: str = Field(description="One sentence: what was asked, what changed.")
-    before: int | None = None
-    after: int | None = None
+    before: int | float | None = None
+    after: int | float | None = None
     http_status: int | None = None
+    request: str | None = Field(default=None, description="Provider scalers: the exact API request (sent or planned).")
 
 
 class ScalerError(Exception):
@@ -86,7 +90,24 @@ def scale_up(scaler_block: str | None, request: ScaleRequest) -> ScaleOutcome:
                             summary=f"no scaler is configured{note}: resources were not increased.")
     if isinstance(scaler, WebhookScaler):
         return _webhook(scaler, request)
+    if isinstance(scaler, AuroraCluster | NeonEndpoint):
+        return _provider(scaler, request)
     return _pgbouncer(scaler, request)
+
+
+def _provider(scaler: AuroraCluster | NeonEndpoint, request: ScaleRequest) -> ScaleOutcome:
+    """Raise an Aurora Serverless v2 MaxCapacity or a Neon endpoint's max CU by the block's step within its
+    ceiling (tasks/core/aurora.py, tasks/core/neon.py)."""
+    try:
+        if isinstance(scaler, AuroraCluster):
+            result = aurora.scale_up(aurora.AuroraApi(scaler), request.dry_run)
+        else:
+            result = neon.scale_up(neon.NeonApi(scaler), request.dry_run)
+    except ProviderError as exc:
+        raise ScalerError(str(exc), transient=exc.transient) from None
+    status = {"planned": "planned", "scaled": "scaled", "at_max": "at_max"}.get(result.status, "not_configured")
+    return ScaleOutcome(kind=scaler.kind, status=status, summary=result.summary, before=result.before,
+                        after=result.after, request=result.request)
 
 
 def _webhook(scaler: WebhookScaler, request: ScaleRequest) -> ScaleOutcome:

@@ -50,6 +50,9 @@ def data_dir(control: NodeControl, node: str) -> str:
         raise NodeControlError(f"refusing to run a native command on {node}: the NodeControl block configures the "
                                "Patroni backend, and Patroni alone stops, starts and promotes its nodes (a native "
                                "command would fight it)")
+    if control.kind == "aurora":
+        raise NodeControlError(f"refusing to run a native command on {node}: the NodeControl block configures the "
+                               "Aurora backend; Aurora alone stops, starts and promotes its instances")
     try:
         return control.data_dirs[node]
     except KeyError:

@@ -1,8 +1,8 @@
 """One interface for "switch the primary": how phase 2 fences the old primary and promotes the candidate.
 
 Phase 2 of the failover holds the clients, lets the backend switch the primary, verifies the promotion on a
-fresh SQL connection, repoints and releases the clients. What differs between backends (native pg_ctl today;
-Patroni and cloud providers next) is only the switch itself and what it needs just before and after:
+fresh SQL connection, repoints and releases the clients. What differs between backends (native pg_ctl, Patroni,
+Aurora) is only the switch itself and what it needs just before and after:
 
 - `preflight`: phase 1's checks of the backend's own view (refusals) and the steps it will take;
 - `before_hold`: work on the old primary while it still serves (the native path CHECKPOINTs it);
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from blocks.aurora import AuroraCluster
 from blocks.failover_adapters import NodeControl
-from tasks.failover.model import FailoverPlan, NodeState
+from tasks.failover.model import FailoverPlan, FailoverRefused, NodeState
+from tasks.failover.switch_aurora import AuroraSwitch
 from tasks.failover.switch_native import NativeSwitch
 from tasks.failover.switch_patroni import PatroniSwitch
 
@@ -53,4 +55,9 @@ def backend_for(control: NodeControl) -> SwitchBackend:
     """The switch backend the NodeControl block configures."""
     if control.kind == "patroni" and control.patroni is not None:
         return PatroniSwitch(control.patroni)
+    if control.kind == "aurora" and control.aurora_block:
+        try:
+            return AuroraSwitch(AuroraCluster.load(control.aurora_block))
+        except ValueError as exc:
+            raise FailoverRefused([f"cannot load the AuroraCluster block {control.aurora_block!r}: {exc}"]) from None
     return NativeSwitch()

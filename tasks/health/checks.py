@@ -9,10 +9,13 @@ import time
 from datetime import datetime
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from blocks.postgres_cluster import ConnectionTarget
+from blocks.postgres_cluster import ConnectionTarget, PostgresCluster
 from tasks.core.db import DB_TASK, connect
+from tasks.core.findings import Check
+from tasks.core.provider_state import provider_state
 
 
 class ServerInfo(BaseModel):
@@ -94,3 +97,15 @@ SELECT pid,
 def find_long_queries(target: ConnectionTarget, min_seconds: float, limit: int = 50) -> list[LongQuery]:
     with connect(target, purpose="health-check") as db:
         return db.fetch_all(LONG_QUERIES_SQL, {"min_seconds": min_seconds, "limit": limit}, LongQuery)
+
+
+@task(name="provider-state", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def provider_check(cluster: PostgresCluster, wake: bool) -> tuple[bool, Check | None]:
+    """(paused, the provider's check) for a managed cluster, read from the provider before any SQL connection:
+    a paused compute is 'ok, paused' and no node is connected to (a connection would wake it and bill it)."""
+    state = provider_state(cluster, wake)
+    if state is None:
+        return False, None
+    status = "warning" if state.state == "unreadable" else "ok"
+    return state.paused, Check(name="provider-state", node="cluster", status=status, summary=state.summary + ".",
+                               details={"provider": state.provider, "state": state.state, "paused": state.paused})
