@@ -2,9 +2,11 @@
 
 switchover (default): the flow vs the bare sequence. Reference: the bare scripted sequence
 (CHECKPOINT, PAUSE, fast stop, LSN gate, pg_promote, repoint, RESUME) run directly with psycopg and
-pg_ctl, no Prefect. For each, five runs on a fresh sandbox of its own; medians of the write-pause
-window (longest gap between acknowledged commits), client errors, acknowledged rows lost and total
-time; then the ratio flow/bare.
+pg_ctl, no Prefect. Five runs each on one sandbox; medians of the write gap (longest gap between
+acknowledged commits), the flow's write_pause_ms (PAUSE to RESUME), client errors, acknowledged rows
+lost, time from the call to the verified new primary and to the return, and the flow's phase-2 step
+timings; then the ratios: write gap flow/bare (goal <= 1.2) and total flow/Patroni's REST switchover
+(PATRONI_REST_SWITCHOVER_S, goal <= 1.0).
 
 crash: the primary's postmaster is killed (immediate stop) under writers, then the failover flow
 runs at once, through a pgbouncer with its DEFAULT settings (server_login_retry 15 s). Per run: time
@@ -46,6 +48,9 @@ from tasks.failover.node_control import parse_controldata  # noqa: E402
 from tasks.failover.plan import lsn_int  # noqa: E402
 
 BLOCK = "bench-failover"
+# Patroni 4.1.5's REST POST /switchover on this machine (2 nodes, PostgreSQL 15): the call returned after ~2.1 s
+# (/work/shared/FACTS.md; `--scenario patroni` measures Patroni side by side with the flow).
+PATRONI_REST_SWITCHOVER_S = 2.1
 
 
 class Writer(threading.Thread):
@@ -227,8 +232,8 @@ def measure(box: Sandbox, switch) -> dict:
     writer = Writer(box)
     writer.start()
     time.sleep(1.0)
-    started = time.perf_counter()
-    switch(old, new)
+    started, started_wall = time.perf_counter(), time.time()
+    verified_wall = switch(old, new)  # the flow: when its verify-promotion step ended (epoch seconds)
     total = time.perf_counter() - started
     time.sleep(1.0)
     writer.stop_event.set()
@@ -240,7 +245,8 @@ def measure(box: Sandbox, switch) -> dict:
         have = {r[0] for r in conn.execute("SELECT n FROM public.bench_writes WHERE n > %s", (writer.base,))}
     lost = len({n for n, _ in writer.acked} - have)
     return {"pause_s": gap, "first_write_s": first - started, "errors": writer.errors, "lost": lost,
-            "total_s": total, "acked": len(writer.acked)}
+            "total_s": total, "acked": len(writer.acked),
+            "verified_s": (verified_wall - started_wall) if verified_wall else None}
 
 
 def measure_patroni(patroni, switch, connect) -> dict:
@@ -377,9 +383,13 @@ def main() -> None:
                                                   confirm_cluster=BLOCK))
                 assert report.status == "completed", report.summary
                 for s in report.steps:
-                    if s.phase == 2 and s.status == "done":
+                    if s.status == "done" and (s.phase == 2 or s.step == "update-cluster-block"):
                         step_ms.setdefault(s.step, []).append(s.duration_ms)
-                step_ms.setdefault("clients held (PAUSE..RESUME)", []).append(report.write_pause_ms)
+                for phase, seconds in report.phase_seconds.items():
+                    step_ms.setdefault(f"phase {phase}", []).append(seconds * 1000)
+                step_ms.setdefault("clients held (write_pause_ms)", []).append(report.write_pause_ms)
+                return next(s.at for s in report.steps if s.step == "verify-promotion" and s.status == "done"
+                            ).timestamp()
 
             def bare(old, new):
                 bare_switchover(box, old, new)
@@ -395,7 +405,7 @@ def main() -> None:
     finally:
         box.destroy()
 
-    print("\nflow phase 2, median ms per step:")
+    print("\nflow, median ms per step (phase 2 and the cluster block) and per phase:")
     for step, values in step_ms.items():
         print(f"  {step:32}{statistics.median(values):>8.0f}")
 
@@ -403,12 +413,20 @@ def main() -> None:
         return statistics.median(r[key] for r in results[kind])
 
     print(f"\nswitchover under write load through pgbouncer, {args.runs} runs each, medians")
-    print(f"{'':28}{'flow':>10}{'bare':>10}{'flow/bare':>11}")
-    for key, label, scale in (("pause_s", "write-pause window (ms)", 1000), ("total_s", "total time (s)", 1)):
+    print(f"{'':34}{'flow':>10}{'bare':>10}{'flow/bare':>11}")
+    for key, label, scale in (("pause_s", "write gap (ms)", 1000), ("total_s", "call -> return (s)", 1)):
         f, b = med("flow", key) * scale, med("bare", key) * scale
-        print(f"{label:28}{f:>10.1f}{b:>10.1f}{f / b if b else float('nan'):>11.2f}")
+        print(f"{label:34}{f:>10.2f}{b:>10.2f}{f / b if b else float('nan'):>11.2f}")
+    print(f"{'write_pause_ms (PAUSE..RESUME)':34}{statistics.median(step_ms['clients held (write_pause_ms)']):>10.1f}")
+    print(f"{'call -> verified new primary (s)':34}{med('flow', 'verified_s'):>10.2f}")
     for key, label in (("errors", "client errors"), ("lost", "acknowledged rows lost")):
-        print(f"{label:28}{med('flow', key):>10.0f}{med('bare', key):>10.0f}")
+        print(f"{label:34}{med('flow', key):>10.0f}{med('bare', key):>10.0f}")
+    gap = med("flow", "pause_s") / med("bare", "pause_s")
+    total = med("flow", "total_s")
+    print(f"\nratio write gap flow/bare sequence: {gap:.2f} (goal <= 1.2)")
+    print(f"ratio total flow/Patroni REST switchover ({PATRONI_REST_SWITCHOVER_S} s, FACTS.md): "
+          f"{total / PATRONI_REST_SWITCHOVER_S:.2f} (goal <= 1.0; call -> verified new primary "
+          f"{med('flow', 'verified_s') / PATRONI_REST_SWITCHOVER_S:.2f})")
     print(f"{'(max over runs) errors/lost':28}{max(r['errors'] for r in results['flow']):>6}/"
           f"{max(r['lost'] for r in results['flow'])}{max(r['errors'] for r in results['bare']):>7}/"
           f"{max(r['lost'] for r in results['bare'])}")

@@ -162,7 +162,9 @@ def start_node(control: NodeControl, node: str, host: str, timeout: int = 60) ->
 def controldata(control: NodeControl, node: str, host: str, timeout: float = 30) -> dict[str, str]:
     """pg_controldata of the node as a dict ('Latest checkpoint location' -> '0/3000148', ...)."""
     f = _fields(control, node, host)
-    proc = _run(control, _argv(control, control.controldata_command, "pg_controldata", [f["data_dir"]], **f), timeout)
+    argv = _argv(control, control.controldata_command, "pg_controldata", [f["data_dir"]], **f)
+    # It only reads global/pg_control, and (unlike pg_ctl) accepts root: no user switch, 1 ms instead of 5.
+    proc = run(argv, timeout) if control.kind == "pg_ctl" else _run(control, argv, timeout)
     if proc.returncode != 0:
         raise NodeControlError(f"pg_controldata of {node} failed ({proc.returncode}): {_tail(proc)}")
     return parse_controldata(proc.stdout)

@@ -5,9 +5,9 @@ joined in 1 s steps), a task run a few milliseconds, and a task's on_failure hoo
 (`hooks.phase_failed`: undo where safe, then the Slack thread). The phases find the run's context by the parent
 flow run's id (`run_key`).
 
-Inside the hold (clients PAUSEd at pgbouncer) every step runs as a journaled call, not as a task run of its own,
-on connections opened before the PAUSE and held for the phase (`held_connections`): the clients wait for
-PostgreSQL and pgbouncer, not for the orchestrator.
+A phase's steps are journaled calls inside its task run (tasks/failover/run.py `run_step`), not task runs of their
+own. Inside the hold (clients PAUSEd at pgbouncer) they run on connections opened before the PAUSE and held for the
+phase (`held_connections`): the clients wait for PostgreSQL and pgbouncer, not for the orchestrator.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tasks.failover import hooks
 from tasks.failover.model import FailoverPlan
 from tasks.failover.plan import decide, probe_deadline
 from tasks.failover.report import render_backup
-from tasks.failover.run import RunContext, context, finish_step, reply_phase, run_step, start_step
+from tasks.failover.run import RunContext, context, reply_phase, run_step
 from tasks.failover.steps import (
     application_target,
     lift_login_retry,
@@ -97,6 +97,7 @@ def held_connections(ctx: RunContext, candidate: str) -> Iterator[None]:
         finally:
             ctx.held.clear()
             ctx.holding = False
+            ctx.save()  # the hold's last outcomes
 
 
 @task(name="failover-switch", **PHASE)
@@ -111,7 +112,7 @@ def failover_phase(run_key: str) -> None:
     backend.before_hold(ctx, plan, cand_state.reachable and cand_state.in_recovery is False)
     with held_connections(ctx, plan.candidate):
         admin = ctx.held.get("admin")
-        ctx.holding = True  # from here to RESUME: journaled calls on held connections, no task run per step
+        ctx.holding = True  # from here to RESUME: held connections; outcomes fsynced with the next step's start
         run_step(ctx, 2, "pause-endpoint", "endpoint", pause_endpoint, endpoint, ctx.request.pause_timeout_seconds,
                  admin)
         ctx.paused_at = time.perf_counter()
@@ -135,27 +136,22 @@ def failover_phase(run_key: str) -> None:
 @task(name="failover-post", **PHASE)
 def post_failover(run_key: str) -> None:
     """Phase 3: write-then-read through the endpoint (retried until its deadline; not confirmed is a warning, the
-    new primary itself was verified in phase 2); pgbouncer's settings restored; the cluster block follows (saved
-    in the background while the rest of the phase runs; the phase ends only once it is saved)."""
+    new primary itself was verified in phase 2); pgbouncer's settings restored; the cluster block follows (one
+    partial update of its document, tasks/failover/wiring.py)."""
     ctx = context(run_key)
     started = time.perf_counter()
     plan = ctx.journal.plan
-    block = start_step(ctx, 3, "update-cluster-block", "cluster", save_cluster_block, ctx.request.cluster_block,
-                       plan.candidate, plan.old_primary)
-    try:
-        target = application_target(ctx.cluster.target(plan.candidate), ctx.endpoint)
-        probe = run_step(ctx, 3, "probe-application", "endpoint", probe_application, target,
-                         probe_deadline(ctx.request.endpoint_probe_seconds, ctx.journal.facts.get(LOGIN_RETRY_FACT),
-                                        target.connect_timeout))
-        note_probe(ctx, probe)
-        restore_endpoint(ctx, 3)
-        if probe["ok"] and probe["port"] != ctx.cluster.node(plan.candidate).port:
-            raise hooks.endpoint_elsewhere(probe["port"], plan.candidate)
-        backend_for(ctx.node_control).settle(ctx, plan)
-    except BaseException:
-        finish_step(ctx, block, reraise=False)  # journal the save's outcome; the phase's own error goes on
-        raise
-    finish_step(ctx, block)
+    target = application_target(ctx.cluster.target(plan.candidate), ctx.endpoint)
+    probe = run_step(ctx, 3, "probe-application", "endpoint", probe_application, target,
+                     probe_deadline(ctx.request.endpoint_probe_seconds, ctx.journal.facts.get(LOGIN_RETRY_FACT),
+                                    target.connect_timeout))
+    note_probe(ctx, probe)
+    restore_endpoint(ctx, 3)
+    if probe["ok"] and probe["port"] != ctx.cluster.node(plan.candidate).port:
+        raise hooks.endpoint_elsewhere(probe["port"], plan.candidate)
+    run_step(ctx, 3, "update-cluster-block", "cluster", save_cluster_block, ctx.request.cluster_block,
+             plan.candidate, plan.old_primary)
+    backend_for(ctx.node_control).settle(ctx, plan)
     ctx.journal.status = "completed"
     ctx.phase_seconds["post-failover"] = time.perf_counter() - started
     reply_phase(ctx, 3, ctx.phase_seconds["post-failover"])

@@ -6,9 +6,7 @@ is journaled (started / done / failed, with its duration) before and after it ru
 
 from __future__ import annotations
 
-import contextvars
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +27,8 @@ from tasks.failover.model import FailoverRequest, StepRecord
 FAULT_ENV = "PG_RUNBOOKS_FAILOVER_FAIL_AFTER"  # test hook: raise right after the named step
 HANG_ENV = "PG_RUNBOOKS_FAILOVER_HANG_AFTER"  # test hook: block right after the named step (to kill the worker)
 PHASES = {1: "pre-failover", 2: "failover", 3: "post-failover"}
+# Steps that only read: inside the hold their "started" record need not reach the disk before they run.
+READ_ONLY_STEPS = {"read-shutdown-checkpoint", "lsn-gate", "verify-promotion", "replay-received", "await-old-demoted"}
 
 
 class InjectedFault(RuntimeError):
@@ -54,7 +54,7 @@ class RunContext:
     supersedes: tuple[str, str] | None = None  # (run id, why) of an unfinished run this one replaces
     bar: Progress | None = None  # the progress artifact of phases 2 and 3, one step per planned step
     backend_view: dict = field(default_factory=dict)  # what the switch backend read in phase 1 (backup)
-    holding: bool = False  # phase 2's hold (PAUSE to RESUME): steps run as journaled calls, not task runs
+    holding: bool = False  # phase 2's hold (PAUSE to RESUME): step outcomes are fsynced with the next step
     held: dict = field(default_factory=dict)  # connections held for phase 2: 'admin' (pgbouncer), 'candidate'
 
     @property
@@ -99,15 +99,20 @@ def close_context(run_key: str) -> None:
 def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """Journal the step, run it, journal its outcome; re-raise its error after recording it.
 
-    A step is a Prefect task run of its own, except inside phase 2's hold (`ctx.holding`): there the task's
-    function is called directly, so the held clients never wait for the orchestrator's API. Its journal records
-    (started before it acts, then its outcome) are written and fsynced either way.
+    A step is a journaled call inside its phase's task run (tasks/failover/phases.py): a step given as a Prefect
+    task runs as its function, without a task run of its own (3 API writes, 5-40 ms, and on a busy SQLite-backed
+    server a 2 s client back-off now and then). The journal, the progress artifact and the report list every
+    step. Write-ahead: a step that changes something has its "started" record fsynced before it acts. Inside
+    phase 2's hold (`ctx.holding`) that one write also carries the outcomes of the steps before it (a step's
+    outcome is otherwise written at once); a crash in between leaves a "started" record, and the rerun inspects
+    that node again, as it always does.
     """
     journal = ctx.journal
     started = time.perf_counter()
     journal.steps.append(StepRecord(phase=phase, step=step, node=node, status="started", at=datetime.now(UTC)))
-    ctx.save()
-    if ctx.holding and isinstance(fn, Task):
+    if not (ctx.holding and step in READ_ONLY_STEPS):
+        ctx.save()
+    if isinstance(fn, Task):
         fn = fn.fn
     try:
         result = fn(*args, **kwargs)
@@ -119,58 +124,10 @@ def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *a
     _record(ctx, phase, step, node, "done", detail, started)
     if os.environ.get(FAULT_ENV) == step:
         raise InjectedFault(f"injected fault after step {step} ({FAULT_ENV})")
+    if os.environ.get(HANG_ENV) == step:
+        ctx.save()  # what a killed worker leaves: every record so far
     while os.environ.get(HANG_ENV) == step:
         time.sleep(1)
-    return result
-
-
-@dataclass
-class PendingStep:
-    """A journaled step running in a background thread (`start_step`), collected by `finish_step`."""
-
-    phase: int
-    step: str
-    node: str
-    started: float
-    thread: threading.Thread
-    outcome: dict = field(default_factory=dict)
-
-
-def start_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *args: Any) -> PendingStep:
-    """Journal the step as started, then run it in a background thread (with this run's Prefect context, so a task
-    is a task run of its own); `finish_step` waits for it and journals its outcome. For slow steps off the
-    critical path (saving the cluster block)."""
-    ctx.journal.steps.append(StepRecord(phase=phase, step=step, node=node, status="started", at=datetime.now(UTC)))
-    ctx.save()
-    pending = PendingStep(phase, step, node, time.perf_counter(), threading.Thread(daemon=True))
-
-    def call() -> None:
-        try:
-            pending.outcome["result"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to finish_step
-            pending.outcome["error"] = exc
-        pending.outcome["ended"] = time.perf_counter()
-
-    pending.thread = threading.Thread(target=contextvars.copy_context().run, args=(call,), daemon=True,
-                                      name=f"failover-{step}")
-    pending.thread.start()
-    return pending
-
-
-def finish_step(ctx: RunContext, pending: PendingStep, reraise: bool = True) -> Any:
-    """Wait for a background step and journal its outcome; re-raise its error (unless reraise is False)."""
-    pending.thread.join()
-    error, result = pending.outcome.get("error"), pending.outcome.get("result")
-    status = "failed" if error is not None else "done"
-    detail = _sentence(error) if error is not None else result if isinstance(result, str) else ""
-    ctx.journal.steps.append(StepRecord(
-        phase=pending.phase, step=pending.step, node=pending.node, status=status, detail=detail[:500],
-        at=datetime.now(UTC), duration_ms=round((pending.outcome.get("ended", time.perf_counter())
-                                                 - pending.started) * 1000, 1)))
-    ctx.save()
-    _move_progress(ctx, f"{pending.step} on {pending.node}: {status}")
-    if error is not None and reraise:
-        raise error
     return result
 
 
@@ -182,7 +139,8 @@ def _record(ctx: RunContext, phase: int, step: str, node: str, status: str, deta
     ctx.journal.steps.append(StepRecord(
         phase=phase, step=step, node=node, status=status, detail=detail[:500], at=datetime.now(UTC),
         duration_ms=round((time.perf_counter() - started) * 1000, 1)))
-    ctx.save()
+    if not ctx.holding or status == "failed":  # inside the hold: written with the next step's "started" record
+        ctx.save()
     _move_progress(ctx, f"{step} on {node}: {status}")
 
 
