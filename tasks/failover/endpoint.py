@@ -76,7 +76,7 @@ def show_databases(control: EndpointControl) -> list[dict]:
         return _rows(conn, "SHOW DATABASES")
 
 
-def pause(control: EndpointControl, timeout_s: float, held: psycopg.Connection | None = None) -> str:
+def pause(control: EndpointControl, timeout_s: float) -> str:
     """PAUSE: wait for running transactions, then hold every client. Idempotent.
 
     A transaction longer than timeout_s keeps PAUSE from returning: then RESUME is sent (which
@@ -84,7 +84,7 @@ def pause(control: EndpointControl, timeout_s: float, held: psycopg.Connection |
     """
     if control.kind == "none":
         return "no endpoint to pause (libpq multi-host)"
-    conn = held if held is not None and not held.closed else _admin(control)
+    conn = _admin(control)  # its own: a PAUSE that never completes is left to the daemon thread with it
     outcome: dict = {}
 
     def run() -> None:
@@ -104,8 +104,7 @@ def pause(control: EndpointControl, timeout_s: float, held: psycopg.Connection |
             "connection (with pool_mode = session: any connected client does); clients were resumed, nothing "
             "else changed. End that transaction or raise pause_timeout_seconds"
         )
-    if conn is not held:
-        conn.close()
+    conn.close()
     error = outcome.get("error")
     if error is not None:
         if "already" in str(error):

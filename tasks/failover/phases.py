@@ -82,7 +82,8 @@ def pre_failover(run_key: str) -> FailoverPlan:
 
 @contextlib.contextmanager
 def held_connections(ctx: RunContext, candidate: str) -> Iterator[None]:
-    """pgbouncer's admin console and the candidate, opened before the hold and closed when phase 2 ends.
+    """pgbouncer's admin console and the candidate, opened before the hold and closed when phase 2 ends. (PAUSE
+    takes its own connection: the hold starts when it returns, and one that never returns is abandoned with it.)
 
     A candidate that cannot be reached now gets no held session: its steps then connect themselves (and say why
     they cannot)."""
@@ -113,8 +114,7 @@ def failover_phase(run_key: str) -> None:
     with held_connections(ctx, plan.candidate):
         admin = ctx.held.get("admin")
         ctx.holding = True  # from here to RESUME: held connections; outcomes fsynced with the next step's start
-        run_step(ctx, 2, "pause-endpoint", "endpoint", pause_endpoint, endpoint, ctx.request.pause_timeout_seconds,
-                 admin)
+        run_step(ctx, 2, "pause-endpoint", "endpoint", pause_endpoint, endpoint, ctx.request.pause_timeout_seconds)
         ctx.paused_at = time.perf_counter()
         shutdown = backend.switch(ctx, plan, cand_state)
         verified = run_step(ctx, 2, "verify-promotion", cand.node, verify_promotion, cand, plan.original_timeline,

@@ -274,9 +274,8 @@ def checkpoint(target: ConnectionTarget, timeout_ms: int = 300_000) -> str:
 
 
 @task(name="pause-endpoint", **STEP)
-def pause_endpoint(control: EndpointControl, timeout_s: float, held=None) -> str:
-    """PAUSE pgbouncer (on the admin connection phase 2 holds, when given)."""
-    return ep.pause(control, timeout_s, held)
+def pause_endpoint(control: EndpointControl, timeout_s: float) -> str:
+    return ep.pause(control, timeout_s)
 
 
 @task(name="resume-endpoint", **STEP)
