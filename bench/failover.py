@@ -5,8 +5,10 @@ switchover (default): the flow vs the bare sequence. Reference: the bare scripte
 pg_ctl, no Prefect. Five runs each on one sandbox; medians of the write gap (longest gap between
 acknowledged commits), the flow's write_pause_ms (PAUSE to RESUME), client errors, acknowledged rows
 lost, time from the call to the verified new primary and to the return, and the flow's phase-2 step
-timings; then the ratios: write gap flow/bare (goal <= 1.2) and total flow/Patroni's REST switchover
-(PATRONI_REST_SWITCHOVER_S, goal <= 1.0).
+timings; then Patroni 4.1's REST `POST /switchover` on a 2-node Patroni cluster of its own, under the
+same kind of writer (libpq multi-host), as many runs; then the ratios: write gap flow/bare (goal <= 1.2)
+and total flow/Patroni's call (goal <= 1.0; with --no-patroni, or when Patroni cannot start, against
+PATRONI_REST_SWITCHOVER_S measured earlier on this machine).
 
 crash: the primary's postmaster is killed (immediate stop) under writers, then the failover flow
 runs at once, through a pgbouncer with its DEFAULT settings (server_login_retry 15 s). Per run: time
@@ -19,7 +21,7 @@ patroni: our native switchover (sandbox) vs our switchover delegated to a real P
 vs Patroni's bare REST call with libpq multi-host clients (target_session_attrs=read-write), same writer: longest
 write gap, client errors, acknowledged rows lost, call → first write after the gap. Reference: the bare call.
 
-    ./run bench failover [--runs 5] [--scenario crash|patroni]
+    ./run bench failover [--runs 5] [--no-patroni] [--scenario crash|patroni]
 """
 
 from __future__ import annotations
@@ -272,6 +274,45 @@ def measure_patroni(patroni, switch, connect) -> dict:
             "lost": len({n for n, _ in writer.acked} - have), "total_s": total, "acked": len(writer.acked)}
 
 
+def patroni_reference(runs: int) -> list[float] | None:
+    """Patroni's bare REST switchover on a 2-node Patroni cluster, under a libpq multi-host writer: seconds from
+    the call to its return, one per run (None when Patroni cannot start here: the figure is then the constant)."""
+    import urllib.request
+
+    from sandbox.patroni import PatroniSandbox
+
+    patroni = PatroniSandbox(prefix="pgrb-bench-patroni-")
+    totals = []
+    try:
+        patroni.start()
+        with patroni.connect(patroni.leader()) as conn:
+            conn.execute("CREATE TABLE public.bench_writes (n bigint PRIMARY KEY)")
+        multi = psycopg.conninfo.make_conninfo(
+            host=",".join("127.0.0.1" for _ in patroni.names),
+            port=",".join(str(patroni.pg_ports[n]) for n in patroni.names),
+            user="postgres", password=patroni.password, dbname="postgres", target_session_attrs="read-write")
+
+        def call(old, new):
+            req = urllib.request.Request(patroni.rest_url(new) + "/switchover", method="POST",
+                                         data=f'{{"leader": "{old}", "candidate": "{new}"}}'.encode())
+            with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+                assert resp.status == 200
+
+        for i in range(runs):
+            patroni.wait_members()
+            r = measure_patroni(patroni, call, lambda: psycopg.connect(multi, autocommit=True, connect_timeout=5))
+            totals.append(r["total_s"])
+            print(f"run {i + 1} Patroni REST: call {r['total_s']:.2f} s, gap {r['pause_s'] * 1000:.0f} ms, errors "
+                  f"{r['errors']}, lost {r['lost']} of {r['acked']}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - the reference falls back to the recorded figure
+        print(f"Patroni reference not measured ({type(exc).__name__}: {str(exc)[:200]}); using "
+              f"{PATRONI_REST_SWITCHOVER_S} s", flush=True)
+        return None
+    finally:
+        patroni.destroy()
+    return totals
+
+
 def patroni_main(runs: int) -> None:
     """Native switchover (sandbox, flow) vs the flow delegated to Patroni vs Patroni's bare REST call with libpq
     multi-host clients, each under the same writer."""
@@ -353,6 +394,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", choices=["switchover", "crash", "patroni"], default="switchover")
+    parser.add_argument("--no-patroni", action="store_true",
+                        help="switchover: skip Patroni's REST call; compare with PATRONI_REST_SWITCHOVER_S")
     args = parser.parse_args()
     if args.scenario == "crash":
         crash_main(args.runs)
@@ -404,6 +447,9 @@ def main() -> None:
                     rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
     finally:
         box.destroy()
+    patroni_totals = None if args.no_patroni else patroni_reference(args.runs)
+    patroni_s = statistics.median(patroni_totals) if patroni_totals else PATRONI_REST_SWITCHOVER_S
+    patroni_from = "measured in this run" if patroni_totals else "FACTS.md"
 
     print("\nflow, median ms per step (phase 2 and the cluster block) and per phase:")
     for step, values in step_ms.items():
@@ -423,13 +469,14 @@ def main() -> None:
         print(f"{label:34}{med('flow', key):>10.0f}{med('bare', key):>10.0f}")
     gap = med("flow", "pause_s") / med("bare", "pause_s")
     total = med("flow", "total_s")
-    print(f"\nratio write gap flow/bare sequence: {gap:.2f} (goal <= 1.2)")
-    print(f"ratio total flow/Patroni REST switchover ({PATRONI_REST_SWITCHOVER_S} s, FACTS.md): "
-          f"{total / PATRONI_REST_SWITCHOVER_S:.2f} (goal <= 1.0; call -> verified new primary "
-          f"{med('flow', 'verified_s') / PATRONI_REST_SWITCHOVER_S:.2f})")
-    print(f"{'(max over runs) errors/lost':28}{max(r['errors'] for r in results['flow']):>6}/"
-          f"{max(r['lost'] for r in results['flow'])}{max(r['errors'] for r in results['bare']):>7}/"
+    print(f"{'(max over runs) errors/lost':34}{max(r['errors'] for r in results['flow']):>8}/"
+          f"{max(r['lost'] for r in results['flow'])}{max(r['errors'] for r in results['bare']):>8}/"
           f"{max(r['lost'] for r in results['bare'])}")
+    print(f"{'Patroni REST POST /switchover (s)':34}{patroni_s:>10.2f}   ({patroni_from})")
+    print(f"\nratio write gap flow/bare sequence: {gap:.2f} (goal <= 1.2)")
+    print(f"ratio total flow/Patroni REST switchover ({patroni_s:.2f} s, {patroni_from}): "
+          f"{total / patroni_s:.2f} (goal <= 1.0; call -> verified new primary "
+          f"{med('flow', 'verified_s') / patroni_s:.2f})")
 
 
 if __name__ == "__main__":

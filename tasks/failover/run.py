@@ -27,8 +27,11 @@ from tasks.failover.model import FailoverRequest, StepRecord
 FAULT_ENV = "PG_RUNBOOKS_FAILOVER_FAIL_AFTER"  # test hook: raise right after the named step
 HANG_ENV = "PG_RUNBOOKS_FAILOVER_HANG_AFTER"  # test hook: block right after the named step (to kill the worker)
 PHASES = {1: "pre-failover", 2: "failover", 3: "post-failover"}
-# Steps that only read: inside the hold their "started" record need not reach the disk before they run.
-READ_ONLY_STEPS = {"read-shutdown-checkpoint", "lsn-gate", "verify-promotion", "replay-received", "await-old-demoted"}
+# Inside the hold, steps whose "started" record need not reach the disk before they run: they only read, or they
+# act on pgbouncer idempotently (a rerun repoints, RELOADs and RESUMEs again; the RELOAD puts back the ini's
+# server_login_retry). Every other step (the fence, the promotion) is write-ahead, there too.
+DEFERRED_IN_HOLD = {"read-shutdown-checkpoint", "lsn-gate", "verify-promotion", "replay-received", "await-old-demoted",
+                    "repoint-endpoint", "lift-login-retry", "resume-endpoint"}
 
 
 class InjectedFault(RuntimeError):
@@ -102,15 +105,16 @@ def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *a
     A step is a journaled call inside its phase's task run (tasks/failover/phases.py): a step given as a Prefect
     task runs as its function, without a task run of its own (3 API writes, 5-40 ms, and on a busy SQLite-backed
     server a 2 s client back-off now and then). The journal, the progress artifact and the report list every
-    step. Write-ahead: a step that changes something has its "started" record fsynced before it acts. Inside
+    step. Write-ahead: a step that changes a node has its "started" record fsynced before it acts. Inside
     phase 2's hold (`ctx.holding`) that one write also carries the outcomes of the steps before it (a step's
-    outcome is otherwise written at once); a crash in between leaves a "started" record, and the rerun inspects
-    that node again, as it always does.
+    outcome is otherwise written at once), and the records of reads and of pgbouncer's idempotent steps
+    (`DEFERRED_IN_HOLD`) wait for the next write; the hold's end writes the rest. A crash in between leaves at
+    worst a "started" record without its outcome, and the rerun inspects every node again, as it always does.
     """
     journal = ctx.journal
     started = time.perf_counter()
     journal.steps.append(StepRecord(phase=phase, step=step, node=node, status="started", at=datetime.now(UTC)))
-    if not (ctx.holding and step in READ_ONLY_STEPS):
+    if not (ctx.holding and step in DEFERRED_IN_HOLD):
         ctx.save()
     if isinstance(fn, Task):
         fn = fn.fn

@@ -112,7 +112,8 @@ def note_lifted(ctx: RunContext, lifted: dict) -> None:
     if lifted.get("original") is not None:
         ctx.journal.facts[LOGIN_RETRY_FACT] = lifted["original"]
         ctx.journal.facts[LOGIN_RETRY_RESTORED] = False
-        ctx.save()
+        if not ctx.holding:  # inside the hold: written with the next record (a rerun's RELOAD restores it anyway)
+            ctx.save()
 
 
 def note_probe(ctx: RunContext, probe: dict) -> None:
