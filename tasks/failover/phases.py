@@ -5,9 +5,10 @@ joined in 1 s steps), a task run a few milliseconds, and a task's on_failure hoo
 (`hooks.phase_failed`: undo where safe, then the Slack thread). The phases find the run's context by the parent
 flow run's id (`run_key`).
 
-A phase's steps are journaled calls inside its task run (tasks/failover/run.py `run_step`), not task runs of their
-own. Inside the hold (clients PAUSEd at pgbouncer) they run on connections opened before the PAUSE and held for the
-phase (`held_connections`): the clients wait for PostgreSQL and pgbouncer, not for the orchestrator.
+A phase's steps are journaled calls inside its task run (tasks/failover/run.py `run_step`), and its reads plain
+calls, not task runs of their own: fewer API writes, so fewer waits on a busy Prefect server. Inside the hold
+(clients PAUSEd at pgbouncer) they run on connections opened before the PAUSE and held for the phase
+(`held_connections`): the clients wait for PostgreSQL and pgbouncer, not for the orchestrator.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def pre_failover(run_key: str) -> FailoverPlan:
     """Phase 1: inspect every node and the endpoint, decide (or refuse), back up the critical state."""
     ctx = context(run_key)
     started = time.perf_counter()
-    states = {t.node: read_node_state(t) for t in ctx.cluster.targets()}
+    states = {t.node: read_node_state.fn(t) for t in ctx.cluster.targets()}
     try:
-        endpoint, endpoint_error = read_endpoint(ctx.endpoint), None
+        endpoint, endpoint_error = read_endpoint.fn(ctx.endpoint), None
     except Exception as exc:  # noqa: BLE001 - an unusable endpoint is a refusal reason
         endpoint, endpoint_error = {}, str(exc)
     plan = resume_plan(ctx, states, endpoint_error) or decide(ctx.request, ctx.cluster, states, endpoint_error,
@@ -69,7 +70,7 @@ def pre_failover(run_key: str) -> FailoverPlan:
     start_journal(ctx, plan)
     backup = {"states": {k: v.model_dump() for k, v in states.items()}, "endpoint": endpoint,
               "switch_backend": ctx.backend_view,
-              "nodes": [read_backup(t).model_dump() for t in ctx.cluster.targets() if states[t.node].reachable],
+              "nodes": [read_backup.fn(t).model_dump() for t in ctx.cluster.targets() if states[t.node].reachable],
               "plan": plan.model_dump()}
     path = ctx.store.write_backup(ctx.cluster.cluster_name, ctx.run_id, backup)
     ctx.journal.facts["backup_path"] = str(path)
@@ -109,7 +110,7 @@ def failover_phase(run_key: str) -> None:
     plan, c, endpoint = ctx.journal.plan, ctx.cluster, ctx.endpoint
     backend = backend_for(ctx.node_control)
     cand = c.target(plan.candidate)
-    cand_state = read_node_state(cand)
+    cand_state = read_node_state.fn(cand)
     backend.before_hold(ctx, plan, cand_state.reachable and cand_state.in_recovery is False)
     with held_connections(ctx, plan.candidate):
         admin = ctx.held.get("admin")

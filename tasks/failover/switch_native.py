@@ -52,7 +52,7 @@ class NativeSwitch:
         if plan.mode != "switchover" or promoted:
             return
         old = ctx.cluster.target(plan.old_primary)
-        old_state = read_node_state(old)
+        old_state = read_node_state.fn(old)
         if old_state.reachable and old_state.in_recovery is False:
             run_step(ctx, 2, "checkpoint", old.node, checkpoint, old)
         else:
