@@ -274,11 +274,27 @@ def measure_patroni(patroni, switch, connect) -> dict:
             "lost": len({n for n, _ in writer.acked} - have), "total_s": total, "acked": len(writer.acked)}
 
 
+def patroni_rest_switchover(patroni, old: str, new: str) -> None:
+    """Patroni's own switchover: POST /switchover {leader, candidate} to the candidate's REST API (returns done)."""
+    import urllib.request
+
+    req = urllib.request.Request(patroni.rest_url(new) + "/switchover", method="POST",
+                                 data=f'{{"leader": "{old}", "candidate": "{new}"}}'.encode())
+    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+        assert resp.status == 200
+
+
+def multi_host_conninfo(patroni) -> str:
+    """libpq multi-host over every Patroni node, read-write sessions only: how clients follow Patroni alone."""
+    return psycopg.conninfo.make_conninfo(
+        host=",".join("127.0.0.1" for _ in patroni.names),
+        port=",".join(str(patroni.pg_ports[n]) for n in patroni.names),
+        user="postgres", password=patroni.password, dbname="postgres", target_session_attrs="read-write")
+
+
 def patroni_reference(runs: int) -> list[float] | None:
     """Patroni's bare REST switchover on a 2-node Patroni cluster, under a libpq multi-host writer: seconds from
     the call to its return, one per run (None when Patroni cannot start here: the figure is then the constant)."""
-    import urllib.request
-
     from sandbox.patroni import PatroniSandbox
 
     patroni = PatroniSandbox(prefix="pgrb-bench-patroni-")
@@ -287,20 +303,11 @@ def patroni_reference(runs: int) -> list[float] | None:
         patroni.start()
         with patroni.connect(patroni.leader()) as conn:
             conn.execute("CREATE TABLE public.bench_writes (n bigint PRIMARY KEY)")
-        multi = psycopg.conninfo.make_conninfo(
-            host=",".join("127.0.0.1" for _ in patroni.names),
-            port=",".join(str(patroni.pg_ports[n]) for n in patroni.names),
-            user="postgres", password=patroni.password, dbname="postgres", target_session_attrs="read-write")
-
-        def call(old, new):
-            req = urllib.request.Request(patroni.rest_url(new) + "/switchover", method="POST",
-                                         data=f'{{"leader": "{old}", "candidate": "{new}"}}'.encode())
-            with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
-                assert resp.status == 200
-
+        multi = multi_host_conninfo(patroni)
         for i in range(runs):
             patroni.wait_members()
-            r = measure_patroni(patroni, call, lambda: psycopg.connect(multi, autocommit=True, connect_timeout=5))
+            r = measure_patroni(patroni, lambda old, new: patroni_rest_switchover(patroni, old, new),
+                                lambda: psycopg.connect(multi, autocommit=True, connect_timeout=5))
             totals.append(r["total_s"])
             print(f"run {i + 1} Patroni REST: call {r['total_s']:.2f} s, gap {r['pause_s'] * 1000:.0f} ms, errors "
                   f"{r['errors']}, lost {r['lost']} of {r['acked']}", flush=True)
@@ -316,8 +323,6 @@ def patroni_reference(runs: int) -> list[float] | None:
 def patroni_main(runs: int) -> None:
     """Native switchover (sandbox, flow) vs the flow delegated to Patroni vs Patroni's bare REST call with libpq
     multi-host clients, each under the same writer."""
-    import urllib.request
-
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.failover import failover
@@ -335,10 +340,7 @@ def patroni_main(runs: int) -> None:
         for conn in (box.connect("primary"), patroni.connect(patroni.leader())):
             with conn:
                 conn.execute("CREATE TABLE public.bench_writes (n bigint PRIMARY KEY)")
-        multi = psycopg.conninfo.make_conninfo(
-            host=",".join("127.0.0.1" for _ in patroni.names), port=",".join(str(patroni.pg_ports[n])
-                                                                             for n in patroni.names),
-            user="postgres", password=patroni.password, dbname="postgres", target_session_attrs="read-write")
+        multi = multi_host_conninfo(patroni)
         with prefect_test_harness(server_startup_timeout=120):
             save_failover_blocks(box, BLOCK)
 
@@ -357,10 +359,7 @@ def patroni_main(runs: int) -> None:
                 assert report.status == "completed", report.summary
 
             def bare(old, new):
-                req = urllib.request.Request(patroni.rest_url(new) + "/switchover", method="POST",
-                                             data=f'{{"leader": "{old}", "candidate": "{new}"}}'.encode())
-                with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
-                    assert resp.status == 200
+                patroni_rest_switchover(patroni, old, new)
 
             for i in range(runs):
                 box.wait_streaming(roles(box)[0])
