@@ -393,7 +393,17 @@ def verify_promotion(target: ConnectionTarget, original_timeline: int | None, he
     """Not in recovery, timeline above the original, and a write-then-read commits (write_then_read).
 
     On phase 2's held session when given: a session opened while the node was a standby sees the promotion
-    (every transaction asks again whether recovery is over), so its write proves the new primary writes."""
+    (every transaction asks again whether recovery is over), so its write proves the new primary writes. A held
+    session the server closed meanwhile (a backend that restarted the node) is replaced by a new connection."""
+    try:
+        return _verify(target, original_timeline, held)
+    except RunbookDBError:
+        if held is None or not held.conn.broken:
+            raise
+    return _verify(target, original_timeline, None)
+
+
+def _verify(target: ConnectionTarget, original_timeline: int | None, held: Session | None) -> dict:
     with _session(target, held, 5_000) as db:
         state = db.fetch_one(NODE_STATE_SQL, None, _StateRow).model_dump()
         if state["in_recovery"]:
