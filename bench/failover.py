@@ -3,10 +3,10 @@
 switchover (default): the flow vs the bare sequence. Reference: the bare scripted sequence
 (CHECKPOINT, PAUSE, fast stop, LSN gate, pg_promote, repoint, RESUME) run directly with psycopg and
 pg_ctl, no Prefect. Five runs each on one sandbox; medians of the write gap (longest gap between
-acknowledged commits), the flow's write_pause_ms (PAUSE to RESUME), client errors, acknowledged rows
-lost, time from the call to the verified new primary and to the return, and the flow's phase-2 step
-timings; then Patroni 4.1's REST `POST /switchover` on a 2-node Patroni cluster of its own, under the
-same kind of writer (libpq multi-host), as many runs; then the ratios: write gap flow/bare (goal <= 1.2)
+acknowledged commits of a writer process of its own), the flow's write_pause_ms (PAUSE to RESUME), client
+errors, acknowledged rows lost, time from the call to the verified new primary and to the return, and the
+flow's phase-2 step timings; then Patroni 4.1's REST `POST /switchover` on a 2-node Patroni cluster of its own,
+under the same kind of writer (libpq multi-host), as many runs; then the ratios: write gap flow/bare (goal <= 1.2)
 and total flow/Patroni's call (goal <= 1.0; with --no-patroni, or when Patroni cannot start, against
 PATRONI_REST_SWITCHOVER_S measured earlier on this machine).
 
@@ -83,6 +83,53 @@ class Writer(threading.Thread):
                 time.sleep(0.01)
         if conn is not None:
             conn.close()
+
+
+def _write_rows(conninfo: str, base: int, stop, out) -> None:
+    """A client process: commits numbered rows until stopped; sends 'ready' after its first commit, then at the
+    end (acknowledged (n, perf_counter) pairs, errors). perf_counter is CLOCK_MONOTONIC: one clock for all."""
+    acked, errors, conn, n = [], 0, None, base
+    while not stop.is_set():
+        n += 1
+        try:
+            conn = conn or psycopg.connect(conninfo, autocommit=True, prepare_threshold=None, connect_timeout=5)
+            conn.execute("INSERT INTO public.bench_writes (n) VALUES (%s)", (n,))
+            acked.append((n, time.perf_counter()))
+            if len(acked) == 1:
+                out.send("ready")
+        except psycopg.Error:
+            errors += 1
+            if conn is not None:
+                conn.close()
+            conn = None
+            time.sleep(0.01)
+    out.send((acked, errors))
+
+
+class ProcessWriter:
+    """The Writer as a process of its own: application clients never share the runbook's interpreter (its GIL),
+    for the flow and the bare sequence alike."""
+
+    def __init__(self, conninfo: str):
+        import multiprocessing
+
+        mp = multiprocessing.get_context("spawn")
+        self.base = int(time.time() * 1000) % 1_000_000 * 1000
+        self.stop_event = mp.Event()
+        self._recv, send = mp.Pipe(duplex=False)
+        self._proc = mp.Process(target=_write_rows, args=(conninfo, self.base, self.stop_event, send), daemon=True)
+        self.acked: list[tuple[int, float]] = []
+        self.errors = 0
+
+    def start(self) -> None:
+        self._proc.start()
+        if not self._recv.poll(60) or self._recv.recv() != "ready":
+            raise RuntimeError("the writer process did not commit within 60 s")
+
+    def join(self, timeout: float) -> None:
+        if self._recv.poll(timeout):
+            self.acked, self.errors = self._recv.recv()
+        self._proc.join(timeout)
 
 
 def roles(box: Sandbox) -> tuple[str, str]:
@@ -231,7 +278,7 @@ def crash_main(runs: int) -> None:
 
 def measure(box: Sandbox, switch) -> dict:
     old, new = roles(box)
-    writer = Writer(box)
+    writer = ProcessWriter(box.conninfo("pgbouncer"))
     writer.start()
     time.sleep(1.0)
     started, started_wall = time.perf_counter(), time.time()
@@ -412,6 +459,7 @@ def main() -> None:
     journal = tempfile.mkdtemp(prefix="pgrb-bench-journal-")
     results: dict[str, list[dict]] = {"flow": [], "bare": []}
     step_ms: dict[str, list[float]] = {}
+    last = {"detail": ""}  # the flow's run line: its write_pause_ms and slowest step
     try:
         box.start()
         with box.connect("primary") as conn:
@@ -430,10 +478,15 @@ def main() -> None:
                 for phase, seconds in report.phase_seconds.items():
                     step_ms.setdefault(f"phase {phase}", []).append(seconds * 1000)
                 step_ms.setdefault("clients held (write_pause_ms)", []).append(report.write_pause_ms)
+                slowest = max((s for s in report.steps if s.status == "done" and s.duration_ms is not None),
+                              key=lambda s: s.duration_ms)
+                last["detail"] = (f", write_pause_ms {report.write_pause_ms:.0f}, slowest step {slowest.step} "
+                                  f"{slowest.duration_ms:.0f} ms")
                 return next(s.at for s in report.steps if s.step == "verify-promotion" and s.status == "done"
                             ).timestamp()
 
             def bare(old, new):
+                last["detail"] = ""
                 bare_switchover(box, old, new)
 
             for i in range(args.runs):
@@ -442,7 +495,8 @@ def main() -> None:
                     result = measure(box, fn)
                     results[kind].append(result)
                     print(f"run {i + 1} {kind}: pause {result['pause_s'] * 1000:.0f} ms, errors {result['errors']}, "
-                          f"lost {result['lost']} of {result['acked']}, total {result['total_s']:.2f} s", flush=True)
+                          f"lost {result['lost']} of {result['acked']}, total {result['total_s']:.2f} s"
+                          f"{last['detail']}", flush=True)
                     rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
     finally:
         box.destroy()
