@@ -2,9 +2,13 @@
 
 switchover (default): the flow vs the bare sequence. Reference: the bare scripted sequence
 (CHECKPOINT, PAUSE, fast stop, LSN gate, pg_promote, repoint, RESUME) run directly with psycopg and
-pg_ctl, no Prefect. For each, five runs on a fresh sandbox of its own; medians of the write-pause
-window (longest gap between acknowledged commits), client errors, acknowledged rows lost and total
-time; then the ratio flow/bare.
+pg_ctl, no Prefect. Five runs each on one sandbox; medians of the write gap (longest gap between
+acknowledged commits of a writer process of its own), the flow's write_pause_ms (PAUSE to RESUME), client
+errors, acknowledged rows lost, time from the call to the verified new primary and to the return, and the
+flow's phase-2 step timings; then Patroni 4.1's REST `POST /switchover` on a 2-node Patroni cluster of its own,
+under the same kind of writer (libpq multi-host), as many runs; then the ratios: write gap flow/bare (goal <= 1.2)
+and total flow/Patroni's call (goal <= 1.0; with --no-patroni, or when Patroni cannot start, against
+PATRONI_REST_SWITCHOVER_S measured earlier on this machine).
 
 crash: the primary's postmaster is killed (immediate stop) under writers, then the failover flow
 runs at once, through a pgbouncer with its DEFAULT settings (server_login_retry 15 s). Per run: time
@@ -17,7 +21,7 @@ patroni: our native switchover (sandbox) vs our switchover delegated to a real P
 vs Patroni's bare REST call with libpq multi-host clients (target_session_attrs=read-write), same writer: longest
 write gap, client errors, acknowledged rows lost, call → first write after the gap. Reference: the bare call.
 
-    ./run bench failover [--runs 5] [--scenario crash|patroni]
+    ./run bench failover [--runs 5] [--no-patroni] [--scenario crash|patroni]
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ from tasks.failover.node_control import parse_controldata  # noqa: E402
 from tasks.failover.plan import lsn_int  # noqa: E402
 
 BLOCK = "bench-failover"
+# Patroni 4.1.5's REST POST /switchover on this machine (2 nodes, PostgreSQL 15): the call returned after ~2.1 s
+# (/work/shared/FACTS.md; `--scenario patroni` measures Patroni side by side with the flow).
+PATRONI_REST_SWITCHOVER_S = 2.1
 
 
 class Writer(threading.Thread):
@@ -76,6 +83,53 @@ class Writer(threading.Thread):
                 time.sleep(0.01)
         if conn is not None:
             conn.close()
+
+
+def _write_rows(conninfo: str, base: int, stop, out) -> None:
+    """A client process: commits numbered rows until stopped; sends 'ready' after its first commit, then at the
+    end (acknowledged (n, perf_counter) pairs, errors). perf_counter is CLOCK_MONOTONIC: one clock for all."""
+    acked, errors, conn, n = [], 0, None, base
+    while not stop.is_set():
+        n += 1
+        try:
+            conn = conn or psycopg.connect(conninfo, autocommit=True, prepare_threshold=None, connect_timeout=5)
+            conn.execute("INSERT INTO public.bench_writes (n) VALUES (%s)", (n,))
+            acked.append((n, time.perf_counter()))
+            if len(acked) == 1:
+                out.send("ready")
+        except psycopg.Error:
+            errors += 1
+            if conn is not None:
+                conn.close()
+            conn = None
+            time.sleep(0.01)
+    out.send((acked, errors))
+
+
+class ProcessWriter:
+    """The Writer as a process of its own: application clients never share the runbook's interpreter (its GIL),
+    for the flow and the bare sequence alike."""
+
+    def __init__(self, conninfo: str):
+        import multiprocessing
+
+        mp = multiprocessing.get_context("spawn")
+        self.base = int(time.time() * 1000) % 1_000_000 * 1000
+        self.stop_event = mp.Event()
+        self._recv, send = mp.Pipe(duplex=False)
+        self._proc = mp.Process(target=_write_rows, args=(conninfo, self.base, self.stop_event, send), daemon=True)
+        self.acked: list[tuple[int, float]] = []
+        self.errors = 0
+
+    def start(self) -> None:
+        self._proc.start()
+        if not self._recv.poll(60) or self._recv.recv() != "ready":
+            raise RuntimeError("the writer process did not commit within 60 s")
+
+    def join(self, timeout: float) -> None:
+        if self._recv.poll(timeout):
+            self.acked, self.errors = self._recv.recv()
+        self._proc.join(timeout)
 
 
 def roles(box: Sandbox) -> tuple[str, str]:
@@ -224,11 +278,11 @@ def crash_main(runs: int) -> None:
 
 def measure(box: Sandbox, switch) -> dict:
     old, new = roles(box)
-    writer = Writer(box)
+    writer = ProcessWriter(box.conninfo("pgbouncer"))
     writer.start()
     time.sleep(1.0)
-    started = time.perf_counter()
-    switch(old, new)
+    started, started_wall = time.perf_counter(), time.time()
+    verified_wall = switch(old, new)  # the flow: when its verify-promotion step ended (epoch seconds)
     total = time.perf_counter() - started
     time.sleep(1.0)
     writer.stop_event.set()
@@ -240,7 +294,8 @@ def measure(box: Sandbox, switch) -> dict:
         have = {r[0] for r in conn.execute("SELECT n FROM public.bench_writes WHERE n > %s", (writer.base,))}
     lost = len({n for n, _ in writer.acked} - have)
     return {"pause_s": gap, "first_write_s": first - started, "errors": writer.errors, "lost": lost,
-            "total_s": total, "acked": len(writer.acked)}
+            "total_s": total, "acked": len(writer.acked),
+            "verified_s": (verified_wall - started_wall) if verified_wall else None}
 
 
 def measure_patroni(patroni, switch, connect) -> dict:
@@ -266,11 +321,55 @@ def measure_patroni(patroni, switch, connect) -> dict:
             "lost": len({n for n, _ in writer.acked} - have), "total_s": total, "acked": len(writer.acked)}
 
 
+def patroni_rest_switchover(patroni, old: str, new: str) -> None:
+    """Patroni's own switchover: POST /switchover {leader, candidate} to the candidate's REST API (returns done)."""
+    import urllib.request
+
+    req = urllib.request.Request(patroni.rest_url(new) + "/switchover", method="POST",
+                                 data=f'{{"leader": "{old}", "candidate": "{new}"}}'.encode())
+    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
+        assert resp.status == 200
+
+
+def multi_host_conninfo(patroni) -> str:
+    """libpq multi-host over every Patroni node, read-write sessions only: how clients follow Patroni alone."""
+    return psycopg.conninfo.make_conninfo(
+        host=",".join("127.0.0.1" for _ in patroni.names),
+        port=",".join(str(patroni.pg_ports[n]) for n in patroni.names),
+        user="postgres", password=patroni.password, dbname="postgres", target_session_attrs="read-write")
+
+
+def patroni_reference(runs: int) -> list[float] | None:
+    """Patroni's bare REST switchover on a 2-node Patroni cluster, under a libpq multi-host writer: seconds from
+    the call to its return, one per run (None when Patroni cannot start here: the figure is then the constant)."""
+    from sandbox.patroni import PatroniSandbox
+
+    patroni = PatroniSandbox(prefix="pgrb-bench-patroni-")
+    totals = []
+    try:
+        patroni.start()
+        with patroni.connect(patroni.leader()) as conn:
+            conn.execute("CREATE TABLE public.bench_writes (n bigint PRIMARY KEY)")
+        multi = multi_host_conninfo(patroni)
+        for i in range(runs):
+            patroni.wait_members()
+            r = measure_patroni(patroni, lambda old, new: patroni_rest_switchover(patroni, old, new),
+                                lambda: psycopg.connect(multi, autocommit=True, connect_timeout=5))
+            totals.append(r["total_s"])
+            print(f"run {i + 1} Patroni REST: call {r['total_s']:.2f} s, gap {r['pause_s'] * 1000:.0f} ms, errors "
+                  f"{r['errors']}, lost {r['lost']} of {r['acked']}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - the reference falls back to the recorded figure
+        print(f"Patroni reference not measured ({type(exc).__name__}: {str(exc)[:200]}); using "
+              f"{PATRONI_REST_SWITCHOVER_S} s", flush=True)
+        return None
+    finally:
+        patroni.destroy()
+    return totals
+
+
 def patroni_main(runs: int) -> None:
     """Native switchover (sandbox, flow) vs the flow delegated to Patroni vs Patroni's bare REST call with libpq
     multi-host clients, each under the same writer."""
-    import urllib.request
-
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.failover import failover
@@ -289,10 +388,7 @@ def patroni_main(runs: int) -> None:
         for conn in (box.connect("primary"), patroni.connect(patroni.leader())):
             with conn:
                 conn.execute("CREATE TABLE public.bench_writes (n bigint PRIMARY KEY)")
-        multi = psycopg.conninfo.make_conninfo(
-            host=",".join("127.0.0.1" for _ in patroni.names), port=",".join(str(patroni.pg_ports[n])
-                                                                             for n in patroni.names),
-            user="postgres", password=patroni.password, dbname="postgres", target_session_attrs="read-write")
+        multi = multi_host_conninfo(patroni)
         with prefect_test_harness(server_startup_timeout=120):
             save_failover_blocks(box, BLOCK)
 
@@ -315,10 +411,7 @@ def patroni_main(runs: int) -> None:
                 step_ms.setdefault("clients held (PAUSE..RESUME)", []).append(report.write_pause_ms)
 
             def bare(old, new):
-                req = urllib.request.Request(patroni.rest_url(new) + "/switchover", method="POST",
-                                             data=f'{{"leader": "{old}", "candidate": "{new}"}}'.encode())
-                with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback
-                    assert resp.status == 200
+                patroni_rest_switchover(patroni, old, new)
 
             for i in range(runs):
                 box.wait_streaming(roles(box)[0])
@@ -355,6 +448,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", choices=["switchover", "crash", "patroni"], default="switchover")
+    parser.add_argument("--no-patroni", action="store_true",
+                        help="switchover: skip Patroni's REST call; compare with PATRONI_REST_SWITCHOVER_S")
     args = parser.parse_args()
     if args.scenario == "crash":
         crash_main(args.runs)
@@ -372,6 +467,7 @@ def main() -> None:
     journal = tempfile.mkdtemp(prefix="pgrb-bench-journal-")
     results: dict[str, list[dict]] = {"flow": [], "bare": []}
     step_ms: dict[str, list[float]] = {}
+    last = {"detail": ""}  # the flow's run line: its write_pause_ms and slowest step
     try:
         box.start()
         with box.connect("primary") as conn:
@@ -385,11 +481,20 @@ def main() -> None:
                                                   confirm_cluster=BLOCK))
                 assert report.status == "completed", report.summary
                 for s in report.steps:
-                    if s.phase == 2 and s.status == "done":
+                    if s.status == "done" and (s.phase == 2 or s.step == "update-cluster-block"):
                         step_ms.setdefault(s.step, []).append(s.duration_ms)
-                step_ms.setdefault("clients held (PAUSE..RESUME)", []).append(report.write_pause_ms)
+                for phase, seconds in report.phase_seconds.items():
+                    step_ms.setdefault(f"phase {phase}", []).append(seconds * 1000)
+                step_ms.setdefault("clients held (write_pause_ms)", []).append(report.write_pause_ms)
+                slowest = max((s for s in report.steps if s.status == "done" and s.duration_ms is not None),
+                              key=lambda s: s.duration_ms)
+                last["detail"] = (f", write_pause_ms {report.write_pause_ms:.0f}, slowest step {slowest.step} "
+                                  f"{slowest.duration_ms:.0f} ms")
+                return next(s.at for s in report.steps if s.step == "verify-promotion" and s.status == "done"
+                            ).timestamp()
 
             def bare(old, new):
+                last["detail"] = ""
                 bare_switchover(box, old, new)
 
             for i in range(args.runs):
@@ -398,12 +503,16 @@ def main() -> None:
                     result = measure(box, fn)
                     results[kind].append(result)
                     print(f"run {i + 1} {kind}: pause {result['pause_s'] * 1000:.0f} ms, errors {result['errors']}, "
-                          f"lost {result['lost']} of {result['acked']}, total {result['total_s']:.2f} s", flush=True)
+                          f"lost {result['lost']} of {result['acked']}, total {result['total_s']:.2f} s"
+                          f"{last['detail']}", flush=True)
                     rejoin(RejoinRequest(cluster_block=BLOCK, node_control_block=BLOCK))
     finally:
         box.destroy()
+    patroni_totals = None if args.no_patroni else patroni_reference(args.runs)
+    patroni_s = statistics.median(patroni_totals) if patroni_totals else PATRONI_REST_SWITCHOVER_S
+    patroni_from = "measured in this run" if patroni_totals else "FACTS.md"
 
-    print("\nflow phase 2, median ms per step:")
+    print("\nflow, median ms per step (phase 2 and the cluster block) and per phase:")
     for step, values in step_ms.items():
         print(f"  {step:32}{statistics.median(values):>8.0f}")
 
@@ -411,15 +520,24 @@ def main() -> None:
         return statistics.median(r[key] for r in results[kind])
 
     print(f"\nswitchover under write load through pgbouncer, {args.runs} runs each, medians")
-    print(f"{'':28}{'flow':>10}{'bare':>10}{'flow/bare':>11}")
-    for key, label, scale in (("pause_s", "write-pause window (ms)", 1000), ("total_s", "total time (s)", 1)):
+    print(f"{'':34}{'flow':>10}{'bare':>10}{'flow/bare':>11}")
+    for key, label, scale in (("pause_s", "write gap (ms)", 1000), ("total_s", "call -> return (s)", 1)):
         f, b = med("flow", key) * scale, med("bare", key) * scale
-        print(f"{label:28}{f:>10.1f}{b:>10.1f}{f / b if b else float('nan'):>11.2f}")
+        print(f"{label:34}{f:>10.2f}{b:>10.2f}{f / b if b else float('nan'):>11.2f}")
+    print(f"{'write_pause_ms (PAUSE..RESUME)':34}{statistics.median(step_ms['clients held (write_pause_ms)']):>10.1f}")
+    print(f"{'call -> verified new primary (s)':34}{med('flow', 'verified_s'):>10.2f}")
     for key, label in (("errors", "client errors"), ("lost", "acknowledged rows lost")):
-        print(f"{label:28}{med('flow', key):>10.0f}{med('bare', key):>10.0f}")
-    print(f"{'(max over runs) errors/lost':28}{max(r['errors'] for r in results['flow']):>6}/"
-          f"{max(r['lost'] for r in results['flow'])}{max(r['errors'] for r in results['bare']):>7}/"
+        print(f"{label:34}{med('flow', key):>10.0f}{med('bare', key):>10.0f}")
+    gap = med("flow", "pause_s") / med("bare", "pause_s")
+    total = med("flow", "total_s")
+    print(f"{'(max over runs) errors/lost':34}{max(r['errors'] for r in results['flow']):>8}/"
+          f"{max(r['lost'] for r in results['flow'])}{max(r['errors'] for r in results['bare']):>8}/"
           f"{max(r['lost'] for r in results['bare'])}")
+    print(f"{'Patroni REST POST /switchover (s)':34}{patroni_s:>10.2f}   ({patroni_from})")
+    print(f"\nratio write gap flow/bare sequence: {gap:.2f} (goal <= 1.2)")
+    print(f"ratio total flow/Patroni REST switchover ({patroni_s:.2f} s, {patroni_from}): "
+          f"{total / patroni_s:.2f} (goal <= 1.0; call -> verified new primary "
+          f"{med('flow', 'verified_s') / patroni_s:.2f})")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ A RELOAD also puts back the ini's value, so a run that dies in between is undone
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -51,6 +53,21 @@ def _admin(control: EndpointControl) -> psycopg.Connection:
         ) from None
 
 
+def admin(control: EndpointControl) -> psycopg.Connection:
+    """A connection to pgbouncer's admin console, for a caller that holds it across steps (closes with `with`)."""
+    return _admin(control)
+
+
+@contextlib.contextmanager
+def _console(control: EndpointControl, held: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
+    """The held admin connection (left open), or a new one closed after use."""
+    if held is not None and not held.closed:
+        yield held
+        return
+    with _admin(control) as conn:
+        yield conn
+
+
 def show_databases(control: EndpointControl) -> list[dict]:
     """SHOW DATABASES of the admin console (reachability check and where each pool points)."""
     if control.kind == "none":
@@ -67,7 +84,7 @@ def pause(control: EndpointControl, timeout_s: float) -> str:
     """
     if control.kind == "none":
         return "no endpoint to pause (libpq multi-host)"
-    conn = _admin(control)
+    conn = _admin(control)  # its own: a PAUSE that never completes is left to the daemon thread with it
     outcome: dict = {}
 
     def run() -> None:
@@ -96,11 +113,11 @@ def pause(control: EndpointControl, timeout_s: float) -> str:
     return "paused"
 
 
-def resume(control: EndpointControl) -> str:
+def resume(control: EndpointControl, held: psycopg.Connection | None = None) -> str:
     """RESUME the clients. Idempotent ('not paused' is fine)."""
     if control.kind == "none":
         return "no endpoint to resume"
-    with _admin(control) as conn:
+    with _console(control, held) as conn:
         try:
             conn.execute("RESUME")
         except psycopg.Error as exc:
@@ -149,7 +166,7 @@ def read_ini(control: EndpointControl) -> str | None:
         raise EndpointError(f"cannot read pgbouncer ini {control.ini_path}: {exc.strerror}") from None
 
 
-def repoint(control: EndpointControl, host: str, port: int) -> str:
+def repoint(control: EndpointControl, host: str, port: int, held: psycopg.Connection | None = None) -> str:
     """Point pgbouncer at host:port: atomic ini rewrite (owner and mode kept), then RELOAD."""
     if control.kind == "none":
         return "no endpoint to repoint (clients follow the writable server)"
@@ -176,7 +193,7 @@ def repoint(control: EndpointControl, host: str, port: int) -> str:
         action = f"ini rewritten to {host}:{port}"
     else:
         action = f"ini already points at {host}:{port}"
-    with _admin(control) as conn:
+    with _console(control, held) as conn:
         try:
             conn.execute("RELOAD")
         except psycopg.Error as exc:
@@ -204,12 +221,12 @@ def _set(conn: psycopg.Connection, key: str, value: str) -> None:
         raise EndpointError(f"pgbouncer {key} is {now} after SET {key} = {value}: set it by hand")
 
 
-def lift_login_retry(control: EndpointControl) -> tuple[str | None, str]:
+def lift_login_retry(control: EndpointControl, held: psycopg.Connection | None = None) -> tuple[str | None, str]:
     """After the RELOAD: SET server_login_retry = 0, so pools whose logins to the dead primary failed log in to the
     new primary at once. Returns (the value to restore, i.e. the ini's / default value; what was done)."""
     if control.kind == "none":
         return None, "no endpoint (libpq multi-host): nothing to lift"
-    with _admin(control) as conn:
+    with _console(control, held) as conn:
         original = _setting(conn, LOGIN_RETRY)
         if original is None:
             return None, f"pgbouncer has no {LOGIN_RETRY} setting: nothing lifted"

@@ -22,7 +22,7 @@ from tasks.failover.steps import read_node_state
 from tasks.failover.wiring import LOGIN_RETRY_FACT, LOGIN_RETRY_RESTORED
 
 log = logging.getLogger("pg_runbooks.failover")
-PHASE_OF_FLOW = {"failover-pre": 1, "failover-switch": 2, "failover-post": 3}
+PHASE_OF_TASK = {"failover-pre": 1, "failover-switch": 2, "failover-post": 3}  # tasks/failover/phases.py
 CRASH_ALERTED = "crash_alerted"  # journal fact: the run's own hook posted its crash alert
 
 
@@ -41,13 +41,14 @@ def node_states(ctx: RunContext) -> dict[str, NodeState]:
     return {t.node: read_node_state.fn(t) for t in ctx.cluster.targets()}
 
 
-def phase_failed(flow, flow_run, state) -> None:
-    """on_failure of each phase subflow: undo where safe, then tell the thread what to do."""
+def phase_failed(task, task_run, state) -> None:
+    """on_failure of each phase task: undo where safe, then tell the thread what to do. The run's context is
+    found by the parent flow run's id (the phases' run_key)."""
     try:
-        ctx = context(flow_run.parameters.get("run_key", ""))
+        ctx = context(str(task_run.flow_run_id))
         if ctx is None or "FailoverRefused" in (state.message or ""):
             return  # a refusal is posted by the parent flow; nothing changed
-        phase = PHASE_OF_FLOW.get(flow.name, 0)
+        phase = PHASE_OF_TASK.get(task.name, 0)
         if ctx.journal is None:  # failed before any plan: nothing was changed
             line = f"Phase {phase} {PHASES.get(phase, '?')} FAILED before any change: {state.message}"
             ctx.thread.reply(line, section_blocks(f"Phase {phase} failed", [line, "*Next:* " + next_action(

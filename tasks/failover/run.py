@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from prefect import Task
+
 from blocks.failover_adapters import EndpointControl, NodeControl
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.findings import md_cell
@@ -25,6 +27,11 @@ from tasks.failover.model import FailoverRequest, StepRecord
 FAULT_ENV = "PG_RUNBOOKS_FAILOVER_FAIL_AFTER"  # test hook: raise right after the named step
 HANG_ENV = "PG_RUNBOOKS_FAILOVER_HANG_AFTER"  # test hook: block right after the named step (to kill the worker)
 PHASES = {1: "pre-failover", 2: "failover", 3: "post-failover"}
+# Inside the hold, steps whose "started" record need not reach the disk before they run: they only read, or they
+# act on pgbouncer idempotently (a rerun repoints, RELOADs and RESUMEs again; the RELOAD puts back the ini's
+# server_login_retry). Every other step (the fence, the promotion) is write-ahead, there too.
+DEFERRED_IN_HOLD = {"read-shutdown-checkpoint", "lsn-gate", "verify-promotion", "replay-received", "await-old-demoted",
+                    "repoint-endpoint", "lift-login-retry", "resume-endpoint"}
 
 
 class InjectedFault(RuntimeError):
@@ -50,6 +57,8 @@ class RunContext:
     supersedes: tuple[str, str] | None = None  # (run id, why) of an unfinished run this one replaces
     bar: Progress | None = None  # the progress artifact of phases 2 and 3, one step per planned step
     backend_view: dict = field(default_factory=dict)  # what the switch backend read in phase 1 (backup)
+    holding: bool = False  # phase 2's hold (PAUSE to RESUME): step outcomes are fsynced with the next step
+    held: dict = field(default_factory=dict)  # connections held for phase 2: 'admin' (pgbouncer), 'candidate'
 
     @property
     def clients_paused(self) -> bool:
@@ -91,11 +100,24 @@ def close_context(run_key: str) -> None:
 
 
 def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    """Journal the step, run it, journal its outcome; re-raise its error after recording it."""
+    """Journal the step, run it, journal its outcome; re-raise its error after recording it.
+
+    A step is a journaled call inside its phase's task run (tasks/failover/phases.py): a step given as a Prefect
+    task runs as its function, without a task run of its own (3 API writes, 5-40 ms, and on a busy SQLite-backed
+    server a 2 s client back-off now and then). The journal, the progress artifact and the report list every
+    step. Write-ahead: a step that changes a node has its "started" record fsynced before it acts. Inside
+    phase 2's hold (`ctx.holding`) that one write also carries the outcomes of the steps before it (a step's
+    outcome is otherwise written at once), and the records of reads and of pgbouncer's idempotent steps
+    (`DEFERRED_IN_HOLD`) wait for the next write; the hold's end writes the rest. A crash in between leaves at
+    worst a "started" record without its outcome, and the rerun inspects every node again, as it always does.
+    """
     journal = ctx.journal
     started = time.perf_counter()
     journal.steps.append(StepRecord(phase=phase, step=step, node=node, status="started", at=datetime.now(UTC)))
-    ctx.save()
+    if not (ctx.holding and step in DEFERRED_IN_HOLD):
+        ctx.save()
+    if isinstance(fn, Task):
+        fn = fn.fn
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
@@ -106,6 +128,8 @@ def run_step(ctx: RunContext, phase: int, step: str, node: str, fn: Callable, *a
     _record(ctx, phase, step, node, "done", detail, started)
     if os.environ.get(FAULT_ENV) == step:
         raise InjectedFault(f"injected fault after step {step} ({FAULT_ENV})")
+    if os.environ.get(HANG_ENV) == step:
+        ctx.save()  # what a killed worker leaves: every record so far
     while os.environ.get(HANG_ENV) == step:
         time.sleep(1)
     return result
@@ -119,7 +143,8 @@ def _record(ctx: RunContext, phase: int, step: str, node: str, status: str, deta
     ctx.journal.steps.append(StepRecord(
         phase=phase, step=step, node=node, status=status, detail=detail[:500], at=datetime.now(UTC),
         duration_ms=round((time.perf_counter() - started) * 1000, 1)))
-    ctx.save()
+    if not ctx.holding or status == "failed":  # inside the hold: written with the next step's "started" record
+        ctx.save()
     _move_progress(ctx, f"{step} on {node}: {status}")
 
 

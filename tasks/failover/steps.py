@@ -5,9 +5,11 @@ Mutating steps never retry on their own: a resumed run re-inspects state before 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from prefect import task
@@ -16,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from blocks.failover_adapters import EndpointControl, NodeControl
 from blocks.postgres_cluster import ConnectionTarget
-from tasks.core.db import connect
+from tasks.core.db import Session, connect, translate_errors
 from tasks.core.errors import ReadOnlyServer, RunbookDBError
 from tasks.failover import endpoint as ep
 from tasks.failover import node_control as nc
@@ -161,26 +163,23 @@ class _ReadBack(BaseModel):
     default_read_only: str
 
 
-def write_then_read(target: ConnectionTarget, purpose: str, timeout_ms: int = 5_000) -> dict:
+def write_then_read(target: ConnectionTarget, purpose: str, timeout_ms: int = 5_000, db: Session | None = None
+                    ) -> dict:
     """In one explicit READ WRITE transaction: create a temp table, insert a random token, read it back, COMMIT.
 
     Works through pgbouncer in transaction mode (one transaction, no prepared statements). A standby, or a
     server whose transactions default to read-only, raises ReadOnlyServer; a token that does not read back
-    raises FailoverStepFailed.
+    raises FailoverStepFailed. `db`: a direct autocommit session to reuse (phase 2 holds one on the candidate);
+    else a new connection.
     """
     token = secrets.token_hex(16)
-    with connect(target, purpose=purpose, statement_timeout_ms=timeout_ms, autocommit=False) as db:
-        try:
-            db.execute(PROBE_READ_WRITE_SQL)
-        except RunbookDBError as exc:  # a standby: 0A000 "cannot set transaction read-write mode during recovery"
-            if exc.sqlstate in ("0A000", "25006"):
-                raise ReadOnlyServer(target.label, exc.detail, exc.sqlstate) from None
-            raise
-        db.execute(PROBE_TIMEOUTS_SQL, {"ms": str(timeout_ms)})
-        db.execute(PROBE_TABLE_SQL)
-        written = db.fetch_one(PROBE_INSERT_SQL, {"token": token}, _Written)
-        row = db.fetch_one(PROBE_READ_SQL, {"token": token}, _ReadBack)
-        db.conn.commit()
+    if db is None:
+        with connect(target, purpose=purpose, statement_timeout_ms=timeout_ms, autocommit=False) as fresh:
+            written, row = _probe(target, fresh, token, timeout_ms)
+            fresh.conn.commit()
+    else:
+        with translate_errors(target), db.conn.transaction():
+            written, row = _probe(target, db, token, timeout_ms)
     if row is None or written is None or row.token != token:
         raise FailoverStepFailed(f"{target.label}: the write probe's row did not read back: check the server by hand")
     if row.in_recovery:
@@ -190,6 +189,30 @@ def write_then_read(target: ConnectionTarget, purpose: str, timeout_ms: int = 5_
                              "read-only: ALTER SYSTEM RESET default_transaction_read_only (and the role's or "
                              "database's setting), reload, then rerun")
     return {"token": token, "xid": written.xid, "port": row.port}
+
+
+def _probe(target: ConnectionTarget, db: Session, token: str, timeout_ms: int) -> tuple:
+    """The probe's statements, inside the caller's transaction: (the written row, the row read back)."""
+    try:
+        db.execute(PROBE_READ_WRITE_SQL)
+    except RunbookDBError as exc:  # a standby: 0A000 "cannot set transaction read-write mode during recovery"
+        if exc.sqlstate in ("0A000", "25006"):
+            raise ReadOnlyServer(target.label, exc.detail, exc.sqlstate) from None
+        raise
+    db.execute(PROBE_TIMEOUTS_SQL, {"ms": str(timeout_ms)})
+    db.execute(PROBE_TABLE_SQL)
+    written = db.fetch_one(PROBE_INSERT_SQL, {"token": token}, _Written)
+    return written, db.fetch_one(PROBE_READ_SQL, {"token": token}, _ReadBack)
+
+
+@contextlib.contextmanager
+def _session(target: ConnectionTarget, held: Session | None, timeout_ms: int) -> Iterator[Session]:
+    """The session phase 2 holds on this node (left open), or a new one closed after use."""
+    if held is not None and not held.conn.closed:
+        yield held
+        return
+    with connect(target, purpose="failover", statement_timeout_ms=timeout_ms) as db:
+        yield db
 
 
 def _dicts(db, query: str) -> list[dict]:
@@ -256,13 +279,13 @@ def pause_endpoint(control: EndpointControl, timeout_s: float) -> str:
 
 
 @task(name="resume-endpoint", **STEP)
-def resume_endpoint(control: EndpointControl) -> str:
-    return ep.resume(control)
+def resume_endpoint(control: EndpointControl, held=None) -> str:
+    return ep.resume(control, held)
 
 
 @task(name="repoint-endpoint", **STEP)
-def repoint_endpoint(control: EndpointControl, host: str, port: int) -> str:
-    return ep.repoint(control, host, port)
+def repoint_endpoint(control: EndpointControl, host: str, port: int, held=None) -> str:
+    return ep.repoint(control, host, port, held)
 
 
 @task(name="fence-node", **STEP)
@@ -273,15 +296,10 @@ def fence_node(control: NodeControl, node: str, host: str, mode: str, timeout: i
     `force` never reaches here: only the explicit accept_unconfirmed_fence passes an unconfirmed stop, and
     never with endpoint kind 'none', where nothing but the fence keeps clients off the old primary.
     """
-    status, error = nc.node_status(control, node, host), ""
-    if status == "stopped":
-        return f"{node} is already stopped"
-    if status == "running":
-        try:
-            nc.stop_node(control, node, host, mode, timeout)  # raises unless pg_ctl stop -w (or status) says stopped
-            return f"{node} stopped ({mode})"
-        except nc.NodeControlError as exc:
-            status, error = "unknown", f" ({exc})"
+    try:
+        return f"{node} {nc.fence(control, node, host, mode, timeout)}"  # raises unless it can confirm the stop
+    except nc.NodeControlError as exc:
+        status, error = "unknown", f" ({exc})"
     if accept_unconfirmed and endpoint_kind != "none":
         return (f"fence of {node} UNCONFIRMED (node control says {status}); proceeding because "
                 "accept_unconfirmed_fence is set: pgbouncer is repointed away from it, direct clients are not")
@@ -322,11 +340,11 @@ def read_wal_end(control: NodeControl, node: str, host: str, start_lsn: str, tim
 
 
 @task(name="lsn-gate", **STEP)
-def lsn_gate(target: ConnectionTarget, past_lsn: str, timeout_s: float) -> str:
+def lsn_gate(target: ConnectionTarget, past_lsn: str, timeout_s: float, held: Session | None = None) -> str:
     """Wait until the candidate replayed past `past_lsn` (the old primary's shutdown checkpoint)."""
     goal = lsn_int(past_lsn)
     deadline = time.monotonic() + timeout_s
-    with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
+    with _session(target, held, 5_000) as db:
         while True:
             replay = db.fetch_one(POSITIONS_SQL, None, _Positions).replayed
             if (lsn_int(replay) or 0) > goal:
@@ -355,10 +373,10 @@ def replay_received(target: ConnectionTarget, timeout_s: float) -> str:
 
 
 @task(name="promote", **STEP)
-def promote(target: ConnectionTarget, timeout_s: float) -> str:
+def promote(target: ConnectionTarget, timeout_s: float, held: Session | None = None) -> str:
     """pg_promote only if still in recovery; poll until it accepts writes."""
     started = time.perf_counter()
-    with connect(target, purpose="failover", statement_timeout_ms=10_000) as db:
+    with _session(target, held, 10_000) as db:
         if not db.scalar(IN_RECOVERY_SQL):
             return f"{target.node} was already promoted (not in recovery): not promoting twice"
         db.execute(PROMOTE_SQL)
@@ -371,9 +389,22 @@ def promote(target: ConnectionTarget, timeout_s: float) -> str:
 
 
 @task(name="verify-promotion", **STEP)
-def verify_promotion(target: ConnectionTarget, original_timeline: int | None) -> dict:
-    """Not in recovery, timeline above the original, and a write-then-read commits (write_then_read)."""
-    with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
+def verify_promotion(target: ConnectionTarget, original_timeline: int | None, held: Session | None = None) -> dict:
+    """Not in recovery, timeline above the original, and a write-then-read commits (write_then_read).
+
+    On phase 2's held session when given: a session opened while the node was a standby sees the promotion
+    (every transaction asks again whether recovery is over), so its write proves the new primary writes. A held
+    session the server closed meanwhile (a backend that restarted the node) is replaced by a new connection."""
+    try:
+        return _verify(target, original_timeline, held)
+    except RunbookDBError:
+        if held is None or not held.conn.broken:
+            raise
+    return _verify(target, original_timeline, None)
+
+
+def _verify(target: ConnectionTarget, original_timeline: int | None, held: Session | None) -> dict:
+    with _session(target, held, 5_000) as db:
         state = db.fetch_one(NODE_STATE_SQL, None, _StateRow).model_dump()
         if state["in_recovery"]:
             raise FailoverStepFailed(f"{target.label} is still in recovery")
@@ -385,7 +416,7 @@ def verify_promotion(target: ConnectionTarget, original_timeline: int | None) ->
             history = db.fetch_one(HISTORY_SQL, {"tli": state["timeline"]}, _Text).value
         except RunbookDBError:
             pass  # needs superuser or pg_read_server_files; the switch point is then unknown
-    probe = write_then_read(target, "failover")
+        probe = write_then_read(target, "failover", db=db)
     return {"timeline": state["timeline"], "xid": probe["xid"], "switch_lsn": switch_point(history)}
 
 
@@ -413,9 +444,9 @@ def application_target(candidate: ConnectionTarget, endpoint: EndpointControl) -
 
 
 @task(name="lift-login-retry", **STEP)
-def lift_login_retry(control: EndpointControl) -> dict:
+def lift_login_retry(control: EndpointControl, held=None) -> dict:
     """SET server_login_retry = 0 after the RELOAD (tasks/failover/endpoint.py says why); the value to restore."""
-    original, detail = ep.lift_login_retry(control)
+    original, detail = ep.lift_login_retry(control, held)
     return {"original": original, "detail": detail}
 
 

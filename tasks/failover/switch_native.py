@@ -52,7 +52,7 @@ class NativeSwitch:
         if plan.mode != "switchover" or promoted:
             return
         old = ctx.cluster.target(plan.old_primary)
-        old_state = read_node_state(old)
+        old_state = read_node_state.fn(old)
         if old_state.reachable and old_state.in_recovery is False:
             run_step(ctx, 2, "checkpoint", old.node, checkpoint, old)
         else:
@@ -77,11 +77,11 @@ class NativeSwitch:
             return shutdown
         if plan.mode == "switchover":
             reached = run_step(ctx, 2, "lsn-gate", cand.node, lsn_gate, cand, shutdown["checkpoint"],
-                               req.lsn_gate_timeout_seconds)
+                               req.lsn_gate_timeout_seconds, ctx.held.get("candidate"))
         else:
             reached = run_step(ctx, 2, "lsn-gate", cand.node, replay_received, cand, req.lsn_gate_timeout_seconds)
         ctx.journal.facts["promoted_at"] = reached
-        run_step(ctx, 2, "promote", cand.node, promote, cand, req.promote_timeout_seconds)
+        run_step(ctx, 2, "promote", cand.node, promote, cand, req.promote_timeout_seconds, ctx.held.get("candidate"))
         return shutdown
 
     def after_verify(self, ctx: RunContext, plan: FailoverPlan, shutdown: dict) -> None:

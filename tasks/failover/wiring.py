@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import BlockDocumentUpdate
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.failover.journal import Journal
@@ -90,14 +92,19 @@ def close_superseded(ctx: RunContext) -> None:
     ctx.store.archive(ctx.cluster.cluster_name)
 
 
-@task(name="update-cluster-block", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(name="update-cluster-block", retries=0, cache_policy=NO_CACHE)  # the Prefect client retries 429/503 itself
 def save_cluster_block(block_name: str, new_primary: str, fenced: str) -> str:
-    """Every scheduled flow follows the new primary; the old one is recorded as fenced."""
-    cluster = PostgresCluster.load(block_name)
-    cluster.primary_node = new_primary
-    cluster.fenced_nodes = sorted({*cluster.fenced_nodes, fenced} - {new_primary})
-    cluster.save(block_name, overwrite=True)
-    return f"block {block_name}: primary_node={new_primary}, fenced={cluster.fenced_nodes}"
+    """Every scheduled flow follows the new primary; the old one is recorded as fenced.
+
+    One read and one partial update of the block document (the server merges the two fields into the stored data:
+    every other field, the password included, stays as it is), instead of Block.save's schema registration."""
+    with get_client(sync_client=True) as client:
+        doc = client.read_block_document_by_name(block_name, PostgresCluster.get_block_type_slug(),
+                                                 include_secrets=False)
+        fenced_nodes = sorted({*(doc.data.get("fenced_nodes") or []), fenced} - {new_primary})
+        client.update_block_document(doc.id, BlockDocumentUpdate(
+            data={"primary_node": new_primary, "fenced_nodes": fenced_nodes}, merge_existing_data=True))
+    return f"block {block_name}: primary_node={new_primary}, fenced={fenced_nodes}"
 
 
 def note_lifted(ctx: RunContext, lifted: dict) -> None:
@@ -105,7 +112,8 @@ def note_lifted(ctx: RunContext, lifted: dict) -> None:
     if lifted.get("original") is not None:
         ctx.journal.facts[LOGIN_RETRY_FACT] = lifted["original"]
         ctx.journal.facts[LOGIN_RETRY_RESTORED] = False
-        ctx.save()
+        if not ctx.holding:  # inside the hold: written with the next record (a rerun's RELOAD restores it anyway)
+            ctx.save()
 
 
 def note_probe(ctx: RunContext, probe: dict) -> None:

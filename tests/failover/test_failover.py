@@ -175,6 +175,22 @@ def test_write_probe_really_writes_and_refuses_a_read_only_server(box, blocks):
             conn.execute(psycopg.sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(dbname))
 
 
+def test_verify_on_a_held_session_the_server_closed_reconnects(box, blocks):
+    """Phase 2 verifies on the session it held on the candidate; one the server closed meanwhile (a backend that
+    restarted the node) is replaced by a new connection, not reported as a failed promotion."""
+    from tasks.core.db import connect
+    from tasks.failover.steps import verify_promotion
+
+    target = PostgresCluster.load(BLOCK).target(current(box)[0])
+    with connect(target, purpose="failover") as held:
+        pid = held.scalar("SELECT pg_backend_pid()")
+        assert verify_promotion.fn(target, None, held)["timeline"] >= 1  # on the held session itself
+        with box.connect(target.node) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        verified = verify_promotion.fn(target, None, held)
+    assert verified["timeline"] >= 1 and int(verified["xid"]) > 0
+
+
 def test_force_never_skips_the_fence(box, blocks, journal_dir):
     """Node control that cannot tell whether the old primary stopped: `force` does not pass the fence,
     accept_unconfirmed_fence does (pgbouncer only), and the refused switchover is undone."""

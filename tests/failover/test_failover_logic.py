@@ -317,3 +317,18 @@ def test_the_plan_lifts_and_restores_server_login_retry_around_resume():
                                      "c": standby("c")}, None, "pgbouncer").steps]
     assert steps.index("repoint-endpoint") < steps.index("lift-login-retry") < steps.index("resume-endpoint")
     assert steps.index("probe-application") + 1 == steps.index("restore-login-retry")
+
+
+def test_the_block_update_changes_two_fields_and_keeps_the_password(prefect_api):
+    """The cluster block follows the new primary with one partial update of its document: primary_node and
+    fenced_nodes change, every other field (the password included) is what was saved."""
+    from tasks.failover.wiring import save_cluster_block
+
+    CLUSTER.model_copy(update={"fenced_nodes": ["c"]}).save("fo-logic-block", overwrite=True)
+    assert "fenced=['a', 'c']" in save_cluster_block.fn("fo-logic-block", "b", "a")
+    block = PostgresCluster.load("fo-logic-block")
+    assert (block.primary_node, block.fenced_nodes) == ("b", ["a", "c"])
+    assert block.password.get_secret_value() == "pw" and block.nodes == CLUSTER.nodes
+    save_cluster_block.fn("fo-logic-block", "a", "b")  # and back: the new primary is never listed as fenced
+    assert (PostgresCluster.load("fo-logic-block").primary_node,
+            PostgresCluster.load("fo-logic-block").fenced_nodes) == ("a", ["b", "c"])
