@@ -1,8 +1,9 @@
 """Runbook 2.1: vacuum and analyze what needs it (or the tables an operator names).
 
-Wraparound risk first, then dead tuples, then stale statistics; N tables at a time, each on its
-own connection with lock_timeout; no table starts after the maintenance window; every table's
-outcome is logged, and failures alert in Slack. A maintenance log that cannot be written is in the
+Wraparound risk first, then dead tuples, then stale statistics; N tables at a time on N connections
+held for the run (as vacuumdb), with lock_timeout and statement_timeout; one task run per batch of
+tables; no table starts after the maintenance window; every table's outcome is logged as its batch
+ends, and failures alert in Slack. A maintenance log that cannot be written is in the
 report and the alert, and the run then ends Failed.
 """
 
@@ -16,8 +17,14 @@ from tasks.core.bounded import run_bounded
 from tasks.core.progress import finish, track_progress
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.maintenance import vacuum_plan as plan
-from tasks.maintenance.maintenance_log import MaintenanceLogFailed, write_maintenance_log
-from tasks.maintenance.vacuum import VacuumResult, read_vacuum_candidates, resolve_tables, vacuum_tables
+from tasks.maintenance.maintenance_log import MaintenanceLogFailed, MaintenanceLogWriter
+from tasks.maintenance.vacuum import (
+    VacuumResult,
+    VacuumSessions,
+    read_vacuum_candidates,
+    resolve_tables,
+    vacuum_tables,
+)
 from tasks.maintenance.vacuum_plan import VacuumParams, VacuumReport
 
 
@@ -53,22 +60,23 @@ def vacuum(
     if params.dry_run:
         report.results = [plan.planned_result(c) for c in candidates]
     else:
+        log = MaintenanceLogWriter("vacuum", report.cluster, str(runtime.flow_run.id), params.log_dir)
         with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
-                            f"Vacuum of {report.cluster}", "tables") as bar:
+                            f"Vacuum of {report.cluster}", "tables") as bar, \
+                VacuumSessions(target, params.lock_timeout_ms, params.statement_timeout_ms) as sessions:
             started, not_started = run_bounded(
                 plan.batches(candidates, params.batch_tables, params.concurrency),
                 lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
-                                                   params.statement_timeout_ms, deadline,
-                                                   params.one_connection_per_batch, bar),
+                                                   params.statement_timeout_ms, deadline, sessions, bar, log),
                 params.concurrency, deadline)
             report.results = [result for _, future in started for result in future.result()]
-            report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]
+            skipped = [plan.window_skipped(ref) for batch in not_started for ref in batch]
+            log.append(plan.log_rows(skipped))
+            report.results += skipped
             finish(bar, plan.progress_outcome(report))
+        report.log_path, report.log_error = log.log_path, log.error
 
-    rows = plan.log_rows(report)
-    if rows and not params.dry_run:
-        report.log_path, report.log_error = write_maintenance_log("vacuum", report.cluster,
-                                                                  str(runtime.flow_run.id), rows, params.log_dir)
+    rows = plan.log_rows(report.results)
     plan.finish_report(report)
     report.finished_at = datetime.now(UTC)
     key = artifact_key("vacuum", report.cluster)

@@ -307,9 +307,9 @@ def test_bounded_runner_keeps_n_in_flight_and_starts_nothing_after_the_deadline(
     pool.shutdown()
 
 
-def test_one_connection_per_batch_carries_on_after_a_locked_table(sandbox, cluster_block, vac_tables):
+def test_a_batch_on_its_held_connection_carries_on_after_a_locked_table(sandbox, cluster_block, vac_tables):
     from blocks.postgres_cluster import PostgresCluster
-    from tasks.maintenance.vacuum import VacuumOptions, resolve_tables, vacuum_tables
+    from tasks.maintenance.vacuum import VacuumOptions, VacuumSessions, resolve_tables, vacuum_tables
 
     for name in ("Locked", "dirty", UNICODE):
         psql(sandbox, "primary", sql.SQL("DELETE FROM {} WHERE id % 7 = 0").format(sql.Identifier(SCHEMA, name)))
@@ -320,13 +320,17 @@ def test_one_connection_per_batch_carries_on_after_a_locked_table(sandbox, clust
         before = _all_vacuum_counts(sandbox)
         target = PostgresCluster.load(cluster_block).primary_target()
         refs = resolve_tables.fn(target, [f'{SCHEMA}."Locked"', f"{SCHEMA}.dirty", f'{SCHEMA}."{UNICODE}"'])
-        results = vacuum_tables.fn(target, refs, VacuumOptions(), 300, 60_000, None, one_connection=True)
+        with VacuumSessions(target, 300, 60_000) as sessions:
+            results = vacuum_tables.fn(target, refs, VacuumOptions(), 300, 60_000, None, sessions)
+            results += vacuum_tables.fn(target, refs[1:2], VacuumOptions(), 300, 60_000, None, sessions)
     finally:
         holder.rollback()
         holder.close()
-    assert [r.status for r in results] == ["skipped-locked", "vacuumed", "vacuumed"]
+    assert [r.status for r in results] == ["skipped-locked", "vacuumed", "vacuumed", "vacuumed"]
+    assert sessions.opened == 1, "one connection held for the slot, across batches and after the locked table"
     after = _all_vacuum_counts(sandbox)
     assert {t for t in after if after[t] != before.get(t)} == {f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"}
+    assert after[f"{SCHEMA}.dirty"] == before[f"{SCHEMA}.dirty"] + 2
 
 
 def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbox, cluster_block, vac_tables,
