@@ -5,12 +5,22 @@ held for the run (as vacuumdb), with lock_timeout and statement_timeout; one tas
 tables; no table starts after the maintenance window; every table's outcome is logged as its batch
 ends, and failures alert in Slack. A maintenance log that cannot be written is in the
 report and the alert, and the run then ends Failed.
+
+The flow is `async def` for one reason: Prefect 3.9's sync flow engine joins its heartbeat thread at
+exit, and that thread sleeps in 1 s steps, so every sync flow run ends on the next whole second after its
+work (up to 1 s more: most of a run that vacuums 100 small tables). The async engine keeps the heartbeats
+and does not join. Its body still calls sync tasks, inside one sync Prefect client context as a sync
+flow has (without it every sync task run opens its own API client); callers outside a running event loop
+use `asyncio.run(vacuum(...))`. Large task inputs (a batch's tables, a thousand log rows) are passed
+`quote`d: Prefect would otherwise walk every item looking for futures (over a second for 1,000 rows).
 """
 
 import time
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, runtime
+from prefect.context import SyncClientContext
+from prefect.utilities.annotations import quote
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.bounded import run_bounded
@@ -29,7 +39,7 @@ from tasks.maintenance.vacuum_plan import VacuumParams, VacuumReport
 
 
 @flow(name="vacuum", log_prints=False)
-def vacuum(
+async def vacuum(
     cluster_block: str = "sandbox",
     params: VacuumParams = VacuumParams(),
     database: str | None = None,
@@ -43,8 +53,15 @@ def vacuum(
         database: Database to vacuum; empty means the block's database.
         slack_block: Name of a SlackNotifier block for failures; none means no Slack message.
     """
+    cluster = await PostgresCluster.aload(cluster_block)
+    with SyncClientContext.get_or_create():
+        return run_vacuum(cluster, params, database, slack_block)
+
+
+def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | None,
+               slack_block: str | None) -> VacuumReport:
+    """The flow's steps (sync, inside the flow run)."""
     logger = get_run_logger()
-    cluster = PostgresCluster.load(cluster_block)
     target = cluster.target(cluster.primary_node, database)
     report = VacuumReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC), dry_run=params.dry_run)
     deadline = time.time() + params.window_minutes * 60 if params.window_minutes else None
@@ -66,7 +83,7 @@ def vacuum(
                 VacuumSessions(target, params.lock_timeout_ms, params.statement_timeout_ms) as sessions:
             started, not_started = run_bounded(
                 plan.batches(candidates, params.batch_tables, params.concurrency),
-                lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
+                lambda batch: vacuum_tables.submit(target, quote(batch), params.options, params.lock_timeout_ms,
                                                    params.statement_timeout_ms, deadline, sessions, bar, log),
                 params.concurrency, deadline)
             report.results = [result for _, future in started for result in future.result()]
@@ -81,7 +98,7 @@ def vacuum(
     report.finished_at = datetime.now(UTC)
     key = artifact_key("vacuum", report.cluster)
     if rows:
-        publish_table(f"{key}-log", rows, report.summary)
+        publish_table(f"{key}-log", quote(rows), report.summary)
     report.artifact_key = publish_markdown(key, plan.render_markdown(report, candidates), report.summary)
     if slack_block and report.status != "ok":
         report.notification = notify_slack(slack_block, f"Vacuum {report.cluster}: {report.status.upper()}",
