@@ -97,9 +97,10 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
     plan.finish_report(report)
     report.finished_at = datetime.now(UTC)
     key = artifact_key("vacuum", report.cluster)
-    if rows:
-        publish_table(f"{key}-log", quote(rows), report.summary)
+    published = [publish_table.submit(f"{key}-log", quote(rows), report.summary)] if rows else []
     report.artifact_key = publish_markdown(key, plan.render_markdown(report, candidates), report.summary)
+    for future in published:  # the two artifacts are sent at the same time
+        future.result()
     if slack_block and report.status != "ok":
         report.notification = notify_slack(slack_block, f"Vacuum {report.cluster}: {report.status.upper()}",
                                            report.summary, plan.slack_lines(report), runtime.flow_run.ui_url)

@@ -232,8 +232,9 @@ def window_skipped(ref: RelationRef) -> VacuumResult:
 def batches(candidates: list[Candidate], max_tables: int = 100, concurrency: int = 2,
             max_bytes: int = 256 * 1024 * 1024) -> list[list[RelationRef]]:
     """Consecutive candidates grouped while small (a big table is a batch of its own), in order;
-    batches small enough that every lane gets several."""
-    max_tables = max(1, min(max_tables, math.ceil(len(candidates) / (concurrency * 4))))
+    batches small enough that every lane gets two (a lane that finishes early takes the next), few enough
+    that Prefect's cost per task run stays small."""
+    max_tables = max(1, min(max_tables, math.ceil(len(candidates) / (concurrency * 2))))
     out: list[list[RelationRef]] = []
     size = 0
     for c in candidates:
