@@ -363,3 +363,59 @@ def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbo
     assert report.log_error in report.summary and report.artifact_key
     assert report.notification.ok
     assert any("maintenance log was NOT written" in c.raw for c in slack.calls("chat.postMessage"))
+
+
+def test_a_cancelled_or_terminated_vacuum_fails_that_table_and_the_batch_goes_on(sandbox, cluster_block,
+                                                                               vac_tables):
+    """One batch on one held connection: the first VACUUM (FREEZE) waits for a buffer pin and an operator
+    cancels it (pg_cancel_backend): that table is failed with the reason, the next runs on the same connection;
+    the same table's second VACUUM is terminated (pg_terminate_backend): failed too, and the next table gets a
+    new connection. Ground truth: pg_stat_user_tables.vacuum_count."""
+    import threading
+
+    from blocks.postgres_cluster import PostgresCluster
+    from tasks.maintenance.vacuum import VacuumOptions, VacuumSessions, resolve_tables, vacuum_tables
+    from tests.helpers import wait_for
+
+    pinned = sql.Identifier(SCHEMA, "Pinned")
+    psql(sandbox, "primary", sql.SQL("CREATE TABLE {} (id int) WITH (autovacuum_enabled = off)").format(pinned))
+    psql(sandbox, "primary", sql.SQL("INSERT INTO {} SELECT generate_series(1, 1000)").format(pinned))
+    for name in ("dirty", UNICODE):
+        psql(sandbox, "primary", sql.SQL("DELETE FROM {} WHERE id % 11 = 0").format(sql.Identifier(SCHEMA, name)))
+    wait_horizon(sandbox)  # the rows are older than every xmin horizon: FREEZE must freeze them
+    pinner = psycopg.connect(sandbox.conninfo("primary"))
+    pinner.execute(sql.SQL("DECLARE pin CURSOR FOR SELECT * FROM {}").format(pinned))
+    pinner.execute("FETCH 1 FROM pin")  # holds a pin on the first page: a freezing VACUUM waits for it
+    waiting = ("SELECT pid, query_start FROM pg_stat_activity WHERE wait_event = 'BufferPin' "
+               "AND query LIKE 'VACUUM%%'")
+    stopped: list[str] = []
+
+    def operator():
+        for how in ("pg_cancel_backend", "pg_terminate_backend"):
+            wait_for(lambda: psql(sandbox, "primary", waiting), timeout=30, interval=0.02, what="a VACUUM waiting")
+            pid, started = psql(sandbox, "primary", waiting)[0]
+            psql(sandbox, "primary", sql.SQL("SELECT {}(%s)").format(sql.Identifier(how)), (pid,))
+            stopped.append(how)
+            wait_for(lambda: (pid, started) not in psql(sandbox, "primary", waiting), timeout=30, interval=0.02,
+                     what="that VACUUM stopped")
+
+    thread = threading.Thread(target=operator)
+    target = PostgresCluster.load(cluster_block).primary_target()
+    names = [f'{SCHEMA}."Pinned"', f"{SCHEMA}.dirty", f'{SCHEMA}."Pinned"', f'{SCHEMA}."{UNICODE}"']
+    before = _all_vacuum_counts(sandbox)
+    thread.start()
+    try:
+        refs = resolve_tables.fn(target, names)
+        with VacuumSessions(target, 2_000, 60_000) as sessions:
+            results = vacuum_tables.fn(target, refs, VacuumOptions(freeze=True), 2_000, 60_000, None, sessions)
+    finally:
+        thread.join(60)
+        pinner.close()
+    after = _all_vacuum_counts(sandbox)
+    psql(sandbox, "primary", sql.SQL("DROP TABLE IF EXISTS {}").format(pinned))
+    assert stopped == ["pg_cancel_backend", "pg_terminate_backend"]
+    assert [r.status for r in results] == ["failed", "vacuumed", "failed", "vacuumed"], results
+    assert "cancel" in results[0].error.lower(), results[0].error
+    assert results[2].error and results[2].summary.startswith(f"{SCHEMA}.Pinned failed"), results[2]
+    assert sessions.opened == 2, "the terminated connection was replaced once, for the table after it"
+    assert {t for t in after if after[t] != before.get(t, 0)} == {f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"}
