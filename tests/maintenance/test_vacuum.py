@@ -396,8 +396,8 @@ def test_a_cancelled_or_terminated_vacuum_fails_that_table_and_the_batch_goes_on
             pid, started = psql(sandbox, "primary", waiting)[0]
             psql(sandbox, "primary", sql.SQL("SELECT {}(%s)").format(sql.Identifier(how)), (pid,))
             stopped.append(how)
-            wait_for(lambda: (pid, started) not in psql(sandbox, "primary", waiting), timeout=30, interval=0.02,
-                     what="that VACUUM stopped")
+            wait_for(lambda stopped_one=(pid, started): stopped_one not in psql(sandbox, "primary", waiting),
+                     timeout=30, interval=0.02, what="that VACUUM stopped")
 
     thread = threading.Thread(target=operator)
     target = PostgresCluster.load(cluster_block).primary_target()
