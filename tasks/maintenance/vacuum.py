@@ -164,6 +164,11 @@ def resolve_tables(target: ConnectionTarget, names: list[NameSpec]) -> list[Rela
 
 def vacuum_statement(ref: RelationRef, options: VacuumOptions, server_version_num: int) -> sql.Composed:
     """VACUUM (options) schema.table, with only the options this server version supports."""
+    return sql.Composed([vacuum_prefix(options, server_version_num), ref.identifier])
+
+
+def vacuum_prefix(options: VacuumOptions, server_version_num: int) -> sql.Composable:
+    """`VACUUM (options) ` without the table: the same for every table of a run."""
     caps = capabilities(server_version_num)
     opts: list[sql.Composable] = []
     if options.analyze:
@@ -178,9 +183,8 @@ def vacuum_statement(ref: RelationRef, options: VacuumOptions, server_version_nu
     if options.parallel is not None and caps.vacuum_parallel:
         opts.append(sql.SQL("PARALLEL {}").format(sql.Literal(int(options.parallel))))
     if not opts:
-        return sql.SQL("VACUUM {}").format(ref.identifier)
-    return sql.SQL("VACUUM ({}) {}").format(sql.SQL(", ").join(opts), ref.identifier)
-
+        return sql.SQL("VACUUM ")
+    return sql.SQL("VACUUM ({}) ").format(sql.SQL(", ").join(opts))
 
 
 class VacuumSessions:
@@ -287,10 +291,13 @@ def vacuum_batch(sessions: VacuumSessions, refs: list[RelationRef], options: Vac
             with sessions.lease() as s:
                 befores.update({t.oid: t for t in s.fetch_all(
                     BATCH_STATE_SQL, {"oids": [r.oid for r in remaining]}, TableVacuumState)})
+                # `VACUUM (options) ` rendered once: per table only the identifier is quoted.
+                prefix = sql.SQL(vacuum_prefix(options, s.server_version_num).as_string(s.conn))
                 while remaining:
                     ref = remaining.pop(0)
                     result = turn_refused(ref, deadline_epoch) or vacuum_one(
-                        s, ref, befores.get(ref.oid), options, sessions.lock_timeout_ms)
+                        s, ref, befores.get(ref.oid), sql.Composed([prefix, ref.identifier]),
+                        sessions.lock_timeout_ms)
                     results.append(counted(progress, result))
                     if result.status == "vacuumed":
                         done.append((result, ref))
@@ -346,11 +353,11 @@ def counted(progress: Progress | None, result: VacuumResult) -> VacuumResult:
     return result
 
 
-def vacuum_one(s: Session, ref: RelationRef, before: TableVacuumState | None, options: VacuumOptions,
+def vacuum_one(s: Session, ref: RelationRef, before: TableVacuumState | None, statement: sql.Composable,
                lock_timeout_ms: int) -> VacuumResult:
-    """VACUUM one table on `s` (a dedicated autocommit connection with the run's timeouts); `before`: its
-    statistics read at the start of the batch (None: it no longer exists). A failure is the result, not an
-    exception. The figures after are filled in by `describe_vacuumed` at the end of the batch."""
+    """`statement` (this table's VACUUM) on `s` (a dedicated autocommit connection with the run's timeouts);
+    `before`: its statistics read at the start of the batch (None: it no longer exists). A failure is the
+    result, not an exception. The figures after are filled in by `describe_vacuumed` at the end of the batch."""
     started, t0 = datetime.now(UTC), time.monotonic()
     result = VacuumResult(table=ref.qualified, status="failed", started_at=started)
     if before is None or (before.schema_name, before.table_name) != (ref.schema_name, ref.name):
@@ -365,7 +372,7 @@ def vacuum_one(s: Session, ref: RelationRef, before: TableVacuumState | None, op
 
     s.conn.add_notice_handler(on_notice)
     try:
-        s.execute(vacuum_statement(ref, options, s.server_version_num))
+        s.execute(statement)
         locked = [n for n in notices if n.startswith("55P03") or "lock not available" in n]
         # PG15 warns "skipping "t" --- only superuser, table owner, or database owner can vacuum it".
         denied = [n for n in notices if n.startswith("42501") or "permission denied" in n
