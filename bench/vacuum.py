@@ -1,19 +1,22 @@
 """Benchmark: the vacuum flow against `vacuumdb --jobs 2 --analyze`, and the bloat estimate's cost.
 
 On a fresh sandbox (temp dir, free ports, autovacuum off):
-  1. 1,000 tables, 10 % with dead tuples: wall time of `vacuumdb --jobs 2 --analyze` (vacuums every
-     table) and of the vacuum flow (concurrency 2, only what needs it); the ratio flow / vacuumdb.
-  2. the same where every table needs it.
-  3. the progress artifact's cost: the flow with every table needing vacuum, with and without its progress
+  1. 1,000 small tables (200 rows), 10 % with dead tuples: wall time of `vacuumdb --jobs 2 --analyze`
+     (vacuums every table) and of the vacuum flow (concurrency 2, only what needs it), from the call to
+     its return; medians of --rounds alternated rounds and the ratio flow / vacuumdb (goal ≤ 0.3).
+  2. the same where every table needs it (goal ≤ 1.1).
+  3. 1 and 2 again on --large-tables tables of 100,000 rows (a fifth of each table's rows dead).
+  4. the progress artifact's cost: the flow with every table needing vacuum, with and without its progress
      artifact (PG_RUNBOOKS_PROGRESS=off), alternated, 3 runs each: medians and the ratio with / without.
   4. the tier-1 bloat estimate (tables and btree indexes from pg_statistic) at 1,000 / 5,000 /
      20,000 tables: median of 3 runs of the catalog reads plus the estimate.
-Prints figures; asserts nothing. Usage: ./run bench vacuum [--max-tables 20000]
+Prints figures; asserts nothing. Usage: ./run bench vacuum [--max-tables 20000] [--large-tables 40]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import subprocess
@@ -34,7 +37,9 @@ from sandbox.blocks import sandbox_cluster_block  # noqa: E402
 from sandbox.cluster import HOST, SUPERUSER, Sandbox  # noqa: E402
 
 SCHEMA = "bench"
+LARGE_SCHEMA = "bench_large"
 ROWS = 200
+LARGE_ROWS = 100_000
 
 
 def execute(box: Sandbox, query, params=None):
@@ -43,25 +48,25 @@ def execute(box: Sandbox, query, params=None):
         return cur.fetchall() if cur.description else None
 
 
-def create_tables(box: Sandbox, start: int, stop: int, rows: int = ROWS) -> None:
-    """Tables bench.t<start>..t<stop-1>, each (id PK, n, pad) with `rows` rows."""
+def create_tables(box: Sandbox, start: int, stop: int, rows: int = ROWS, schema: str = SCHEMA) -> None:
+    """Tables <schema>.t<start>..t<stop-1>, each (id PK, n, pad) with `rows` rows."""
     with psycopg.connect(box.conninfo("primary"), autocommit=True) as conn:
         for lo in range(start, stop, 500):
             with conn.transaction():
                 for i in range(lo, min(lo + 500, stop)):
-                    ident = sql.Identifier(SCHEMA, f"t{i}")
+                    ident = sql.Identifier(schema, f"t{i}")
                     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, n int, pad text)").format(ident))
                     conn.execute(sql.SQL("INSERT INTO {} SELECT g, g, 'padding-padding' "
                                          "FROM generate_series(1, %s) g").format(ident), (rows,))
 
 
-def make_dead(box: Sandbox, tables: range) -> None:
-    """Half the rows of each table dead (deleted and re-inserted, so every round is alike)."""
+def make_dead(box: Sandbox, tables: range, schema: str = SCHEMA, every: int = 2) -> None:
+    """One row in `every` of each table dead (deleted and re-inserted, so every round is alike)."""
     with psycopg.connect(box.conninfo("primary"), autocommit=True) as conn:
         for i in tables:
-            ident = sql.Identifier(SCHEMA, f"t{i}")
-            conn.execute(sql.SQL("WITH d AS (DELETE FROM {} WHERE id % 2 = 0 RETURNING *) "
-                                 "INSERT INTO {} SELECT * FROM d").format(ident, ident))
+            ident = sql.Identifier(schema, f"t{i}")
+            conn.execute(sql.SQL("WITH d AS (DELETE FROM {} WHERE id % {} = 0 RETURNING *) "
+                                 "INSERT INTO {} SELECT * FROM d").format(ident, sql.Literal(every), ident))
     # Let the statistics of those sessions land and the replica's feedback xmin move on.
     time.sleep(1.5)
 
@@ -74,18 +79,57 @@ def vacuumdb(box: Sandbox, *args: str) -> float:
     return time.monotonic() - t0
 
 
-def run_flow(one_connection: bool = False, progress: bool = True) -> tuple[float, int]:
+def vacuum_counts(box: Sandbox, schema: str) -> dict[str, int]:
+    """Ground truth: pg_stat_user_tables.vacuum_count of every table of `schema`."""
+    return dict(execute(box, "SELECT relname, vacuum_count FROM pg_catalog.pg_stat_user_tables "
+                             "WHERE schemaname = %s", (schema,)))
+
+
+def run_flow(progress: bool = True) -> tuple[float, int]:
     from flows.vacuum import vacuum
     from tasks.core.progress import PROGRESS_ENV
     from tasks.maintenance.vacuum_plan import VacuumParams
 
     os.environ[PROGRESS_ENV] = "on" if progress else "off"
     t0 = time.monotonic()
-    report = vacuum(cluster_block="bench", params=VacuumParams(
+    report = asyncio.run(vacuum(cluster_block="bench", params=VacuumParams(
         min_dead_tuples=50, dead_tuple_ratio=0.1, concurrency=2, max_tables=5000,
-        one_connection_per_batch=one_connection,
-        log_dir=tempfile.mkdtemp(prefix="pgrb-bench-log-")))
+        log_dir=tempfile.mkdtemp(prefix="pgrb-bench-log-"))))
     return time.monotonic() - t0, report.count("vacuumed")
+
+
+def compare(box: Sandbox, label: str, schema: str, dirty: range, every: int, rounds: int) -> None:
+    """vacuumdb --jobs 2 --analyze (every table of the database: the reference) against the flow (what needs
+    it), alternated on the same workload; checks with pg_stat_user_tables that the flow vacuumed exactly the
+    dirty tables. Also vacuumdb given only the dirty tables (-t each): the work itself, so the flow's time
+    minus it is what the flow adds (Prefect's flow run, the catalog query, artifacts, log)."""
+    ref_s: list[float] = []
+    only_s: list[float] = []
+    flow_s: list[float] = []
+    done = wrong = 0
+    only = [arg for i in dirty for arg in ("-t", f"{schema}.t{i}")]
+    for _ in range(rounds):
+        make_dead(box, dirty, schema, every)
+        ref_s.append(vacuumdb(box, "--jobs", "2", "--analyze"))
+        make_dead(box, dirty, schema, every)
+        only_s.append(vacuumdb(box, "--jobs", "2", "--analyze", *only))
+        make_dead(box, dirty, schema, every)
+        before = vacuum_counts(box, schema)
+        seconds, done = run_flow()
+        flow_s.append(seconds)
+        after = vacuum_counts(box, schema)
+        changed = {t for t in after if after[t] != before.get(t)}
+        wrong += len(changed ^ {f"t{i}" for i in dirty})
+    ref, flow, work = statistics.median(ref_s), statistics.median(flow_s), statistics.median(only_s)
+    print(f"{label}: vacuumdb --jobs 2 --analyze {ref:.2f} s (every table); vacuum flow {flow:.2f} s "
+          f"({done} tables vacuumed; {wrong} table(s) vacuumed or missed against pg_stat_user_tables); "
+          f"ratio flow/vacuumdb {flow / ref:.2f}; vacuumdb of only those {len(dirty)} tables {work:.2f} s, "
+          f"the flow's own cost {flow - work:+.2f} s (medians of {rounds}: vacuumdb {fmt(ref_s)}, "
+          f"only those {fmt(only_s)}, flow {fmt(flow_s)})")
+
+
+def fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in sorted(values)) + "]"
 
 
 def progress_cost(box: Sandbox, dirty: range, rounds: int = 3) -> None:
@@ -93,7 +137,7 @@ def progress_cost(box: Sandbox, dirty: range, rounds: int = 3) -> None:
     times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(rounds):
         for progress in (False, True):
-            make_dead(box, dirty)
+            make_dead(box, dirty, SCHEMA)
             seconds, _ = run_flow(progress=progress)
             times[progress].append(seconds)
     with_s, without_s = statistics.median(times[True]), statistics.median(times[False])
@@ -139,6 +183,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", type=int, default=1000)
     parser.add_argument("--max-tables", type=int, default=20000, help="largest size for the estimate timing")
+    parser.add_argument("--large-tables", type=int, default=40, help="tables of 100,000 rows in the larger variant")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds per comparison (medians)")
     args = parser.parse_args()
 
     box = Sandbox.ephemeral("pgrb-bench-vacuum-")
@@ -157,18 +203,23 @@ def main() -> int:
             sandbox_cluster_block(box, name="bench").save("bench", overwrite=True)
             run_flow()  # warm-up: imports, first flow run
             for label, share in (("10 % need vacuum", 0.1), ("every table needs vacuum", 1.0)):
-                dirty = range(0, int(args.tables * share))
-                make_dead(box, dirty)
-                ref = vacuumdb(box, "--jobs", "2", "--analyze")
-                make_dead(box, dirty)
-                flow_s, done = run_flow()
-                make_dead(box, dirty)
-                shared_s, shared_done = run_flow(one_connection=True)
-                print(f"{label}: vacuumdb --jobs 2 --analyze {ref:.2f} s (all {args.tables} tables); "
-                      f"vacuum flow {flow_s:.2f} s ({done} tables vacuumed, a connection per table), ratio "
-                      f"flow/vacuumdb {flow_s / ref:.2f}; with one_connection_per_batch {shared_s:.2f} s "
-                      f"({shared_done} tables), ratio {shared_s / ref:.2f}")
+                compare(box, f"{args.tables} small tables, {label}", SCHEMA, range(0, int(args.tables * share)),
+                        2, args.rounds)
             progress_cost(box, range(0, args.tables))
+            if args.large_tables:
+                execute(box, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
+                execute(box, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(LARGE_SCHEMA)))
+                t0 = time.monotonic()
+                create_tables(box, 0, args.large_tables, LARGE_ROWS, LARGE_SCHEMA)
+                vacuumdb(box, "--jobs", "2", "--analyze")
+                print(f"setup: {args.large_tables} tables of {LARGE_ROWS:,} rows in {time.monotonic() - t0:.1f} s")
+                for label, share in (("10 % need vacuum", 0.1), ("every table needs vacuum", 1.0)):
+                    compare(box, f"{args.large_tables} tables of {LARGE_ROWS:,} rows, {label}", LARGE_SCHEMA,
+                            range(0, max(1, int(args.large_tables * share))), 5, args.rounds)
+                execute(box, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(LARGE_SCHEMA)))
+                execute(box, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
+                create_tables(box, 0, args.tables)
+                vacuumdb(box, "--jobs", "2", "--analyze")
 
         have = args.tables
         for size in (1000, 5000, 20000):

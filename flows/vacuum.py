@@ -1,15 +1,26 @@
 """Runbook 2.1: vacuum and analyze what needs it (or the tables an operator names).
 
-Wraparound risk first, then dead tuples, then stale statistics; N tables at a time, each on its
-own connection with lock_timeout; no table starts after the maintenance window; every table's
-outcome is logged, and failures alert in Slack. A maintenance log that cannot be written is in the
+Wraparound risk first, then dead tuples, then stale statistics; N tables at a time on N connections
+held for the run (as vacuumdb), with lock_timeout and statement_timeout; one task run per batch of
+tables; no table starts after the maintenance window; every table's outcome is logged as its batch
+ends, and failures alert in Slack. A maintenance log that cannot be written is in the
 report and the alert, and the run then ends Failed.
+
+The flow is `async def` for one reason: Prefect 3.9's sync flow engine joins its heartbeat thread at
+exit, and that thread sleeps in 1 s steps, so every sync flow run ends on the next whole second after its
+work (up to 1 s more: most of a run that vacuums 100 small tables). The async engine keeps the heartbeats
+and does not join. Its body still calls sync tasks, inside one sync Prefect client context as a sync
+flow has (without it every sync task run opens its own API client); callers outside a running event loop
+use `asyncio.run(vacuum(...))`. Large task inputs (a batch's tables, a thousand log rows) are passed
+`quote`d: Prefect would otherwise walk every item looking for futures (over a second for 1,000 rows).
 """
 
 import time
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, runtime
+from prefect.context import SyncClientContext
+from prefect.utilities.annotations import quote
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.bounded import run_bounded
@@ -17,13 +28,19 @@ from tasks.core.exclusion import OnBusy, StopCheck, maintenance_turn
 from tasks.core.progress import finish, track_progress
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.maintenance import vacuum_plan as plan
-from tasks.maintenance.maintenance_log import MaintenanceLogFailed, write_maintenance_log
-from tasks.maintenance.vacuum import VacuumResult, read_vacuum_candidates, resolve_tables, vacuum_tables
+from tasks.maintenance.maintenance_log import MaintenanceLogFailed, MaintenanceLogWriter
+from tasks.maintenance.vacuum import (
+    VacuumResult,
+    VacuumSessions,
+    read_vacuum_candidates,
+    resolve_tables,
+    vacuum_tables,
+)
 from tasks.maintenance.vacuum_plan import VacuumParams, VacuumReport
 
 
 @flow(name="vacuum", log_prints=False)
-def vacuum(
+async def vacuum(
     cluster_block: str = "sandbox",
     params: VacuumParams = VacuumParams(),
     database: str | None = None,
@@ -43,8 +60,15 @@ def vacuum(
             this run before its next table.
         busy_wait_minutes: How long to wait for the cluster's maintenance lock.
     """
+    cluster = await PostgresCluster.aload(cluster_block)
+    with SyncClientContext.get_or_create():
+        return run_vacuum(cluster, params, database, slack_block, if_busy, busy_wait_minutes)
+
+
+def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | None,
+               slack_block: str | None, if_busy: OnBusy, busy_wait_minutes: float) -> VacuumReport:
+    """The flow's steps (sync, inside the flow run)."""
     logger = get_run_logger()
-    cluster = PostgresCluster.load(cluster_block)
     target = cluster.target(cluster.primary_node, database)
     report = VacuumReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC), dry_run=params.dry_run)
     deadline = time.time() + params.window_minutes * 60 if params.window_minutes else None
@@ -64,30 +88,18 @@ def vacuum(
         with maintenance_turn(report.cluster, "vacuum", if_busy, busy_wait_minutes * 60) as turn:
             report.exclusion, stop = turn.sentence, StopCheck(report.cluster)
             if turn.held:
-                with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
-                                    f"Vacuum of {report.cluster}", "tables") as bar:
-                    started, not_started = run_bounded(
-                        plan.batches(candidates, params.batch_tables, params.concurrency),
-                        lambda batch: vacuum_tables.submit(target, batch, params.options, params.lock_timeout_ms,
-                                                           params.statement_timeout_ms, deadline,
-                                                           params.one_connection_per_batch, bar, stop),
-                        params.concurrency, deadline)
-                    report.results = [result for _, future in started for result in future.result()]
-                    report.results += [plan.window_skipped(ref) for batch in not_started for ref in batch]
-                    finish(bar, plan.progress_outcome(report))
+                vacuum_candidates(report, target, candidates, params, deadline, stop)
 
-    rows = plan.log_rows(report)
-    if rows and not params.dry_run:
-        report.log_path, report.log_error = write_maintenance_log("vacuum", report.cluster,
-                                                                  str(runtime.flow_run.id), rows, params.log_dir)
+    rows = plan.log_rows(report.results)
     plan.finish_report(report)
     if turn is not None and not turn.held:  # waited in vain or skipped: it did nothing, and says why
         report.status, report.summary = "warning", report.exclusion
     report.finished_at = datetime.now(UTC)
     key = artifact_key("vacuum", report.cluster)
-    if rows:
-        publish_table(f"{key}-log", rows, report.summary)
+    published = [publish_table.submit(f"{key}-log", quote(rows), report.summary)] if rows else []
     report.artifact_key = publish_markdown(key, plan.render_markdown(report, candidates), report.summary)
+    for future in published:  # the two artifacts are sent at the same time
+        future.result()
     if slack_block and report.status != "ok":
         report.notification = notify_slack(slack_block, f"Vacuum {report.cluster}: {report.status.upper()}",
                                            report.summary, plan.slack_lines(report), runtime.flow_run.ui_url)
@@ -95,6 +107,28 @@ def vacuum(
     if report.log_error:
         raise MaintenanceLogFailed(report)  # published and notified first; the run ends Failed
     return report
+
+
+def vacuum_candidates(report: VacuumReport, target, candidates: list, params: VacuumParams,
+                      deadline: float | None, stop: StopCheck) -> None:
+    """N batches at a time on the run's held connections, the progress card moving per table, each batch's
+    records appended to the maintenance log as it ends; tables the window or a priority run stopped are said."""
+    log = MaintenanceLogWriter("vacuum", report.cluster, str(runtime.flow_run.id), params.log_dir)
+    with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
+                        f"Vacuum of {report.cluster}", "tables") as bar, \
+            VacuumSessions(target, params.lock_timeout_ms, params.statement_timeout_ms) as sessions:
+        started, not_started = run_bounded(
+            plan.batches(candidates, params.batch_tables, params.concurrency),
+            lambda batch: vacuum_tables.submit(target, quote(batch), params.options, params.lock_timeout_ms,
+                                               params.statement_timeout_ms, deadline, sessions, bar, log,
+                                               stop=stop),
+            params.concurrency, deadline)
+        report.results = [result for _, future in started for result in future.result()]
+        skipped = [plan.window_skipped(ref) for batch in not_started for ref in batch]
+        log.append(plan.log_rows(skipped))
+        report.results += skipped
+        finish(bar, plan.progress_outcome(report))
+    report.log_path, report.log_error = log.log_path, log.error
 
 
 __all__ = ["vacuum", "VacuumParams", "VacuumReport", "VacuumResult"]

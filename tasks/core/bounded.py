@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -31,8 +32,18 @@ def run_bounded(items: Sequence[T], submit: Callable[[T], Any], concurrency: int
             started.append((item, future))
             in_flight.append(future)
         if in_flight:
-            time.sleep(poll_seconds)
+            _wait_any(in_flight, poll_seconds)
     return started, not_started
+
+
+def _wait_any(in_flight: list[Any], poll_seconds: float) -> None:
+    """Until one of the futures is done: woken by its completion when they wrap concurrent futures (a slot
+    never idles for a poll interval), else one poll interval."""
+    wrapped = [getattr(f, "wrapped_future", None) for f in in_flight]
+    if all(isinstance(w, concurrent.futures.Future) for w in wrapped):
+        concurrent.futures.wait(wrapped, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
+    else:
+        time.sleep(poll_seconds)
 
 
 def _done(future: Any) -> bool:

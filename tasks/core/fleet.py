@@ -8,7 +8,9 @@ lists what is not ok.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import re
 import threading
 import time
@@ -246,6 +248,8 @@ def flow_launcher(runbook_flow: Any, runbook: str, params: dict[str, Any], timeo
     def launch(cluster: str) -> MemberResult:
         child = runbook_flow.with_options(flow_run_name=f"{runbook} · {cluster}", timeout_seconds=timeout_seconds)
         state = child(**for_cluster(params, cluster), return_state=True)
+        if inspect.iscoroutine(state):  # an async runbook flow (vacuum): run it to its end in this thread
+            state = asyncio.run(state)
         return member_from_state(cluster, state, ui_url)
 
     return launch

@@ -30,13 +30,13 @@ def publish_table(key: str, rows: list[dict], description: str) -> str:
     return key
 
 
-@task(name="notify-slack", cache_policy=NO_CACHE)
 def artifact_url(run_url: str | None, key: str) -> str | None:
     """The UI page of an artifact key (its latest version and history), beside a flow run's page."""
     found = re.match(r"^(.*?)/(?:flow-)?runs/flow-run/[^/]+/?$", run_url or "")
     return f"{found[1]}/artifacts/key/{key}" if found else None
 
 
+@task(name="notify-slack", cache_policy=NO_CACHE)
 def notify_slack(
     slack_block: str | None,
     title: str,

@@ -2,6 +2,8 @@
 
 Written to `<log_dir>/maintenance-log.jsonl` (log_dir: the flow parameter, else
 $PG_RUNBOOKS_LOG_DIR, else ./maintenance-log). Appending never loses earlier runs.
+`MaintenanceLogWriter` appends a run's records batch by batch as the work is done (the vacuum), so a
+run that dies keeps what it logged; `write_maintenance_log` appends them all at the end (index maintenance).
 A log that cannot be written is recorded in the run's report (`log_error`); the flow still publishes
 and notifies, then ends Failed with `MaintenanceLogFailed` carrying that report.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,19 +37,69 @@ def log_directory(log_dir: str | None) -> Path:
     return Path(log_dir or os.environ.get("PG_RUNBOOKS_LOG_DIR") or "maintenance-log")
 
 
-@task(name="persist-maintenance-log", cache_policy=NO_CACHE)
-def persist_maintenance_log(runbook: str, cluster: str, run_id: str | None, rows: list[dict],
-                            log_dir: str | None = None) -> str:
-    """Append one record per action; the file's path."""
+def _append(runbook: str, cluster: str, run_id: str | None, rows: list[dict], log_dir: str | None) -> Path:
+    """Append one JSON line per row, in one write; the file's path. Raises OSError."""
     directory = log_directory(log_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOG_FILE
     at = datetime.now(UTC).isoformat()
+    text = "".join(json.dumps({"logged_at": at, "runbook": runbook, "cluster": cluster, "flow_run_id": run_id, **row},
+                              ensure_ascii=False, default=str) + "\n" for row in rows)
     with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            record = {"logged_at": at, "runbook": runbook, "cluster": cluster, "flow_run_id": run_id, **row}
-            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    return str(path)
+        f.write(text)
+    return path
+
+
+def _not_written(path: Path, exc: Exception, records: int) -> str:
+    why = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return (f"the maintenance log was NOT written to {path} ({type(exc).__name__}: {why}); "
+            f"{records} record(s) are only in this report")
+
+
+@task(name="persist-maintenance-log", cache_policy=NO_CACHE)
+def persist_maintenance_log(runbook: str, cluster: str, run_id: str | None, rows: list[dict],
+                            log_dir: str | None = None) -> str:
+    """Append one record per action; the file's path."""
+    return str(_append(runbook, cluster, run_id, rows, log_dir))
+
+
+class MaintenanceLogWriter:
+    """One run's maintenance log, appended batch by batch from any thread as the work is done. Never raises: the
+    first failure and how many records were not written are kept for the report (`error`)."""
+
+    def __init__(self, runbook: str, cluster: str, run_id: str | None, log_dir: str | None = None):
+        self.runbook, self.cluster, self.run_id, self.log_dir = runbook, cluster, run_id, log_dir
+        self.written = 0
+        self.unwritten = 0
+        self._failure: Exception | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return log_directory(self.log_dir) / LOG_FILE
+
+    def append(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            try:
+                _append(self.runbook, self.cluster, self.run_id, rows, self.log_dir)
+                self.written += len(rows)
+            except Exception as exc:  # noqa: BLE001 - recorded in the report; the flow fails after notifying
+                self._failure = self._failure or exc
+                self.unwritten += len(rows)
+
+    @property
+    def log_path(self) -> str | None:
+        """The file, once a record is in it."""
+        return str(self.path) if self.written else None
+
+    @property
+    def error(self) -> str | None:
+        """Why records are missing from the log (None: every record appended so far is in it)."""
+        with self._lock:
+            failure, unwritten = self._failure, self.unwritten
+        return _not_written(self.path, failure, unwritten) if failure else None
 
 
 def write_maintenance_log(runbook: str, cluster: str, run_id: str | None, rows: list[dict],
@@ -57,9 +110,7 @@ def write_maintenance_log(runbook: str, cluster: str, run_id: str | None, rows: 
     try:
         return state.result(raise_on_failure=True), None
     except Exception as exc:  # noqa: BLE001 - recorded in the report; the flow fails after notifying
-        why = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return None, (f"the maintenance log was NOT written to {log_directory(log_dir) / LOG_FILE} "
-                      f"({type(exc).__name__}: {why}); {len(rows)} record(s) are only in this report")
+        return None, _not_written(log_directory(log_dir) / LOG_FILE, exc, len(rows))
 
 
 def read_maintenance_log(log_dir: str | None = None) -> list[dict]:

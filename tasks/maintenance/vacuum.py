@@ -1,14 +1,18 @@
-"""Vacuum steps (runbook 2.1): read what needs vacuum, vacuum one table on its own connection.
+"""Vacuum steps (runbook 2.1): read what needs vacuum, vacuum batches of tables on held connections.
 
-Each VACUUM runs on a dedicated autocommit connection with lock_timeout and statement_timeout,
-with SKIP_LOCKED where the server supports it (PG12+). A table that fails is a result, not an
+As vacuumdb does, the run holds one dedicated autocommit connection per concurrency slot, with
+lock_timeout, statement_timeout and jit=off set once; each VACUUM uses SKIP_LOCKED where the server
+supports it (PG12+). One Prefect task run per batch; inside it, one statement per table and the
+batch's statistics before and after in one query each. A table that fails is a result, not an
 exception: one table never stops the others.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,6 +27,7 @@ from tasks.core.errors import LockTimeout, RunbookDBError
 from tasks.core.progress import Progress
 from tasks.core.relations import NameSpec, RelationRef, resolve
 from tasks.core.server_capabilities import capabilities
+from tasks.maintenance.maintenance_log import MaintenanceLogWriter
 
 
 class TableVacuumState(BaseModel):
@@ -76,8 +81,9 @@ SELECT c.oid::bigint AS oid,
    AND (%(oids)s::bigint[] IS NULL OR c.oid = ANY(%(oids)s::bigint[]))
 """
 
-# The same for one table, straight from the statistics functions (cheap: no view over every table).
-ONE_TABLE_STATE_SQL = """
+# The same for a batch of tables, straight from the statistics functions (cheap: no view over every
+# table): what each was like just before its batch, and after it.
+BATCH_STATE_SQL = """
 SELECT c.oid::bigint AS oid,
        n.nspname AS schema_name,
        c.relname AS table_name,
@@ -92,7 +98,7 @@ SELECT c.oid::bigint AS oid,
        pg_catalog.pg_stat_get_last_vacuum_time(c.oid) AS last_vacuum
   FROM pg_catalog.pg_class AS c
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE c.oid = %(oid)s
+ WHERE c.oid = ANY(%(oids)s::bigint[])
 """
 
 # The server's wraparound limits (autovacuum forces a vacuum at these ages).
@@ -129,6 +135,14 @@ class VacuumResult(BaseModel):
     error: str | None = None
     summary: str = ""
 
+    def log_row(self) -> dict:
+        """This table's record in the maintenance log and its table artifact."""
+        return {"table": self.table, "status": self.status,
+                "started_at": self.started_at.isoformat() if self.started_at else "",
+                "duration_s": self.duration_s, "dead_before": self.dead_before, "dead_after": self.dead_after,
+                "pages_before": self.pages_before, "pages_after": self.pages_after,
+                "error": self.error or self.reason}
+
 
 def read_table_states(session: Session, oids: list[int] | None = None) -> list[TableVacuumState]:
     return session.fetch_all(TABLE_STATE_SQL, {"oids": oids}, TableVacuumState)
@@ -141,17 +155,6 @@ def read_vacuum_candidates(target: ConnectionTarget) -> tuple[list[TableVacuumSt
         return read_table_states(s), s.fetch_one(FREEZE_LIMITS_SQL, None, FreezeLimits)
 
 
-def _wait_for_collector(s: Session, ref: RelationRef, before: TableVacuumState,
-                        after: TableVacuumState, timeout_s: float = 3.0) -> TableVacuumState:
-    """Before PG15 the statistics collector applies this VACUUM's counts asynchronously: read the table's
-    state again until its vacuum count moved (at most `timeout_s`), so dead tuples after are not the old ones."""
-    deadline = time.monotonic() + timeout_s
-    while after is not None and after.vacuum_count <= before.vacuum_count and time.monotonic() < deadline:
-        time.sleep(0.1)
-        after = s.fetch_one(ONE_TABLE_STATE_SQL, {"oid": ref.oid}, TableVacuumState) or after
-    return after
-
-
 @task(name="resolve-tables", **DB_TASK)
 def resolve_tables(target: ConnectionTarget, names: list[NameSpec]) -> list[RelationRef]:
     """Each operator-given name resolved to exactly one table; UnknownObject for any that is not."""
@@ -161,6 +164,11 @@ def resolve_tables(target: ConnectionTarget, names: list[NameSpec]) -> list[Rela
 
 def vacuum_statement(ref: RelationRef, options: VacuumOptions, server_version_num: int) -> sql.Composed:
     """VACUUM (options) schema.table, with only the options this server version supports."""
+    return sql.Composed([vacuum_prefix(options, server_version_num), ref.identifier])
+
+
+def vacuum_prefix(options: VacuumOptions, server_version_num: int) -> sql.Composable:
+    """`VACUUM (options) ` without the table: the same for every table of a run."""
     caps = capabilities(server_version_num)
     opts: list[sql.Composable] = []
     if options.analyze:
@@ -175,8 +183,67 @@ def vacuum_statement(ref: RelationRef, options: VacuumOptions, server_version_nu
     if options.parallel is not None and caps.vacuum_parallel:
         opts.append(sql.SQL("PARALLEL {}").format(sql.Literal(int(options.parallel))))
     if not opts:
-        return sql.SQL("VACUUM {}").format(ref.identifier)
-    return sql.SQL("VACUUM ({}) {}").format(sql.SQL(", ").join(opts), ref.identifier)
+        return sql.SQL("VACUUM ")
+    return sql.SQL("VACUUM ({}) ").format(sql.SQL(", ").join(opts))
+
+
+class VacuumSessions:
+    """The run's dedicated autocommit connections, one per concurrency slot, held as vacuumdb holds them.
+
+    A connection is opened on first use with its session settings (application_name, lock_timeout,
+    statement_timeout, jit off) set once, lent to one batch at a time and kept for the next batch: at most
+    `concurrency` batches run at once, so at most that many connections are opened. A lost connection is
+    dropped when its batch gives it back; the next lease opens a new one. Thread-safe (batches run in the
+    task runner's threads).
+    """
+
+    def __init__(self, target: ConnectionTarget, lock_timeout_ms: int, statement_timeout_ms: int):
+        self.target = target
+        self.lock_timeout_ms = lock_timeout_ms
+        self.statement_timeout_ms = statement_timeout_ms
+        self.opened = 0  # connections opened so far (tests and the benchmark read it)
+        self._lock = threading.Lock()
+        self._idle: list[tuple[Session, contextlib.ExitStack]] = []
+        self._closed = False
+
+    def _open(self) -> tuple[Session, contextlib.ExitStack]:
+        stack = contextlib.ExitStack()
+        session = stack.enter_context(connect(self.target, purpose="vacuum", autocommit=True,
+                                              lock_timeout_ms=self.lock_timeout_ms,
+                                              statement_timeout_ms=self.statement_timeout_ms))
+        with self._lock:
+            self.opened += 1
+        return session, stack
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Session]:
+        """A held connection (or a new one: RunbookDBError when the node cannot be reached) for one batch."""
+        with self._lock:
+            held = self._idle.pop() if self._idle else None
+        if held is None:
+            held = self._open()
+        session, stack = held
+        try:
+            yield session
+        finally:
+            with self._lock:
+                keep = not (self._closed or session.conn.broken or session.conn.closed)
+                if keep:
+                    self._idle.append(held)
+            if not keep:
+                stack.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle, self._closed = self._idle, [], True
+        for _, stack in idle:
+            stack.close()
+
+    def __enter__(self) -> VacuumSessions:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @task(name="vacuum-tables", retries=0, cache_policy=NO_CACHE)
@@ -187,35 +254,101 @@ def vacuum_tables(
     lock_timeout_ms: int,
     statement_timeout_ms: int,
     deadline_epoch: float | None = None,
-    one_connection: bool = False,
+    sessions: VacuumSessions | None = None,
     progress: Progress | None = None,
+    log: MaintenanceLogWriter | None = None,
     stop: Any = None,
 ) -> list[VacuumResult]:
-    """VACUUM a batch of tables one after the other; never raises for a database error. Batches keep
-    Prefect's per-task cost off thousands of small tables.
+    """VACUUM a batch of tables one after the other on a held connection; never raises for a database error.
+    One Prefect task run per batch: its cost stays off thousands of small tables.
 
-    Each table gets its own autocommit connection, or with `one_connection` the batch shares one
-    dedicated autocommit connection (a new one after a connection is lost): opening a connection
-    (SCRAM) costs more than vacuuming a small table. Each table's outcome moves the run's `progress` bar.
+    `sessions`: the run's connections per concurrency slot (without it the batch opens and closes its own).
+    Each table's outcome moves the run's `progress` bar; the batch's records are appended to `log` (the
+    maintenance log) when the batch is done.
     """
-    if not one_connection:
-        return [counted(progress, vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms,
-                                             deadline_epoch, stop=stop)) for ref in refs]
-    results: list[VacuumResult] = []
-    with contextlib.ExitStack() as stack:
-        session: Session | None = None
-        for ref in refs:
-            if session is None or session.conn.broken or session.conn.closed:
-                stack.close()
-                try:
-                    session = stack.enter_context(connect(
-                        target, purpose="vacuum", autocommit=True, lock_timeout_ms=lock_timeout_ms,
-                        statement_timeout_ms=statement_timeout_ms))
-                except RunbookDBError:
-                    session = None  # vacuum_one reconnects and reports the error for this table
-            results.append(counted(progress, vacuum_one(target, ref, options, lock_timeout_ms, statement_timeout_ms,
-                                                        deadline_epoch, session=session, stop=stop)))
+    own = sessions is None
+    held = sessions or VacuumSessions(target, lock_timeout_ms, statement_timeout_ms)
+    try:
+        results = vacuum_batch(held, refs, options, deadline_epoch, progress, stop)
+    finally:
+        if own:
+            held.close()
+    if log is not None:
+        log.append([r.log_row() for r in results])
     return results
+
+
+def vacuum_batch(sessions: VacuumSessions, refs: list[RelationRef], options: VacuumOptions,
+                 deadline_epoch: float | None = None, progress: Progress | None = None, stop: Any = None
+                 ) -> list[VacuumResult]:
+    """The batch's tables in order on one leased connection: their statistics read before in one query, one
+    VACUUM statement per table, the figures after in one query. A table that fails is a result; a lost
+    connection is replaced for the next table; `turn_refused` is checked before every table."""
+    results: list[VacuumResult] = []
+    befores: dict[int, TableVacuumState] = {}
+    done: list[tuple[VacuumResult, RelationRef]] = []
+    remaining = list(refs)
+    while remaining:
+        try:
+            with sessions.lease() as s:
+                befores.update({t.oid: t for t in s.fetch_all(
+                    BATCH_STATE_SQL, {"oids": [r.oid for r in remaining]}, TableVacuumState)})
+                # `VACUUM (options) ` rendered once: per table only the identifier is quoted.
+                prefix = sql.SQL(vacuum_prefix(options, s.server_version_num).as_string(s.conn))
+                while remaining:
+                    ref = remaining.pop(0)
+                    result = turn_refused(ref, deadline_epoch, stop) or vacuum_one(
+                        s, ref, befores.get(ref.oid), sql.Composed([prefix, ref.identifier]),
+                        sessions.lock_timeout_ms)
+                    results.append(counted(progress, result))
+                    if result.status == "vacuumed":
+                        done.append((result, ref))
+                    if s.conn.broken or s.conn.closed:
+                        break  # terminated or lost: the next table gets a new connection
+        except RunbookDBError as exc:  # no connection, or lost while reading the statistics: this table fails
+            ref = remaining.pop(0)
+            results.append(counted(progress, turn_refused(ref, deadline_epoch, stop) or unreachable(ref, exc)))
+    afters: dict[int, TableVacuumState] = {}
+    if done:
+        with contextlib.suppress(RunbookDBError):
+            with sessions.lease() as s:
+                afters = read_after(s, {ref.oid: befores[ref.oid] for _, ref in done})
+    for result, ref in done:
+        describe_vacuumed(result, befores[ref.oid], afters.get(ref.oid))
+    return results
+
+
+def turn_refused(ref: RelationRef, deadline_epoch: float | None, stop: Any = None) -> VacuumResult | None:
+    """The check made before each table starts: None to go on, or the result of a table that must not start.
+    `stop.reason()` (tasks.core.exclusion.StopCheck) first: a failover or high-load response of the cluster
+    started, and has priority (the run stops at its next table); then the maintenance window."""
+    if stop is not None and (why := stop.reason()):
+        return VacuumResult(table=ref.qualified, status="skipped-stopped", reason=why,
+                            summary=f"{ref.qualified} not vacuumed: {why}.")
+    if deadline_epoch is not None and time.time() >= deadline_epoch:
+        return VacuumResult(table=ref.qualified, status="skipped-window", reason="maintenance window ended",
+                            summary=f"{ref.qualified} not vacuumed: the maintenance window had ended.")
+    return None
+
+
+def unreachable(ref: RelationRef, exc: RunbookDBError) -> VacuumResult:
+    return VacuumResult(table=ref.qualified, status="failed", started_at=datetime.now(UTC), error=exc.sentence,
+                        summary=f"{ref.qualified} failed: {exc.sentence}")
+
+
+def read_after(s: Session, befores: dict[int, TableVacuumState], timeout_s: float = 3.0) -> dict[int, TableVacuumState]:
+    """The vacuumed tables' statistics after their VACUUM, in one query. Before PG15 the statistics collector
+    applies the counts asynchronously: read again until every table's vacuum count moved (at most
+    `timeout_s`), so dead tuples after are not the old ones."""
+    oids = list(befores)
+    deadline = time.monotonic() + timeout_s
+    wait = not capabilities(s.server_version_num).stats_in_shared_memory
+    while True:
+        after = {t.oid: t for t in s.fetch_all(BATCH_STATE_SQL, {"oids": oids}, TableVacuumState)}
+        moved = all(after[o].vacuum_count > b.vacuum_count for o, b in befores.items() if o in after)
+        if not wait or moved or time.monotonic() >= deadline:
+            return after
+        time.sleep(0.1)
 
 
 def counted(progress: Progress | None, result: VacuumResult) -> VacuumResult:
@@ -225,52 +358,26 @@ def counted(progress: Progress | None, result: VacuumResult) -> VacuumResult:
     return result
 
 
-def vacuum_one(
-    target: ConnectionTarget,
-    ref: RelationRef,
-    options: VacuumOptions,
-    lock_timeout_ms: int,
-    statement_timeout_ms: int,
-    deadline_epoch: float | None = None,
-    session: Session | None = None,
-    stop: Any = None,
-) -> VacuumResult:
-    """VACUUM one table on its own autocommit connection (or on `session`, a dedicated autocommit one);
-    a failure is the result, not an exception. `stop.reason()` (tasks.core.exclusion.StopCheck), asked first,
-    stops the run before this table when a failover or high-load response of the cluster started."""
-    if stop is not None and (why := stop.reason()):
-        return VacuumResult(table=ref.qualified, status="skipped-stopped", reason=why,
-                            summary=f"{ref.qualified} not vacuumed: {why}.")
-    if deadline_epoch is not None and time.time() >= deadline_epoch:
-        return VacuumResult(table=ref.qualified, status="skipped-window", reason="maintenance window ended",
-                            summary=f"{ref.qualified} not vacuumed: the maintenance window had ended.")
+def vacuum_one(s: Session, ref: RelationRef, before: TableVacuumState | None, statement: sql.Composable,
+               lock_timeout_ms: int) -> VacuumResult:
+    """`statement` (this table's VACUUM) on `s` (a dedicated autocommit connection with the run's timeouts);
+    `before`: its statistics read at the start of the batch (None: it no longer exists). A failure is the
+    result, not an exception. The figures after are filled in by `describe_vacuumed` at the end of the batch."""
     started, t0 = datetime.now(UTC), time.monotonic()
     result = VacuumResult(table=ref.qualified, status="failed", started_at=started)
+    if before is None or (before.schema_name, before.table_name) != (ref.schema_name, ref.name):
+        result.error = "the table was dropped, renamed or replaced since it was planned"
+        result.summary = f"{ref.qualified} not vacuumed: {result.error}."
+        return result
+    result.dead_before, result.pages_before = before.n_dead_tup, before.relpages
     notices: list[str] = []
-    try:
-        opened = contextlib.nullcontext(session) if session is not None else connect(
-            target, purpose="vacuum", autocommit=True, lock_timeout_ms=lock_timeout_ms,
-            statement_timeout_ms=statement_timeout_ms)
-        with opened as s:
-            before = s.fetch_one(ONE_TABLE_STATE_SQL, {"oid": ref.oid}, TableVacuumState)
-            if before is None or (before.schema_name, before.table_name) != (ref.schema_name, ref.name):
-                result.error = "the table was dropped, renamed or replaced since it was planned"
-                result.summary = f"{ref.qualified} not vacuumed: {result.error}."
-                return result
-            def on_notice(d) -> None:
-                notices.append(f"{d.sqlstate or ''} {d.message_primary or ''}")
 
-            s.conn.add_notice_handler(on_notice)
-            try:
-                s.execute(vacuum_statement(ref, options, s.server_version_num))
-            finally:
-                s.conn.remove_notice_handler(on_notice)
-            after = s.fetch_one(ONE_TABLE_STATE_SQL, {"oid": ref.oid}, TableVacuumState)
-            if not capabilities(s.server_version_num).stats_in_shared_memory and not notices:
-                after = _wait_for_collector(s, ref, before, after)
-        result.dead_before, result.dead_after = before.n_dead_tup, after.n_dead_tup
-        result.pages_before, result.pages_after = before.relpages, after.relpages
-        result.duration_s = round(time.monotonic() - t0, 3)
+    def on_notice(d) -> None:
+        notices.append(f"{d.sqlstate or ''} {d.message_primary or ''}")
+
+    s.conn.add_notice_handler(on_notice)
+    try:
+        s.execute(statement)
         locked = [n for n in notices if n.startswith("55P03") or "lock not available" in n]
         # PG15 warns "skipping "t" --- only superuser, table owner, or database owner can vacuum it".
         denied = [n for n in notices if n.startswith("42501") or "permission denied" in n
@@ -285,20 +392,29 @@ def vacuum_one(
             result.summary = f"{ref.qualified} skipped: {result.reason}."
         else:
             result.status = "vacuumed"
-            result.summary = (f"{ref.qualified} vacuumed in {result.duration_s:.2f} s: dead tuples "
-                              f"{before.n_dead_tup} → {after.n_dead_tup}, pages {before.relpages} → {after.relpages}.")
-            if before.n_dead_tup >= 1000 and after.n_dead_tup >= 0.5 * before.n_dead_tup:
-                result.reason = ("most dead tuples are still needed: an old snapshot, an idle transaction, a "
-                                 "replication slot's xmin or hot_standby_feedback holds the xmin horizon")
-                result.summary += f" {result.reason[0].upper()}{result.reason[1:]}."
     except LockTimeout as exc:
         result.status, result.reason, result.error = "skipped-locked", "lock_timeout expired", exc.sentence
         result.summary = f"{ref.qualified} skipped: lock not granted within {lock_timeout_ms} ms."
-    except RunbookDBError as exc:
+    except RunbookDBError as exc:  # statement_timeout, an operator's cancel, a terminated connection...
         result.error = exc.sentence
         result.summary = f"{ref.qualified} failed: {exc.sentence}"
     except Exception as exc:  # noqa: BLE001 - one table failing never stops the others
         result.error = f"{type(exc).__name__}: {str(exc)[:300]}"
         result.summary = f"{ref.qualified} failed unexpectedly: {result.error}"
+    finally:
+        with contextlib.suppress(Exception):
+            s.conn.remove_notice_handler(on_notice)
     result.duration_s = round(time.monotonic() - t0, 3)
     return result
+
+
+def describe_vacuumed(result: VacuumResult, before: TableVacuumState, after: TableVacuumState | None) -> None:
+    """A vacuumed table's figures after and its one-sentence summary (after None: they could not be read)."""
+    if after is not None:
+        result.dead_after, result.pages_after = after.n_dead_tup, after.relpages
+    result.summary = (f"{result.table} vacuumed in {result.duration_s:.2f} s: dead tuples "
+                      f"{before.n_dead_tup} → {result.dead_after}, pages {before.relpages} → {result.pages_after}.")
+    if after is not None and before.n_dead_tup >= 1000 and after.n_dead_tup >= 0.5 * before.n_dead_tup:
+        result.reason = ("most dead tuples are still needed: an old snapshot, an idle transaction, a "
+                         "replication slot's xmin or hot_standby_feedback holds the xmin horizon")
+        result.summary += f" {result.reason[0].upper()}{result.reason[1:]}."

@@ -4,6 +4,7 @@ of two clusters are independent. Real Prefect global concurrency limits, a real 
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import threading
 
@@ -109,7 +110,7 @@ def test_the_vacuum_flow_skips_under_a_failover_and_says_so(sandbox, cluster_blo
     params = VacuumParams(tables=tables, log_dir=tempfile.mkdtemp(prefix="pgrb-excl-log-"))
     with exclusive(failover_lock_name("test-sandbox")) as mine:
         assert mine
-        report = vacuum(cluster_block=cluster_block, params=params, if_busy="skip")
+        report = asyncio.run(vacuum(cluster_block=cluster_block, params=params, if_busy="skip"))
     assert report.status == "warning" and report.results == []
     assert report.summary == ("vacuum of test-sandbox skipped: a failover of test-sandbox is running (it has "
                               "priority); nothing was done.")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 from prefect.artifacts import Artifact
 from psycopg import sql
 
-from flows.vacuum import vacuum
+from flows.vacuum import vacuum as vacuum_flow
 from tasks.core.errors import UnknownObject
 from tasks.core.relations import parse_qualified_name
 from tasks.maintenance.maintenance_log import read_maintenance_log
@@ -21,6 +23,11 @@ SCHEMA = "vac_t"
 HOSTILE = 'We"ird; DROP TABLE x; --'
 UNICODE = "Ünïcode Tab"
 LIMITS = FreezeLimits(autovacuum_freeze_max_age=200_000_000, autovacuum_multixact_freeze_max_age=400_000_000)
+
+
+def vacuum(**kwargs):
+    """The vacuum flow (async: see flows/vacuum.py) run to its end from this synchronous test."""
+    return asyncio.run(vacuum_flow(**kwargs))
 
 
 def _stats(box, schema: str, table: str):
@@ -124,6 +131,10 @@ def test_vacuums_what_needs_it_and_nothing_else(sandbox, cluster_block, vac_tabl
     assert f"{len(report.results)} of {len(report.results)} tables" in bar.description
     assert f"finished: {report.count('vacuumed')} vacuumed" in bar.description
     assert report.artifact_key and "**What was done:**" in Artifact.get(report.artifact_key).data
+    import json
+
+    table = json.loads(Artifact.get(f"{report.artifact_key}-log").data)  # the per-table records stay
+    assert sorted(r["table"] for r in table) == sorted(by_table), table
 
 
 def test_hostile_name_vacuums_that_table_only(sandbox, cluster_block, vac_tables, tmp_path):
@@ -307,9 +318,9 @@ def test_bounded_runner_keeps_n_in_flight_and_starts_nothing_after_the_deadline(
     pool.shutdown()
 
 
-def test_one_connection_per_batch_carries_on_after_a_locked_table(sandbox, cluster_block, vac_tables):
+def test_a_batch_on_its_held_connection_carries_on_after_a_locked_table(sandbox, cluster_block, vac_tables):
     from blocks.postgres_cluster import PostgresCluster
-    from tasks.maintenance.vacuum import VacuumOptions, resolve_tables, vacuum_tables
+    from tasks.maintenance.vacuum import VacuumOptions, VacuumSessions, resolve_tables, vacuum_tables
 
     for name in ("Locked", "dirty", UNICODE):
         psql(sandbox, "primary", sql.SQL("DELETE FROM {} WHERE id % 7 = 0").format(sql.Identifier(SCHEMA, name)))
@@ -320,13 +331,17 @@ def test_one_connection_per_batch_carries_on_after_a_locked_table(sandbox, clust
         before = _all_vacuum_counts(sandbox)
         target = PostgresCluster.load(cluster_block).primary_target()
         refs = resolve_tables.fn(target, [f'{SCHEMA}."Locked"', f"{SCHEMA}.dirty", f'{SCHEMA}."{UNICODE}"'])
-        results = vacuum_tables.fn(target, refs, VacuumOptions(), 300, 60_000, None, one_connection=True)
+        with VacuumSessions(target, 300, 60_000) as sessions:
+            results = vacuum_tables.fn(target, refs, VacuumOptions(), 300, 60_000, None, sessions)
+            results += vacuum_tables.fn(target, refs[1:2], VacuumOptions(), 300, 60_000, None, sessions)
     finally:
         holder.rollback()
         holder.close()
-    assert [r.status for r in results] == ["skipped-locked", "vacuumed", "vacuumed"]
+    assert [r.status for r in results] == ["skipped-locked", "vacuumed", "vacuumed", "vacuumed"]
+    assert sessions.opened == 1, "one connection held for the slot, across batches and after the locked table"
     after = _all_vacuum_counts(sandbox)
     assert {t for t in after if after[t] != before.get(t)} == {f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"}
+    assert after[f"{SCHEMA}.dirty"] == before[f"{SCHEMA}.dirty"] + 2
 
 
 def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbox, cluster_block, vac_tables,
@@ -348,3 +363,59 @@ def test_unwritable_maintenance_log_is_reported_alerted_and_fails_the_run(sandbo
     assert report.log_error in report.summary and report.artifact_key
     assert report.notification.ok
     assert any("maintenance log was NOT written" in c.raw for c in slack.calls("chat.postMessage"))
+
+
+def test_a_cancelled_or_terminated_vacuum_fails_that_table_and_the_batch_goes_on(sandbox, cluster_block,
+                                                                               vac_tables):
+    """One batch on one held connection: the first VACUUM (FREEZE) waits for a buffer pin and an operator
+    cancels it (pg_cancel_backend): that table is failed with the reason, the next runs on the same connection;
+    the same table's second VACUUM is terminated (pg_terminate_backend): failed too, and the next table gets a
+    new connection. Ground truth: pg_stat_user_tables.vacuum_count."""
+    import threading
+
+    from blocks.postgres_cluster import PostgresCluster
+    from tasks.maintenance.vacuum import VacuumOptions, VacuumSessions, resolve_tables, vacuum_tables
+    from tests.helpers import wait_for
+
+    pinned = sql.Identifier(SCHEMA, "Pinned")
+    psql(sandbox, "primary", sql.SQL("CREATE TABLE {} (id int) WITH (autovacuum_enabled = off)").format(pinned))
+    psql(sandbox, "primary", sql.SQL("INSERT INTO {} SELECT generate_series(1, 1000)").format(pinned))
+    for name in ("dirty", UNICODE):
+        psql(sandbox, "primary", sql.SQL("DELETE FROM {} WHERE id % 11 = 0").format(sql.Identifier(SCHEMA, name)))
+    wait_horizon(sandbox)  # the rows are older than every xmin horizon: FREEZE must freeze them
+    pinner = psycopg.connect(sandbox.conninfo("primary"))
+    pinner.execute(sql.SQL("DECLARE pin CURSOR FOR SELECT * FROM {}").format(pinned))
+    pinner.execute("FETCH 1 FROM pin")  # holds a pin on the first page: a freezing VACUUM waits for it
+    waiting = ("SELECT pid, query_start FROM pg_stat_activity WHERE wait_event = 'BufferPin' "
+               "AND query LIKE 'VACUUM%%'")
+    stopped: list[str] = []
+
+    def operator():
+        for how in ("pg_cancel_backend", "pg_terminate_backend"):
+            wait_for(lambda: psql(sandbox, "primary", waiting), timeout=30, interval=0.02, what="a VACUUM waiting")
+            pid, started = psql(sandbox, "primary", waiting)[0]
+            psql(sandbox, "primary", sql.SQL("SELECT {}(%s)").format(sql.Identifier(how)), (pid,))
+            stopped.append(how)
+            wait_for(lambda stopped_one=(pid, started): stopped_one not in psql(sandbox, "primary", waiting),
+                     timeout=30, interval=0.02, what="that VACUUM stopped")
+
+    thread = threading.Thread(target=operator)
+    target = PostgresCluster.load(cluster_block).primary_target()
+    names = [f'{SCHEMA}."Pinned"', f"{SCHEMA}.dirty", f'{SCHEMA}."Pinned"', f'{SCHEMA}."{UNICODE}"']
+    before = _all_vacuum_counts(sandbox)
+    thread.start()
+    try:
+        refs = resolve_tables.fn(target, names)
+        with VacuumSessions(target, 2_000, 60_000) as sessions:
+            results = vacuum_tables.fn(target, refs, VacuumOptions(freeze=True), 2_000, 60_000, None, sessions)
+    finally:
+        thread.join(60)
+        pinner.close()
+    after = _all_vacuum_counts(sandbox)
+    psql(sandbox, "primary", sql.SQL("DROP TABLE IF EXISTS {}").format(pinned))
+    assert stopped == ["pg_cancel_backend", "pg_terminate_backend"]
+    assert [r.status for r in results] == ["failed", "vacuumed", "failed", "vacuumed"], results
+    assert "cancel" in results[0].error.lower(), results[0].error
+    assert results[2].error and results[2].summary.startswith(f"{SCHEMA}.Pinned failed"), results[2]
+    assert sessions.opened == 2, "the terminated connection was replaced once, for the table after it"
+    assert {t for t in after if after[t] != before.get(t, 0)} == {f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"}
