@@ -114,7 +114,7 @@ def test_the_vacuum_flow_skips_under_a_failover_and_says_so(sandbox, cluster_blo
     assert report.status == "warning" and report.results == []
     assert report.summary == ("vacuum of test-sandbox skipped: a failover of test-sandbox is running (it has "
                               "priority); nothing was done.")
-    done = vacuum(cluster_block=cluster_block, params=params, if_busy="skip")
+    done = asyncio.run(vacuum(cluster_block=cluster_block, params=params, if_busy="skip"))
     assert {r.status for r in done.results} == {"vacuumed"}, done.summary
     assert done.exclusion == "vacuum took the maintenance lock maintenance-test-sandbox at once."
 

@@ -137,3 +137,14 @@ def test_the_alert_monitor_watches_a_fleet_block_and_cluster_group_still_works(f
     assert sorted(c.block for c in report.clusters) == ["fl-a", "fl-b", "fl-down"]
     assert resolve_clusters(["fl-c"], "fl-d") == ["fl-c", "fl-down"]
     assert resolve_clusters([], "no-such-prefix-") == []  # an empty group: nothing to watch, not an error
+
+
+def test_nightly_vacuum_over_a_fleet_runs_the_async_flow_per_cluster(fleet_blocks):
+    """The vacuum flow is async (flows/vacuum.py): each cluster's child run still runs to its end and reports."""
+    from flows.fleet import fleet
+
+    report = fleet(runbook="vacuum", cluster_blocks=["fl-a", "fl-b"],
+                   parameters={"params": {"dry_run": True}})
+    by = {m.cluster: m for m in report.members}
+    assert set(by) == {"fl-a", "fl-b"}
+    assert all(m.status in ("ok", "warning") and m.flow_run_id for m in by.values()), by
