@@ -126,10 +126,12 @@ def test_parsers():
     assert _redact({"setting": "host=x password=s3cret user=r"})["setting"] == "host=x password=******** user=r"
 
 
-def test_prefect_yaml_deploys_failover_one_at_a_time():
+def test_prefect_yaml_failover_deployment_serializes_per_cluster_not_per_deployment():
     config = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert deployments["failover"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    # no deployment-wide limit: it would cancel another cluster's failover; the run's own per-cluster locks
+    # (global concurrency limit failover-<cluster>, journal flock, advisory lock) keep two of one cluster apart
+    assert "concurrency_limit" not in deployments["failover"]
     assert "schedules" not in deployments["failover"] and "schedules" not in deployments["rejoin"]
     ui = FailoverRequest(**deployments["failover"]["parameters"]["request"])
     assert ui.dry_run is True  # the UI form opens as a dry run: Submit with the defaults shows the plan only
