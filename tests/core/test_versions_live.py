@@ -18,7 +18,7 @@ from tasks.core.db import connect
 from tasks.core.relations import RelationRef, resolve
 from tasks.core.server_capabilities import capabilities
 from tasks.maintenance.indexes import MissingIndexGrant, check_index_grants
-from tasks.maintenance.vacuum import VacuumOptions, vacuum_one
+from tasks.maintenance.vacuum import VacuumOptions, vacuum_tables
 from tasks.report.checkpoints import read_checkpoints
 from tasks.report.io_stats import io_check, io_delta, read_io
 from tasks.report.statements import read_statements
@@ -125,7 +125,7 @@ def _vacuum_as_role(target) -> str:
     """The runbook's own per-table vacuum, as the role without ownership: its status."""
     with connect(target, purpose="test") as s:
         table = resolve(s, "public.kept")
-    return vacuum_one(target, table, VacuumOptions(), 2_000, 60_000, None).status
+    return vacuum_tables.fn(target, [table], VacuumOptions(), 2_000, 60_000)[0].status
 
 
 def test_maintain_grants_reindex_and_vacuum_on_17_and_later_only(sandbox, server, maintainer):
