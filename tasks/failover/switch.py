@@ -11,8 +11,8 @@ Aurora, Neon) is only the switch itself and what it needs just before and after:
 - `settle`: phase 3, the other members follow the new primary (native: we repoint them; Patroni: it does, we wait).
 
 A backend may also plan phase 1 itself (`decide`): Neon has one compute and no standby, which the shared
-planner refuses. Every method runs its steps through `run_step`, so each is journaled and a rerun resumes. The backend is
-chosen from the NodeControl block's configuration (`backend_for`); a flow never branches on it.
+planner refuses. Every method runs its steps through `run_step`, so each is journaled and a rerun resumes. The
+backend is chosen from the NodeControl block's configuration (`backend_for`); a flow never branches on it.
 """
 
 from __future__ import annotations

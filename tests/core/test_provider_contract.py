@@ -1,9 +1,10 @@
 """One contract both managed providers pass (Aurora on moto's server, Neon on the stateful API stand-in), with the
 session sandbox as the cluster's SQL side: scale up (dry run first: the exact request, nothing changed) and read
-the range back from the provider; fail over (Aurora: FailoverDBCluster; Neon: a restart, its only "failover", through
-the failover backend's step, which restarts the sandbox primary as the compute) dry run first, then done and verified
-on the provider (Neon: and a write on a fresh connection to the new compute); metrics sampled; a paused compute is reported paused by the
-health check and the alert monitor without a SQL connection, and checked over SQL only when asked to wake it."""
+the range back from the provider; fail over (Aurora: FailoverDBCluster; Neon: a restart, its only "failover",
+through the failover backend's step, which restarts the sandbox primary as the compute) dry run first, then done
+and verified on the provider (Neon: and a write on a fresh connection to the new compute); metrics sampled; a
+paused compute is reported paused by the health check and the alert monitor without a SQL connection, and checked
+over SQL only when asked to wake it."""
 
 from __future__ import annotations
 
