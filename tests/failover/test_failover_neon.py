@@ -19,6 +19,7 @@ from flows.failover import failover
 from sandbox.blocks import sandbox_cluster_block
 from sandbox.cluster import Sandbox
 from tasks.failover.model import FailoverRefused
+from tasks.failover.switch_neon import restart_loss
 from tests.helpers import failover_request, save_slack_block
 from tests.neon_server import API_KEY
 
@@ -105,3 +106,11 @@ def test_failover_restarts_the_compute(box, compute, neon, journal_dir, fake_sla
         assert conn.execute("SELECT pg_catalog.pg_postmaster_start_time()").fetchone()[0] > before
     assert fake_slack.calls(token="xoxb-neon-failover")
     assert API_KEY not in caplog.text and API_KEY not in report.model_dump_json()
+
+
+def test_data_loss_compares_the_wal_positions():
+    """The restart's data-loss fields: a new compute behind the old one's WAL position is a WARNING with the gap."""
+    assert restart_loss("0/3000148", "0/3000148")["gap_bytes"] == 0
+    behind = restart_loss("0/3000148", "0/3000000")
+    assert behind["gap_bytes"] == 0x148 and behind["sentence"].startswith("WARNING")
+    assert restart_loss(None, "0/3000000")["gap_bytes"] is None
