@@ -54,6 +54,7 @@ class NodeControl(Block):
     kind 'patroni': Patroni manages the nodes; the runbook never stops, starts or promotes them itself and
     switches the primary through Patroni's REST API (`patroni`). kind 'aurora': Aurora fails over its own
     instances (FailoverDBCluster); node names are the DB instance identifiers (docs/providers/aurora.md).
+    kind 'neon': Neon has no standby; a failover restarts the compute endpoint (docs/providers/neon.md).
     """
 
     _block_type_name = "Node Control"
@@ -61,11 +62,14 @@ class NodeControl(Block):
     _description = "How pg-runbooks' failover fences (stops), starts and inspects a PostgreSQL node."
     _documentation_url = "https://github.com/pg-runbooks/pg-runbooks#failover-and-switchover"
 
-    kind: Literal["pg_ctl", "shell", "patroni", "aurora"] = Field(
-        default="pg_ctl", description="Local pg_ctl, shell templates, Patroni (through its REST API), or Aurora "
-        "(FailoverDBCluster through the AuroraCluster block named in aurora_block).")
+    kind: Literal["pg_ctl", "shell", "patroni", "aurora", "neon"] = Field(
+        default="pg_ctl", description="Local pg_ctl, shell templates, Patroni (through its REST API), Aurora "
+        "(FailoverDBCluster through the AuroraCluster block named in aurora_block), or Neon (a restart of the "
+        "compute through the NeonEndpoint block named in neon_block: Neon has no standby to promote).")
     aurora_block: str | None = Field(
         default=None, description="kind 'aurora': the AuroraCluster block; node names are the instance identifiers.")
+    neon_block: str | None = Field(
+        default=None, description="kind 'neon': the NeonEndpoint block; the cluster block's one node is the compute.")
     patroni: PatroniApi | None = Field(
         default=None, description="Patroni's REST API (kind 'patroni'; with another kind, used to detect Patroni).")
     bindir: str = Field(default="/usr/lib/postgresql/15/bin", description="PostgreSQL binaries on the node.")
@@ -108,6 +112,9 @@ class NodeControl(Block):
         elif self.kind == "aurora":
             if not self.aurora_block:
                 raise ValueError("kind 'aurora' needs aurora_block: the name of the AuroraCluster block")
+        elif self.kind == "neon":
+            if not self.neon_block:
+                raise ValueError("kind 'neon' needs neon_block: the name of the NeonEndpoint block")
         elif not self.data_dirs:
             raise ValueError("data_dirs needs the data directory of every node")
         return self

@@ -18,7 +18,7 @@ from tasks.core.publish import artifact_key, publish_markdown
 from tasks.failover import hooks
 from tasks.failover.approval import await_approval
 from tasks.failover.dblock import database_lock
-from tasks.failover.model import FailoverRefused, FailoverReport, FailoverRequest
+from tasks.failover.model import DataLoss, FailoverRefused, FailoverReport, FailoverRequest
 from tasks.failover.phases import failover_phase, post_failover, pre_failover
 from tasks.failover.plan import data_loss, refuse_unconfirmed
 from tasks.failover.report import endpoint_actions, endpoint_sentence, render_markdown, write_availability
@@ -72,6 +72,8 @@ def finish(ctx: RunContext, status: str) -> FailoverReport:
     journal, plan = ctx.journal, ctx.journal.plan
     facts = journal.facts
     loss = data_loss(plan.mode, facts.get("old_wal_end"), facts.get("promoted_at") or facts.get("switch_lsn"))
+    if facts.get("data_loss"):  # a backend with no promotion (Neon's restart) says what it could lose
+        loss = DataLoss(**facts["data_loss"])
     if status == "dry_run" and plan.resumed:
         summary = (f"{plan.cluster}: dry run — would resume run {plan.resumed_from_run} ({plan.mode} "
                    f"{plan.old_primary} → {plan.candidate}) after its step {plan.resume_after}, from step "

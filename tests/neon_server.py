@@ -1,7 +1,8 @@
 """A small stateful stand-in for the Neon API v2 (the paths and fields pg-runbooks uses): projects with compute
 endpoints, operations that stay `running` for `polls_to_finish` GETs before `finished`, 423 (another operation in
 progress) and 429 (rate limit, with Retry-After) injected on demand, every request recorded (method, path, JSON
-body, Authorization header). It binds port 0 on 127.0.0.1."""
+body, Authorization header); `on_restart` plays what Neon does to the compute on a restart (the failover tests
+restart a sandbox PostgreSQL). It binds port 0 on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import itertools
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +25,7 @@ class NeonStandIn:
     operations: dict[str, dict] = field(default_factory=dict)
     inject: list[int] = field(default_factory=list)  # statuses answered to the next requests, in order
     requests: list[dict] = field(default_factory=list)
+    on_restart: Callable[[], None] | None = None  # what Neon does to the compute on a restart (run in a thread)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
@@ -78,6 +81,8 @@ class NeonStandIn:
             if method == "POST" and restart:
                 ep["current_state"] = "active"
                 ops = [self._operation(project, eid, "suspend_compute"), self._operation(project, eid, "start_compute")]
+                if self.on_restart is not None:
+                    threading.Thread(target=self.on_restart, daemon=True).start()
                 return 200, {"endpoint": dict(ep), "operations": ops}, {}
             return 405, {"message": "method not allowed"}, {}
 

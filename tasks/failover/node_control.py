@@ -74,6 +74,9 @@ def data_dir(control: NodeControl, node: str) -> str:
     if control.kind == "aurora":
         raise NodeControlError(f"refusing to run a native command on {node}: the NodeControl block configures the "
                                "Aurora backend; Aurora alone stops, starts and promotes its instances")
+    if control.kind == "neon":
+        raise NodeControlError(f"refusing to run a native command on {node}: the NodeControl block configures the "
+                               "Neon backend; Neon alone starts and stops its compute (a restart through its API)")
     try:
         return control.data_dirs[node]
     except KeyError:

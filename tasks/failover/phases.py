@@ -64,9 +64,12 @@ def pre_failover(run_key: str) -> FailoverPlan:
         endpoint, endpoint_error = read_endpoint.fn(ctx.endpoint), None
     except Exception as exc:  # noqa: BLE001 - an unusable endpoint is a refusal reason
         endpoint, endpoint_error = {}, str(exc)
-    plan = resume_plan(ctx, states, endpoint_error) or decide(ctx.request, ctx.cluster, states, endpoint_error,
-                                                              ctx.endpoint.kind)
-    plan = backend_for(ctx.node_control).preflight(ctx, plan, states)
+    backend = backend_for(ctx.node_control)
+    own = getattr(backend, "decide", None)  # a backend with no standby to promote (Neon) plans on its own
+    plan = resume_plan(ctx, states, endpoint_error) or (
+        own(ctx, states, endpoint_error) if own else decide(ctx.request, ctx.cluster, states, endpoint_error,
+                                                             ctx.endpoint.kind))
+    plan = backend.preflight(ctx, plan, states)
     start_journal(ctx, plan)
     backup = {"states": {k: v.model_dump() for k, v in states.items()}, "endpoint": endpoint,
               "switch_backend": ctx.backend_view,

@@ -2,7 +2,7 @@
 
 Phase 2 of the failover holds the clients, lets the backend switch the primary, verifies the promotion on a
 fresh SQL connection, repoints and releases the clients. What differs between backends (native pg_ctl, Patroni,
-Aurora) is only the switch itself and what it needs just before and after:
+Aurora, Neon) is only the switch itself and what it needs just before and after:
 
 - `preflight`: phase 1's checks of the backend's own view (refusals) and the steps it will take;
 - `before_hold`: work on the old primary while it still serves (the native path CHECKPOINTs it);
@@ -10,8 +10,9 @@ Aurora) is only the switch itself and what it needs just before and after:
 - `after_verify`: what is read once the new primary writes (the native path reads a crashed primary's WAL end);
 - `settle`: phase 3, the other members follow the new primary (native: we repoint them; Patroni: it does, we wait).
 
-Every method runs its steps through `run_step`, so each is journaled and a rerun resumes. The backend is
-chosen from the NodeControl block's configuration (`backend_for`); a flow never branches on it.
+A backend may also plan phase 1 itself (`decide`): Neon has one compute and no standby, which the shared
+planner refuses. Every method runs its steps through `run_step`, so each is journaled and a rerun resumes. The
+backend is chosen from the NodeControl block's configuration (`backend_for`); a flow never branches on it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from blocks.aurora import AuroraCluster
 from blocks.failover_adapters import NodeControl
+from blocks.neon import NeonEndpoint
 from tasks.failover.model import FailoverPlan, FailoverRefused, NodeState
 from tasks.failover.switch_aurora import AuroraSwitch
 from tasks.failover.switch_native import NativeSwitch
+from tasks.failover.switch_neon import NeonSwitch
 from tasks.failover.switch_patroni import PatroniSwitch
 
 if TYPE_CHECKING:
@@ -60,4 +63,9 @@ def backend_for(control: NodeControl) -> SwitchBackend:
             return AuroraSwitch(AuroraCluster.load(control.aurora_block))
         except ValueError as exc:
             raise FailoverRefused([f"cannot load the AuroraCluster block {control.aurora_block!r}: {exc}"]) from None
+    if control.kind == "neon" and control.neon_block:
+        try:
+            return NeonSwitch(NeonEndpoint.load(control.neon_block))
+        except ValueError as exc:
+            raise FailoverRefused([f"cannot load the NeonEndpoint block {control.neon_block!r}: {exc}"]) from None
     return NativeSwitch()

@@ -226,8 +226,27 @@ class AuroraSwitch:
             ctx.journal.facts.setdefault("followers", {})[node] = result["status"]
             if node == plan.old_primary:
                 ctx.journal.facts["old_primary_note"] = (
-                    f"{node} is a reader (Aurora)" if result["status"] == "streaming" else
-                    f"{node} is NOT a reader yet (check the RDS console)")
+                    f"{node} is a reader (Aurora); {stale_dns_sentence(ctx.journal.facts)}"
+                    if result["status"] == "streaming" else f"{node} is NOT a reader yet (check the RDS console)")
+
+
+def stale_dns_sentence(facts: dict) -> str:
+    """The SQLSTATE 25006 window as far as the run can see it: when the old writer stopped taking writes and when a
+    fresh lookup of the writer endpoint reached the new writer. How long a client that cached the endpoint's address
+    keeps getting 25006 from the old writer (now a reader) is its DNS cache's lifetime, which no server sees."""
+    failover = facts.get("aurora_failover") or {}
+    moved = failover.get("writer_endpoint_writable_after_s")
+    demoted = facts.get("old_writer_read_only_after_s")
+    seen = []
+    if moved is not None:
+        seen.append(f"a fresh lookup of the writer endpoint reached the new writer {moved:.1f} s after Aurora "
+                    "reported the failover done")
+    if demoted is not None:
+        seen.append(f"the old writer refused writes {demoted:.1f} s after that")
+    return ((", ".join(seen) + "; " if seen else "") +
+            "a client that cached the writer endpoint's address gets SQLSTATE 25006 (read-only) from the old writer "
+            "until its DNS cache expires: up to the endpoint's 5 s TTL after the move if it honours the TTL, until "
+            "reconnect otherwise (JVM: networkaddress.cache.ttl)")
 
 
 def _view(cluster: dict) -> dict:

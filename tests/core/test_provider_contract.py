@@ -1,8 +1,10 @@
 """One contract both managed providers pass (Aurora on moto's server, Neon on the stateful API stand-in), with the
 session sandbox as the cluster's SQL side: scale up (dry run first: the exact request, nothing changed) and read
-the range back from the provider; fail over (Aurora: FailoverDBCluster; Neon: a restart, its only "failover") dry
-run first, then done and verified on the provider; metrics sampled; a paused compute is reported paused by the
-health check and the alert monitor without a SQL connection, and checked over SQL only when asked to wake it."""
+the range back from the provider; fail over (Aurora: FailoverDBCluster; Neon: a restart, its only "failover",
+through the failover backend's step, which restarts the sandbox primary as the compute) dry run first, then done
+and verified on the provider (Neon: and a write on a fresh connection to the new compute); metrics sampled; a
+paused compute is reported paused by the health check and the alert monitor without a SQL connection, and checked
+over SQL only when asked to wake it."""
 
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ from tasks.alerts.metrics import sample_within
 from tasks.core import aurora, neon
 from tasks.core.host_metrics import read_source
 from tasks.core.provider_state import load_provider, read_state
+from tasks.failover.steps import write_then_read
+from tasks.failover.switch_neon import neon_restart
+from tests.helpers import ensure_healthy
 from tests.neon_server import API_KEY
 
 _ids = itertools.count(1)
@@ -63,8 +68,9 @@ class Aurora:
 class Neon:
     slug = "neon-endpoint"
 
-    def __init__(self, server):
-        self.server = server
+    def __init__(self, server, sandbox):
+        self.server, self.sandbox = server, sandbox
+        self.compute = sandbox_cluster_block(sandbox).target("primary")
 
     def seed(self, paused: bool = False) -> str:
         self.project, self.eid = f"proj-c{next(_ids)}", f"ep-c{next(_ids)}"
@@ -82,12 +88,26 @@ class Neon:
         return float(neon.NeonApi(block).endpoint()["autoscaling_limit_max_cu"])
 
     def fail_over(self, block, dry_run) -> str:
-        done = neon.restart(neon.NeonApi(block), dry_run)
-        self.restart_ops = done["operations"]
-        return done["request"]
+        """The failover backend's step (tasks/failover/switch_neon.py): POST .../restart, wait for the operations,
+        then for a new compute out of recovery. The stand-in's restart restarts the sandbox primary (the compute)."""
+        if dry_run:
+            self.restarted = None
+            return neon.restart(neon.NeonApi(block), dry_run=True)["request"]
+        self.server.on_restart = lambda: (self.sandbox.stop_node("primary"), self.sandbox.start_node("primary"))
+        try:
+            self.restarted = neon_restart.fn(block, self.compute)
+        finally:
+            self.server.on_restart = None
+            ensure_healthy(self.sandbox)
+        return self.restarted["request"]
 
     def failed_over(self, block) -> bool:
-        return [o.split()[0] for o in self.restart_ops] == ["suspend_compute", "start_compute"]
+        """Verified like the runbook's phase 2: the operations finished, a new compute, a write commits on a fresh
+        connection."""
+        if not self.restarted:
+            return False
+        ops = [o.split()[0] for o in self.restarted["operations"]]
+        return ops == ["suspend_compute", "start_compute"] and bool(write_then_read(self.compute, "contract")["xid"])
 
     def metrics(self, block, prefect_api):
         pytest.skip("Neon's API v2 publishes no CPU or capacity series per endpoint: the report and the monitor "
@@ -95,8 +115,8 @@ class Neon:
 
 
 @pytest.fixture(params=["aurora", "neon"])
-def provider(request, moto, neon, prefect_api):
-    return Aurora(moto) if request.param == "aurora" else Neon(neon)
+def provider(request, moto, neon, sandbox, prefect_api):
+    return Aurora(moto) if request.param == "aurora" else Neon(neon, sandbox)
 
 
 def test_scale_up_dry_run_first_and_read_back(provider):

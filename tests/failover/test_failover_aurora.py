@@ -120,6 +120,9 @@ def test_switchover_through_aurora(box, moto, cluster_id, journal_dir, caplog):
     assert endpoint in done["aurora-failover"].detail
     assert "verify-promotion" in done and "await-old-demoted" in done
     assert report.followers == {"primary": "streaming"}
+    # the 25006 window as far as a server can see it: both measured moments, and the client's DNS cache named
+    assert "a fresh lookup of the writer endpoint reached the new writer" in report.summary
+    assert "the old writer refused writes" in report.summary and "SQLSTATE 25006" in report.summary
     with box.connect("replica") as conn:
         assert conn.execute("SELECT count(*) FROM public.aurora_writes").fetchone()[0] == 100
     assert SECRET_KEY not in caplog.text and SECRET_KEY not in report.model_dump_json()
