@@ -14,12 +14,16 @@ OURS = {"performance-report": "params", "troubleshoot-connections": "rules", "tr
 
 def test_deployments_have_schedules_and_forms():
     deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
-    assert deployments["performance-report"]["schedules"] == [{"cron": "0 6 * * *", "timezone": "UTC"}]
+    daily = deployments["performance-report-daily"]  # over the fleet, daily; on demand: one cluster, no schedule
+    assert daily["schedules"] == [{"cron": "0 6 * * *", "timezone": "UTC"}]
+    assert daily["entrypoint"] == "flows/fleet.py:fleet" and daily["parameters"]["runbook"] == "performance-report"
+    assert "schedules" not in deployments["performance-report"]
     for kind in ("connections", "performance"):  # on demand, and daily before the report (a day since the last)
         assert "schedules" not in deployments[f"troubleshoot-{kind}"]
-        daily, on_demand = deployments[f"troubleshoot-{kind}-daily"], deployments[f"troubleshoot-{kind}"]
+        daily = deployments[f"troubleshoot-{kind}-daily"]
         assert daily["schedules"] == [{"cron": "45 5 * * *", "timezone": "UTC"}]
-        assert daily["entrypoint"] == on_demand["entrypoint"]
+        assert daily["entrypoint"] == "flows/fleet.py:fleet"
+        assert daily["parameters"]["runbook"] == f"troubleshoot-{kind}"
     for name, model_param in OURS.items():
         flow = load_flow_from_entrypoint(str(ROOT / deployments[name]["entrypoint"]))
         validated = flow.validate_parameters(deployments[name].get("parameters", {}))
