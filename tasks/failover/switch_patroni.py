@@ -320,9 +320,14 @@ class PatroniSwitch:
 
     def before_hold(self, ctx: RunContext, plan: FailoverPlan, promoted: bool) -> None:
         """Switchover: CHECKPOINT the leader while it still serves, as the native path does. Patroni CHECKPOINTs
-        again before it stops it, but that one (inside the clients' hold) then has little left to write."""
+        again before it stops it, but that one (inside the clients' hold) then has little left to write. Then warm
+        the candidate's REST API (read only)."""
         if any(s.step == "checkpoint" for s in plan.steps):
             NativeSwitch().before_hold(ctx, plan, promoted)
+        if not promoted:  # the leader's Patroni asks the candidate's GET /patroni twice inside the hold; the first
+            # such request after the candidate's start opens its REST API's database session: open it now
+            with contextlib.suppress(api.PatroniUnreachable):
+                api.call(self.patroni, plan.candidate, "GET", "/patroni")
 
     def switch(self, ctx: RunContext, plan: FailoverPlan, candidate: NodeState) -> dict:
         if candidate.reachable and candidate.in_recovery is False:
