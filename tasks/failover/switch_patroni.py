@@ -327,7 +327,7 @@ class PatroniSwitch:
         if not promoted:  # the leader's Patroni asks the candidate's GET /patroni twice inside the hold; the first
             # such request after the candidate's start opens its REST API's database session: open it now
             with contextlib.suppress(api.PatroniUnreachable):
-                api.call(self.patroni, plan.candidate, "GET", "/patroni")
+                api.call(self.patroni, plan.candidate, "GET", "/patroni", timeout=1.0)  # a hung one: 1 s at most
 
     def switch(self, ctx: RunContext, plan: FailoverPlan, candidate: NodeState) -> dict:
         if candidate.reachable and candidate.in_recovery is False:
