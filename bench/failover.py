@@ -20,8 +20,10 @@ RESUME: what the runbook did before it lifted server_login_retry) on the default
 patroni: our native switchover (sandbox) vs our switchover delegated to a real Patroni (pgbouncer PAUSE/RESUME)
 vs Patroni's bare REST call with libpq multi-host clients (target_session_attrs=read-write), same writer: longest
 write gap, client errors, acknowledged rows lost, call → first write after the gap. Reference: the bare call.
+With --timeline, each delegated run is also printed as a timeline (ms from the writer's last write before the
+gap): our phase-2 steps, Patroni's and PostgreSQL's log lines of both nodes, pgbouncer's PAUSE/RELOAD/RESUME.
 
-    ./run bench failover [--runs 5] [--no-patroni] [--scenario crash|patroni]
+    ./run bench failover [--runs 5] [--no-patroni] [--scenario crash|patroni [--timeline]]
 """
 
 from __future__ import annotations
@@ -317,8 +319,38 @@ def measure_patroni(patroni, switch, connect) -> dict:
     gap, first = max(gaps, default=(0.0, started))
     with patroni.connect(new) as conn:
         have = {r[0] for r in conn.execute("SELECT n FROM public.bench_writes WHERE n > %s", (writer.base,))}
+    wall = time.time() - time.perf_counter()
     return {"pause_s": gap, "first_write_s": first - started, "errors": writer.errors,
-            "lost": len({n for n, _ in writer.acked} - have), "total_s": total, "acked": len(writer.acked)}
+            "lost": len({n for n, _ in writer.acked} - have), "total_s": total, "acked": len(writer.acked),
+            "gap_wall": (first - gap + wall, first + wall)}
+
+
+TIMELINE_LOG = ("INFO", "LOG:", "PAUSE", "RESUME", "RELOAD")
+
+
+def print_timeline(patroni, report, gap_wall: tuple[float, float]) -> None:
+    """One delegated run as a timeline, ms from the writer's last write before the gap: our phase-2 steps (start,
+    end), every log line of Patroni, PostgreSQL (both nodes) and pgbouncer from 0.1 s before to 0.3 s after."""
+    import re
+    from datetime import datetime
+
+    start, end = gap_wall
+    events = [(start, "writer: last write before the gap"), (end, f"writer: first write after ({end - start:.3f} s)")]
+    for s in report.steps:
+        if s.phase == 2 and s.duration_ms is not None:
+            done = s.at.timestamp()
+            events += [(done - s.duration_ms / 1000, f"ours: {s.step} starts"), (done, f"ours: {s.step} ends")]
+    stamp = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[.,]\d{3})")
+    for log in [*(patroni.base / f"{n}.log" for n in patroni.names), *patroni.base.rglob("pgbouncer.log")]:
+        for line in log.read_text(errors="replace").splitlines():
+            m = stamp.match(line)
+            if not m or not any(k in line for k in TIMELINE_LOG):
+                continue
+            at = datetime.strptime(m.group(1).replace(",", "."), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            if start - 0.1 <= at <= end + 0.3:
+                events.append((at, f"{log.stem}: {line[m.end():].strip()[:140]}"))
+    for at, what in sorted(events):
+        print(f"  {(at - start) * 1000:7.0f} ms  {what}")
 
 
 def patroni_rest_switchover(patroni, old: str, new: str) -> None:
@@ -367,7 +399,7 @@ def patroni_reference(runs: int) -> list[float] | None:
     return totals
 
 
-def patroni_main(runs: int) -> None:
+def patroni_main(runs: int, timeline: bool = False) -> None:
     """Native switchover (sandbox, flow) vs the flow delegated to Patroni vs Patroni's bare REST call with libpq
     multi-host clients, each under the same writer."""
     from prefect.testing.utilities import prefect_test_harness
@@ -381,6 +413,7 @@ def patroni_main(runs: int) -> None:
     journal = tempfile.mkdtemp(prefix="pgrb-bench-journal-")
     results: dict[str, list[dict]] = {"native flow": [], "Patroni flow": [], "Patroni bare REST": []}
     step_ms: dict[str, list[float]] = {}
+    reports: list = []
     try:
         box.start()
         patroni.start()
@@ -409,6 +442,7 @@ def patroni_main(runs: int) -> None:
                     if s.phase == 2 and s.status == "done":
                         step_ms.setdefault(s.step, []).append(s.duration_ms)
                 step_ms.setdefault("clients held (PAUSE..RESUME)", []).append(report.write_pause_ms)
+                reports.append(report)
 
             def bare(old, new):
                 patroni_rest_switchover(patroni, old, new)
@@ -424,6 +458,9 @@ def patroni_main(runs: int) -> None:
                     if fn is delegated:  # the bare call left pgbouncer on the old leader: start where the runbook would
                         repoint(patroni.endpoint_block(), "127.0.0.1", patroni.pg_ports[patroni.leader()])
                     results[kind].append(measure_patroni(patroni, fn, connect))
+                    if timeline and fn is delegated:
+                        print(f"run {i + 1} Patroni flow, timeline:")
+                        print_timeline(patroni, reports[-1], results[kind][-1]["gap_wall"])
                 for kind in results:
                     r = results[kind][-1]
                     print(f"run {i + 1} {kind}: gap {r['pause_s'] * 1000:.0f} ms, errors {r['errors']}, lost "
@@ -448,6 +485,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", choices=["switchover", "crash", "patroni"], default="switchover")
+    parser.add_argument("--timeline", action="store_true", help="patroni: print each delegated run as a timeline")
     parser.add_argument("--no-patroni", action="store_true",
                         help="switchover: skip Patroni's REST call; compare with PATRONI_REST_SWITCHOVER_S")
     args = parser.parse_args()
@@ -455,7 +493,7 @@ def main() -> None:
         crash_main(args.runs)
         return
     if args.scenario == "patroni":
-        patroni_main(args.runs)
+        patroni_main(args.runs, args.timeline)
         return
     from prefect.testing.utilities import prefect_test_harness
 

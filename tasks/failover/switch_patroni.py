@@ -110,11 +110,6 @@ def plan_steps(plan: FailoverPlan, members: list[str]) -> list[PlannedStep]:
     return steps
 
 
-def leads(view: dict, node: str) -> bool:
-    m = api.member(view, node)
-    return bool(m and m.get("role") == "leader" and m.get("state") == "running")
-
-
 def holds_lock(patroni: PatroniApi, node: str) -> bool:
     """Does GET /cluster show `node` holding the leader lock (whatever its state says yet)?"""
     try:
@@ -195,22 +190,19 @@ def patroni_switch(patroni: PatroniApi, mode: str, old: str, cand: ConnectionTar
     beside the candidate: 412 or another refusal as soon as it comes; otherwise done as soon as the candidate
     leads and writes, with or without the answer (a 503, or no answer, only means Patroni stopped waiting)."""
     deadline, candidate = time.monotonic() + timeout_s, cand.node
-    _, answer = api.first_answer(patroni, "/cluster", prefer=[candidate, old])
-    view = answer.body if isinstance(answer.body, dict) else {}
+    # no GET /cluster or SQL check first: phase 2 read the candidate (out of recovery = already switched, skipped)
+    # just before the hold, and every ms here is a ms the held clients wait; the POST goes out at once
+    if mode == "switchover":  # phase 1 checked that the leader is alive and is the old primary
+        # asked of the leader's Patroni: it wakes its HA loop at once (asked of another, the leader acts only at
+        # its next loop, up to loop_wait later, while the clients wait); the candidate's when it refuses
+        path, body, order = "/switchover", {"leader": old, "candidate": candidate}, [old, candidate]
+    else:  # the leader is gone (Patroni may still list it 'running' until its ttl): the candidate's Patroni
+        path, body, order = "/failover", {"candidate": candidate}, [candidate]
+    call = f"POST {path} {body}"
+    posted = _Background(post_switch, patroni, order, path, body, deadline)
     writable = _Writable(cand)
     try:
-        if leads(view, candidate) and writable():
-            return {"call": None, "status": None, "answer": None, "detail": f"{candidate} already leads (Patroni)"}
-        leader = api.leader_of(view)
-        if mode == "switchover":  # phase 1 checked that the leader is alive and is the old primary
-            # asked of the leader's Patroni: it wakes its HA loop at once (asked of another, the leader acts only at
-            # its next loop, up to loop_wait later, while the clients wait); the candidate's when it refuses
-            path, body, order = "/switchover", {"leader": old, "candidate": candidate}, [old, candidate]
-        else:  # the leader is gone (Patroni may still list it 'running' until its ttl): the candidate's Patroni
-            path, body, order = "/failover", {"candidate": candidate}, [candidate]
-        call = f"POST {path} {body}"
-        posted = _Background(post_switch, patroni, order, path, body, deadline)
-        status, text = _await_switch(patroni, posted, writable, call, candidate, leader, deadline, timeout_s)
+        status, text = _await_switch(patroni, posted, writable, call, candidate, deadline, timeout_s)
     finally:
         writable.close()
     how = {200: "done", 503: "switch status unknown, then GET /cluster and SQL showed it"}.get(
@@ -220,11 +212,16 @@ def patroni_switch(patroni: PatroniApi, mode: str, old: str, cand: ConnectionTar
                       "leads and writes"}
 
 
-def _await_switch(patroni: PatroniApi, posted, writable: _Writable, call: str, candidate: str, leader: str | None,
-                  deadline: float, timeout_s: float) -> tuple[int | None, str | None]:
-    """Poll until the candidate writes and holds the leader lock; Patroni's answer as soon as it comes (a refusal
-    raises). (status, text) of the answer, (None, None) when it had not come yet."""
+def _await_switch(patroni: PatroniApi, posted, writable: _Writable, call: str, candidate: str, deadline: float,
+                  timeout_s: float) -> tuple[int | None, str | None]:
+    """Poll (every 5 ms: the clients wait for it) until the candidate writes and holds the leader lock; Patroni's
+    answer as soon as it comes (a refusal raises, naming the leader GET /cluster shows then). (status, text) of the
+    answer, (None, None) when it had not come yet."""
     status = text = None
+
+    def leader() -> str:
+        return api.leader_of(_cluster(patroni)) or "no node"
+
     while True:
         if status is None and posted.done():
             try:
@@ -232,13 +229,13 @@ def _await_switch(patroni: PatroniApi, posted, writable: _Writable, call: str, c
             except api.PatroniUnreachable as exc:
                 if exc.refused:
                     raise FailoverStepFailed(f"no Patroni REST API took {call} ({exc}): {NOTHING_CHANGED}, "
-                                             f"{leader or 'no node'} still leads; check Patroni and rerun") from None
+                                             f"{leader()} still leads; check Patroni and rerun") from None
                 status, text = 0, f"no answer ({exc}): outcome unknown"
             else:
                 status, text = answer.status, answer.text
                 if status == 412:
                     raise PatroniRefusedSwitch(f"Patroni refused {call} (412: {text}): {NOTHING_CHANGED}, "
-                                               f"{leader or 'no node'} still leads; fix what Patroni names and rerun")
+                                               f"{leader()} still leads; fix what Patroni names and rerun")
                 if status not in (200, 503):
                     raise FailoverStepFailed(f"Patroni ({node}) answered {status} to {call}: {text}")
         if writable() and holds_lock(patroni, candidate):
@@ -249,7 +246,7 @@ def _await_switch(patroni: PatroniApi, posted, writable: _Writable, call: str, c
                                      f"({text}), and {candidate} did not lead and accept writes within "
                                      f"{timeout_s:.0f} s (Patroni's leader now: {now or 'none'}); check patronictl "
                                      "list before rerunning")
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
 def _cluster(patroni: PatroniApi) -> dict:
@@ -323,9 +320,14 @@ class PatroniSwitch:
 
     def before_hold(self, ctx: RunContext, plan: FailoverPlan, promoted: bool) -> None:
         """Switchover: CHECKPOINT the leader while it still serves, as the native path does. Patroni CHECKPOINTs
-        again before it stops it, but that one (inside the clients' hold) then has little left to write."""
+        again before it stops it, but that one (inside the clients' hold) then has little left to write. Then warm
+        the candidate's REST API (read only)."""
         if any(s.step == "checkpoint" for s in plan.steps):
             NativeSwitch().before_hold(ctx, plan, promoted)
+        if not promoted:  # the leader's Patroni asks the candidate's GET /patroni twice inside the hold; the first
+            # such request after the candidate's start opens its REST API's database session: open it now
+            with contextlib.suppress(api.PatroniUnreachable):
+                api.call(self.patroni, plan.candidate, "GET", "/patroni", timeout=1.0)  # a hung one: 1 s at most
 
     def switch(self, ctx: RunContext, plan: FailoverPlan, candidate: NodeState) -> dict:
         if candidate.reachable and candidate.in_recovery is False:
