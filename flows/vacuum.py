@@ -113,9 +113,9 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
 
 def vacuum_candidates(report: VacuumReport, target, candidates: list, params: VacuumParams,
                       deadline: float | None, stop: StopCheck) -> Progress | None:
-    """N batches at a time on the run's held connections (one batch per connection slot), the progress card
-    moving per table, each batch's records appended to the maintenance log as it ends; tables the window or a
-    priority run stopped are said. Returns the progress card, its last state on its way (join it)."""
+    """N batches at a time on the run's held connections, the progress card moving per table, each batch's
+    records appended to the maintenance log as it ends; tables the window or a priority run stopped are said.
+    Returns the progress card, its last state on its way (join it once the report is published)."""
     log = MaintenanceLogWriter("vacuum", report.cluster, str(runtime.flow_run.id), params.log_dir)
     with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
                         f"Vacuum of {report.cluster}", "tables") as bar, \

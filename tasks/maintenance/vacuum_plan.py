@@ -43,7 +43,7 @@ class VacuumParams(BaseModel):
     max_tables: int = Field(default=500, ge=1, le=100_000, description="At most this many tables per run.")
     concurrency: int = Field(default=2, ge=1, le=32,
                              description="Tables vacuumed at the same time: one connection each, held for the run.")
-    batch_tables: int = Field(default=500, ge=1, le=1000,
+    batch_tables: int = Field(default=100, ge=1, le=1000,
                               description="Small tables vacuumed one after another in one task on the slot's held "
                                           "connection; a table over 256 MB always runs alone.")
     window_minutes: float | None = Field(
@@ -239,11 +239,10 @@ def window_skipped(ref: RelationRef) -> VacuumResult:
 
 def batches(candidates: list[Candidate], max_tables: int = 100, concurrency: int = 2,
             max_bytes: int = 256 * 1024 * 1024) -> list[list[RelationRef]]:
-    """Consecutive candidates grouped while small (a big table is a batch of its own, and no batch holds more
-    than `max_bytes`), in order; one batch per connection slot when they fit `max_tables`: each task run costs
-    Prefect's API round trips on the slot's path (two per slot cost 0.1-0.2 s more a run on a loaded machine),
-    and the size cap keeps the lanes from drifting far apart."""
-    max_tables = max(1, min(max_tables, math.ceil(len(candidates) / concurrency)))
+    """Consecutive candidates grouped while small (a big table is a batch of its own), in order;
+    batches small enough that every lane gets two (a lane that finishes early takes the next), few enough
+    that Prefect's cost per task run stays small."""
+    max_tables = max(1, min(max_tables, math.ceil(len(candidates) / (concurrency * 2))))
     out: list[list[RelationRef]] = []
     size = 0
     for c in candidates:
