@@ -15,6 +15,7 @@ use `asyncio.run(vacuum(...))`. Large task inputs (a batch's tables, a thousand 
 `quote`d: Prefect would otherwise walk every item looking for futures (over a second for 1,000 rows).
 """
 
+import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -25,7 +26,7 @@ from prefect.utilities.annotations import quote
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.bounded import run_bounded
 from tasks.core.exclusion import OnBusy, StopCheck, maintenance_turn
-from tasks.core.progress import finish, track_progress
+from tasks.core.progress import Progress, track_progress
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
 from tasks.maintenance import vacuum_plan as plan
 from tasks.maintenance.maintenance_log import MaintenanceLogFailed, MaintenanceLogWriter
@@ -73,22 +74,21 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
     report = VacuumReport(cluster=cluster.cluster_name, started_at=datetime.now(UTC), dry_run=params.dry_run)
     deadline = time.time() + params.window_minutes * 60 if params.window_minutes else None
 
-    states, limits = read_vacuum_candidates(target)
-    if params.tables:
-        refs = resolve_tables(target, params.tables)  # UnknownObject before anything is vacuumed
-        candidates = plan.requested_candidates(refs, states)
-    else:
-        candidates = plan.select_candidates(states, params, limits)
-    report.planned = [c.table for c in candidates]
-
-    turn = None
-    if params.dry_run:
-        report.results = [plan.planned_result(c) for c in candidates]
-    else:
-        with maintenance_turn(report.cluster, "vacuum", if_busy, busy_wait_minutes * 60) as turn:
-            report.exclusion, stop = turn.sentence, StopCheck(report.cluster)
-            if turn.held:
-                vacuum_candidates(report, target, candidates, params, deadline, stop)
+    refs = resolve_tables(target, params.tables) if params.tables else None  # UnknownObject before anything
+    read = read_vacuum_candidates.submit(target)  # the catalog read runs while the maintenance lock is taken
+    turn = bar = None
+    with contextlib.ExitStack() as held:
+        if not params.dry_run:
+            turn = held.enter_context(maintenance_turn(report.cluster, "vacuum", if_busy, busy_wait_minutes * 60))
+            report.exclusion = turn.sentence
+        states, limits = read.result()
+        candidates = (plan.requested_candidates(refs, states) if refs is not None
+                      else plan.select_candidates(states, params, limits))
+        report.planned = [c.table for c in candidates]
+        if params.dry_run:
+            report.results = [plan.planned_result(c) for c in candidates]
+        elif turn.held:
+            bar = vacuum_candidates(report, target, candidates, params, deadline, StopCheck(report.cluster))
 
     rows = plan.log_rows(report.results)
     plan.finish_report(report)
@@ -98,8 +98,10 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
     key = artifact_key("vacuum", report.cluster)
     published = [publish_table.submit(f"{key}-log", quote(rows), report.summary)] if rows else []
     report.artifact_key = publish_markdown(key, plan.render_markdown(report, candidates), report.summary)
-    for future in published:  # the two artifacts are sent at the same time
+    for future in published:  # the two artifacts are sent at the same time (and the progress card's last state)
         future.result()
+    if bar is not None:
+        bar.join()
     if slack_block and report.status != "ok":
         report.notification = notify_slack(slack_block, f"Vacuum {report.cluster}: {report.status.upper()}",
                                            report.summary, plan.slack_lines(report), runtime.flow_run.ui_url)
@@ -110,9 +112,10 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
 
 
 def vacuum_candidates(report: VacuumReport, target, candidates: list, params: VacuumParams,
-                      deadline: float | None, stop: StopCheck) -> None:
+                      deadline: float | None, stop: StopCheck) -> Progress | None:
     """N batches at a time on the run's held connections, the progress card moving per table, each batch's
-    records appended to the maintenance log as it ends; tables the window or a priority run stopped are said."""
+    records appended to the maintenance log as it ends; tables the window or a priority run stopped are said.
+    Returns the progress card, its last state on its way (join it once the report is published)."""
     log = MaintenanceLogWriter("vacuum", report.cluster, str(runtime.flow_run.id), params.log_dir)
     with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
                         f"Vacuum of {report.cluster}", "tables") as bar, \
@@ -127,8 +130,10 @@ def vacuum_candidates(report: VacuumReport, target, candidates: list, params: Va
         skipped = [plan.window_skipped(ref) for batch in not_started for ref in batch]
         log.append(plan.log_rows(skipped))
         report.results += skipped
-        finish(bar, plan.progress_outcome(report))
+        if bar is not None:
+            bar.close(plan.progress_outcome(report), wait=False)  # sent while the report is published
     report.log_path, report.log_error = log.log_path, log.error
+    return bar
 
 
 __all__ = ["vacuum", "VacuumParams", "VacuumReport", "VacuumResult"]
