@@ -23,6 +23,7 @@ PREFIX = "bench-mon-"
 def save_blocks(box, n: int) -> float:
     """Save the cluster blocks that do not exist yet, 16 at a time; seconds it took."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentCreate
 
     from blocks.fleet import Fleet
     from sandbox.blocks import sandbox_cluster_block
@@ -39,9 +40,10 @@ def save_blocks(box, n: int) -> float:
         first.save(names[0], overwrite=True)
 
         def create(name: str) -> None:
-            doc = sandbox_cluster_block(box, superuser=False, name=name)._to_block_document(
+            doc = BlockDocumentCreate(**sandbox_cluster_block(box, superuser=False, name=name)._to_block_document(
                 name=name, block_schema_id=first._block_schema_id, block_type_id=first._block_type_id,
-                include_secrets=True)
+                include_secrets=True).model_dump(exclude_unset=True, context={"include_secrets": True},
+                                                 exclude={"id", "block_schema", "block_type", "block_type_name"}))
             for attempt in range(10):  # the SQLite-backed server answers 503 when its write lock is busy
                 try:
                     with get_client(sync_client=True) as client:

@@ -391,11 +391,3 @@ def sample_fleet_task(blocks: list[str], sources: dict[str, BlockChoice], deadli
                                     unsampled_host(sources.get(block), reason), seconds=time.time() - started,
                                     error=reason)
     return out
-
-
-@task(name="sample-cluster", cache_policy=NO_CACHE, task_run_name="sample-{cluster_block}")
-def sample_cluster(cluster_block: str, metrics_source: BlockChoice | str | None,
-                   deadline_seconds: float, fleet_until: float | None = None,
-                   wake_paused: bool = False) -> ClusterSamples:
-    """Every sample of one cluster within its deadline and the fleet's budget (sample_within)."""
-    return sample_within(cluster_block, metrics_source, deadline_seconds, fleet_until, wake_paused)
