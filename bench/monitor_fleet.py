@@ -11,11 +11,11 @@ two shared servers, not N machines. The blocks are created concurrently (the set
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.common import fresh_sandbox, prefect_api, row
+from bench.common import fresh_sandbox, prefect_api
+from bench.monitor import fleet_table
 
 PREFIX = "bench-mon-"
 
@@ -68,19 +68,16 @@ def monitor_runs(box, n: int, repeat: int) -> None:
     t = time.perf_counter()
     report = alert_monitor(cluster_blocks=[], fleet_block=fleet)
     print(f"first run: {time.perf_counter() - t:.1f} s; phases {report.phase_seconds}", flush=True)
-    walls, sampling = [], []
+    walls, sampling, per_cluster = [], [], []
     for _ in range(repeat):
         t = time.perf_counter()
         report = alert_monitor(cluster_blocks=[], fleet_block=fleet)
         walls.append(time.perf_counter() - t)
         sampling.append(report.sample_seconds)
+        per_cluster += [c.seconds for c in report.clusters]
         print(f"run: {walls[-1]:.1f} s; {report.summary[:120]}; phases {report.phase_seconds}", flush=True)
-    wall = statistics.median(walls)
-    print(f"\nalert monitor over {n} quiet clusters sharing one sandbox, {repeat} runs")
-    row("figure", "seconds", "reference", "ratio")
-    row("monitor run wall time (median)", f"{wall:.1f}", "60 s interval", f"{wall / 60:.0%}")
-    row("monitor run wall time (max)", f"{max(walls):.1f}", "60 s interval", f"{max(walls) / 60:.0%}")
-    row("  of which sampling (median)", f"{statistics.median(sampling):.1f}", "", "")
+    fleet_table(f"alert monitor over {n} quiet clusters sharing one sandbox, {repeat} runs", walls, sampling,
+                sorted(per_cluster))
 
 
 def main() -> None:
