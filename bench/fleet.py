@@ -113,32 +113,10 @@ def fleet_figures(title: str, runbook: str, clusters: list[str], single: float, 
 
 
 def monitor_figures(box, n: int, repeat: int) -> None:
-    from blocks.fleet import Fleet
-    from flows.alert_monitor import alert_monitor
-    from sandbox.blocks import sandbox_cluster_block
+    """The alert monitor over n cluster blocks of this stack's sandbox (bench/monitor_fleet.py)."""
+    from bench.monitor_fleet import monitor_runs
 
-    prefix = "bench-mon-"
-    t = time.perf_counter()
-    for i in range(n):
-        sandbox_cluster_block(box, superuser=False, name=f"{prefix}{i:04d}").save(f"{prefix}{i:04d}", overwrite=True)
-    Fleet(name_prefix=prefix).save("bench-monitor-fleet", overwrite=True)
-    print(f"\n{n} monitor cluster blocks saved in {time.perf_counter() - t:.1f} s", flush=True)
-    t = time.perf_counter()
-    alert_monitor(cluster_blocks=[], fleet_block="bench-monitor-fleet")  # first run: locks and state
-    print(f"first monitor run (creates the per-cluster limits): {time.perf_counter() - t:.1f} s", flush=True)
-    walls, sampling = [], []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        report = alert_monitor(cluster_blocks=[], fleet_block="bench-monitor-fleet")
-        walls.append(time.perf_counter() - t)
-        sampling.append(report.sample_seconds)
-        assert len(report.clusters) == n, report.summary
-    wall = statistics.median(walls)
-    print(f"alert monitor over {n} quiet clusters (one Fleet block), {repeat} runs: {report.summary[:160]}")
-    row("figure", "seconds", "reference", "ratio")
-    row("monitor run wall time (median)", f"{wall:.1f}", "60 s interval", f"{wall / 60:.0%}")
-    row("monitor run wall time (max)", f"{max(walls):.1f}", "60 s interval", f"{max(walls) / 60:.0%}")
-    row("  of which sampling (median)", f"{statistics.median(sampling):.1f}", "", "")
+    monitor_runs(box, n, repeat)
 
 
 def main() -> None:

@@ -7,14 +7,12 @@ revision: if another run moved it on, the evaluation is redone on that state), s
 of alerts that fired, delivers due Slack messages and saves. Quiet clusters cost no lock and no write.
 """
 
-import time
 from datetime import UTC, datetime
 
-from prefect import flow, get_run_logger, runtime, unmapped
-from prefect.futures import wait
+from prefect import flow, get_run_logger, runtime
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.alerts.metrics import DB_METRICS, ClusterSamples, host_sources, no_data, sample_cluster, unsampled_host
+from tasks.alerts.metrics import host_sources, sample_fleet_task
 from tasks.alerts.monitor import (
     MonitorParams,
     MonitorReport,
@@ -30,7 +28,7 @@ from tasks.alerts.monitor import (
     rules_in_force,
     save_alert_states,
 )
-from tasks.alerts.sources import BlockChoice, block_for, one_block_for_many
+from tasks.alerts.sources import block_for, one_block_for_many
 from tasks.alerts.state import locked
 from tasks.core.notify import load_notifier
 from tasks.core.publish import artifact_key, publish_markdown
@@ -80,8 +78,8 @@ def alert_monitor(
             logger.warning(warning)
     scalers = {b: block_for(b, scaler_block, scaler_blocks, len(blocks), "scaler_block") for b in blocks}
 
-    sampled = sample_fleet(blocks, host_sources(blocks, metrics_block, metrics_blocks), params.deadline_seconds,
-                           params.fleet_budget_seconds, params.wake_paused)
+    sampled = sample_fleet_task(blocks, host_sources(blocks, metrics_block, metrics_blocks),
+                                params.deadline_seconds, params.fleet_budget_seconds, params.wake_paused)
     report.sample_seconds = report.phase_seconds["sample"] = (datetime.now(UTC) - report.started_at).total_seconds()
     report.evaluated_at = evaluated_at or datetime.now(UTC)
 
@@ -121,33 +119,6 @@ def alert_monitor(
         logger.error(report.rules_error)
     logger.info(report.summary)
     return report
-
-
-def sample_fleet(blocks: list[str], sources: dict[str, BlockChoice], deadline: float,
-                 budget: float, wake_paused: bool = False) -> dict[str, ClusterSamples]:
-    """Sample every cluster concurrently, each within its deadline and all within the fleet's budget: a cluster
-    past either is no data (timed out) and the others go on. Its hung work is abandoned (daemon threads), and
-    tasks not started by the end of the budget are cancelled, so the run ends on time."""
-    started = time.time()
-    until = started + budget
-    futures = sample_cluster.map(blocks, [sources[b] for b in blocks], unmapped(deadline), unmapped(until),
-                                 unmapped(wake_paused))
-    done, _ = wait(list(futures), timeout=budget + 1)  # each task returns by `until`; 1 s for Prefect's bookkeeping
-    out = {}
-    for block, future in zip(blocks, futures, strict=True):
-        if future in done:
-            try:
-                out[block] = future.result()
-                continue
-            except Exception as exc:  # noqa: BLE001 - the task itself failed: no data
-                reason = f"sampling failed: {type(exc).__name__}: {exc}"[:300]
-        else:
-            getattr(future, "wrapped_future", future).cancel()  # not started yet: never start it
-            reason = f"timed out: not sampled within the fleet's {budget:g} s sampling budget"
-        out[block] = ClusterSamples(cluster=block, samples=no_data(DB_METRICS, reason) +
-                                    unsampled_host(sources[block], reason), seconds=time.time() - started,
-                                    error=reason)
-    return out
 
 
 if __name__ == "__main__":

@@ -279,11 +279,12 @@ class _Progress:
 
 
 def _sample_into(progress: _Progress, cluster_block: str, source: BlockChoice | str | None,
-                 deadline_seconds: float, wake_paused: bool = False) -> None:
-    """Block load, the provider's state (a managed cluster), then the database, then the metrics source; each
-    result recorded as soon as it is known. A paused compute is not connected to (that would wake it)."""
+                 deadline_seconds: float, wake_paused: bool = False, cluster: PostgresCluster | None = None) -> None:
+    """Block load (unless given, loaded with the fleet), the provider's state (a managed cluster), then the
+    database, then the metrics source; each result recorded as soon as it is known. A paused compute is not
+    connected to (that would wake it)."""
     try:
-        cluster = PostgresCluster.load(cluster_block)
+        cluster = cluster or PostgresCluster.load(cluster_block)
     except Exception as exc:  # noqa: BLE001
         progress.error = f"cannot load PostgresCluster block {cluster_block!r}: {type(exc).__name__}"
         progress.db = no_data(DB_METRICS, progress.error)
@@ -301,7 +302,8 @@ def _sample_into(progress: _Progress, cluster_block: str, source: BlockChoice | 
 
 
 def sample_within(cluster_block: str, source: BlockChoice | str | None, deadline_seconds: float,
-                  fleet_until: float | None = None, wake_paused: bool = False) -> ClusterSamples:
+                  fleet_until: float | None = None, wake_paused: bool = False,
+                  cluster: PostgresCluster | None = None) -> ClusterSamples:
     """Every sample of one cluster, its whole sampling (block load, database, metrics source) bounded by one
     deadline, cut short by the fleet's budget (`fleet_until`, epoch seconds). Never raises, never waits past
     the bound: the work runs in a daemon thread that is abandoned if it hangs (what it finished is kept;
@@ -317,7 +319,8 @@ def sample_within(cluster_block: str, source: BlockChoice | str | None, deadline
     progress = _Progress()
     if limit > 0:
         worker = threading.Thread(target=contextvars.copy_context().run, name=f"sample-{cluster_block}",
-                                  args=(_sample_into, progress, cluster_block, source, deadline_seconds, wake_paused),
+                                  args=(_sample_into, progress, cluster_block, source, deadline_seconds, wake_paused,
+                                        cluster),
                                   daemon=True)
         worker.start()
         worker.join(limit)
@@ -333,9 +336,58 @@ def sample_within(cluster_block: str, source: BlockChoice | str | None, deadline
                           seconds=time.perf_counter() - started)
 
 
-@task(name="sample-cluster", cache_policy=NO_CACHE, task_run_name="sample-{cluster_block}")
-def sample_cluster(cluster_block: str, metrics_source: BlockChoice | str | None,
-                   deadline_seconds: float, fleet_until: float | None = None,
-                   wake_paused: bool = False) -> ClusterSamples:
-    """Every sample of one cluster within its deadline and the fleet's budget (sample_within)."""
-    return sample_within(cluster_block, metrics_source, deadline_seconds, fleet_until, wake_paused)
+def fleet_clusters(blocks: list[str]) -> dict[str, PostgresCluster]:
+    """Every PostgresCluster block of the fleet from one API call (not one per cluster). A block missing from
+    the answer, or one that does not validate, is left out: its own load then says what is wrong."""
+    from prefect.client.orchestration import get_client
+
+    wanted = set(blocks)
+    try:
+        with get_client(sync_client=True) as client:
+            docs = client.read_block_documents_by_type(PostgresCluster.get_block_type_slug(), include_secrets=True)
+    except Exception:  # noqa: BLE001 - each cluster then loads its own block and reports what fails
+        return {}
+    out = {}
+    for doc in docs:
+        if doc.name in wanted and not doc.is_anonymous:
+            try:
+                out[doc.name] = PostgresCluster._load_from_block_document(doc)
+            except Exception:  # noqa: BLE001 - loaded again alone, which reports it
+                continue
+    return out
+
+
+SAMPLERS = 48  # clusters sampled at once (each holds at most one connection per node while it runs)
+
+
+@task(name="sample-fleet", cache_policy=NO_CACHE)
+def sample_fleet_task(blocks: list[str], sources: dict[str, BlockChoice], deadline_seconds: float,
+                      budget_seconds: float, wake_paused: bool = False) -> dict[str, ClusterSamples]:
+    """Every cluster's samples: the blocks loaded with one API call, then SAMPLERS clusters at a time, each within
+    its deadline and all within the budget. A cluster not sampled by then is no data (timed out), for this run
+    only; hung work is abandoned (daemon threads), and clusters not started by the end are never started."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import wait as wait_all
+
+    started = time.time()
+    until = started + budget_seconds
+    clusters = fleet_clusters(blocks)
+    pool = ThreadPoolExecutor(max_workers=SAMPLERS, thread_name_prefix="sampler")
+    futures = {b: pool.submit(contextvars.copy_context().run, sample_within, b, sources.get(b), deadline_seconds,
+                              until, wake_paused, clusters.get(b)) for b in blocks}  # the run's settings too
+    wait_all(list(futures.values()), timeout=budget_seconds + 1)
+    pool.shutdown(wait=False, cancel_futures=True)
+    out = {}
+    for block, future in futures.items():
+        reason = f"timed out: not sampled within the fleet's {budget_seconds:g} s sampling budget"
+        if future.done() and not future.cancelled():
+            try:
+                out[block] = future.result()
+                continue
+            except Exception as exc:  # noqa: BLE001 - sampling itself failed: no data
+                reason = f"sampling failed: {type(exc).__name__}: {exc}"[:300]
+        out[block] = ClusterSamples(cluster=block, samples=no_data(DB_METRICS, reason) +
+                                    unsampled_host(sources.get(block), reason), seconds=time.time() - started,
+                                    error=reason)
+    return out

@@ -307,6 +307,23 @@ def test_the_fleet_budget_ends_sampling_and_the_run_saves_its_state(sandbox, pre
     assert 'no_data{metric="cpu_usage_percent"}' in state.alerts  # pending no-data alert, saved
 
 
+def test_the_fleet_is_loaded_in_one_listing_and_a_missing_block_is_no_data(sandbox, prefect_api):
+    """The fleet's cluster blocks come from one listing, secrets included (the password works: real samples);
+    a listed block that does not exist is no data saying so, and the others are evaluated."""
+    from tasks.alerts.metrics import fleet_clusters
+
+    good = fresh_block(sandbox, "alert-fl-good")
+    loaded = fleet_clusters([good, "alert-fl-missing"])
+    assert list(loaded) == [good]
+    assert loaded[good].password.get_secret_value() == sandbox.config.password
+    report = alert_monitor(cluster_blocks=[good, "alert-fl-missing"], params=MonitorParams(deadline_seconds=5))
+    by_block = {c.block: c for c in report.clusters}
+    assert {s.rule: s.state for s in by_block[good].series}["connection_limit"] == "inactive"
+    missing = {s.rule: s for s in by_block["alert-fl-missing"].series}
+    assert missing["connection_limit"].state == "nodata"
+    assert "cannot load PostgresCluster block 'alert-fl-missing'" in missing["connection_limit"].summary
+
+
 def test_invalid_rule_file_keeps_the_previous_rules(sandbox, prefect_api, slack, tmp_path):
     block = fresh_block(sandbox, "alert-rules")
     path = rules_file(tmp_path, threshold=99, name="live.yaml")
