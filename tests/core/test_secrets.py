@@ -16,12 +16,14 @@ TOKEN = "xoxb-ok-SECRET-TOKEN-4242"
 
 async def _everything_the_api_stored():
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort, TaskRunSort
 
+    # newest first: the session's server holds other tests' records too, and a page is bounded
     async with get_client() as client:
-        logs = await client.read_logs(limit=200)
-        artifacts = await client.read_artifacts(limit=200)
-        runs = await client.read_flow_runs(limit=200)
-        task_runs = await client.read_task_runs(limit=200)
+        logs = await client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC)
+        artifacts = await client.read_artifacts(limit=200, sort=ArtifactSort.CREATED_DESC)
+        runs = await client.read_flow_runs(limit=200, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
+        task_runs = await client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
         return (
             [log.message for log in logs]
             + [str(a.data) + str(a.description) for a in artifacts]

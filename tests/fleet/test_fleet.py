@@ -47,6 +47,7 @@ def test_membership_by_prefix_tags_members_and_exclusions(fleet_blocks):
 
 def test_health_check_over_a_fleet_one_run_per_cluster_none_hidden(fleet_blocks, slack, fake_slack):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
     from flows.fleet import fleet
 
@@ -66,12 +67,16 @@ def test_health_check_over_a_fleet_one_run_per_cluster_none_hidden(fleet_blocks,
             run = client.read_flow_run(by[cluster].flow_run_id)
             assert run.name == f"health-check · {cluster}"
             assert run.parent_task_run_id is not None
+        # filtered reads: the session's server holds more artifacts than one unfiltered page
+        runs = [by[c].flow_run_id for c in ("fl-a", "fl-down")]
         by_run = {}
-        for art in client.read_artifacts():
+        for art in client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs))):
             by_run.setdefault(str(art.flow_run_id), set()).add(art.key)
-    assert "health-fl-a" in by_run[by["fl-a"].flow_run_id]  # the cluster's own report, in its own run
-    assert "health-fl-down" in by_run[by["fl-down"].flow_run_id]
-    assert "fleet-health-check-fl-prefix" in {k for keys in by_run.values() for k in keys}
+        fleet_arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["fleet-health-check-fl-prefix"])))
+    assert "health-fl-a" in by_run[str(by["fl-a"].flow_run_id)]  # the cluster's own report, in its own run
+    assert "health-fl-down" in by_run[str(by["fl-down"].flow_run_id)]
+    assert fleet_arts, "the fleet run's summary artifact"
 
     posts = [p.body for p in fake_slack.calls("chat.postMessage", token="xoxb-fleet")]
     digest = [p for p in posts if "over fl-prefix" in p.get("text", "") and not p.get("thread_ts")]
