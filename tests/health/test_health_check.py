@@ -102,11 +102,15 @@ def test_replication_lag_shows_while_replay_is_paused_and_clears_after(sandbox, 
         assert report.status in ("warning", "critical")
     finally:
         psql(sandbox, "replica", "SELECT pg_wal_replay_resume()")
-    wait_for(lambda: psql(sandbox, "primary",
-             "SELECT 1 FROM pg_stat_replication WHERE replay_lsn = pg_current_wal_lsn()"), what="replay caught up")
+    caught_up = wait_for(lambda: psql(sandbox, "primary", "SELECT replay_lsn::text FROM pg_stat_replication"
+                                      " WHERE replay_lsn = pg_current_wal_lsn()"), what="replay caught up")[0][0]
     report = health_check(cluster_block=cluster_block)
     rep = by(report, "replication", "replica")[0]
-    assert rep.details["replay_lag_bytes"] == 0 and rep.status == "ok"
+    # the primary goes on writing WAL (autovacuum of hc_lag, checkpoints): the lag the run saw is at most what
+    # was written since the standby had replayed everything
+    written_since = psql(sandbox, "primary",
+                         "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint", (caught_up,))[0][0]
+    assert 0 <= rep.details["replay_lag_bytes"] <= written_since and rep.status == "ok"
 
 
 @pytest.mark.versioned
