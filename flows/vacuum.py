@@ -88,7 +88,8 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
         if params.dry_run:
             report.results = [plan.planned_result(c) for c in candidates]
         elif turn.held:
-            bar = vacuum_candidates(report, target, candidates, params, deadline, StopCheck(report.cluster))
+            bar = vacuum_candidates(report, target, candidates, params, deadline,
+                                    StopCheck(report.cluster, turn=turn))
 
     rows = plan.log_rows(report.results)
     plan.finish_report(report)
@@ -118,7 +119,7 @@ def vacuum_candidates(report: VacuumReport, target, candidates: list, params: Va
     Returns the progress card, its last state on its way (join it once the report is published)."""
     log = MaintenanceLogWriter("vacuum", report.cluster, str(runtime.flow_run.id), params.log_dir)
     with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
-                        f"Vacuum of {report.cluster}", "tables") as bar, \
+                        f"Vacuum of {report.cluster}", "tables", first_after=1.0, flow_client=True) as bar, \
             VacuumSessions(target, params.lock_timeout_ms, params.statement_timeout_ms) as sessions:
         started, not_started = run_bounded(
             plan.batches(candidates, params.batch_tables, params.concurrency),
