@@ -115,12 +115,13 @@ def maintenance_turn(cluster: str, runbook: str, on_busy: OnBusy = "wait", wait_
     name = maintenance_lock_name(cluster)
     started = time.monotonic()
     while True:
+        attempt = time.monotonic()  # the time spent waiting is up to the attempt that succeeds, not its requests
         urgent = urgent_running(cluster)
         checked = time.monotonic()
         if not urgent:
             with leased_slot(name) as lease:
                 if lease is not None:
-                    waited = time.monotonic() - started
+                    waited = attempt - started
                     said = (f"took the maintenance lock {name} after waiting {waited:.0f} s" if waited >= 1
                             else f"took the maintenance lock {name} at once")
                     yield MaintenanceTurn(held=True, waited_seconds=waited, sentence=f"{runbook} {said}.",

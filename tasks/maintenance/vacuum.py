@@ -149,9 +149,11 @@ def read_table_states(session: Session, oids: list[int] | None = None) -> list[T
 
 
 @task(name="read-vacuum-candidates", **DB_TASK)
-def read_vacuum_candidates(target: ConnectionTarget) -> tuple[list[TableVacuumState], FreezeLimits]:
-    """Every user table's vacuum statistics and the server's freeze limits."""
-    with connect(target, purpose="vacuum-plan") as s:
+def read_vacuum_candidates(target: ConnectionTarget, sessions: VacuumSessions | None = None
+                           ) -> tuple[list[TableVacuumState], FreezeLimits]:
+    """Every user table's vacuum statistics and the server's freeze limits; on one of the run's held
+    connections when given (it then serves the first batch: no connection opened just for this read)."""
+    with sessions.lease() if sessions is not None else connect(target, purpose="vacuum-plan") as s:
         return read_table_states(s), s.fetch_one(FREEZE_LIMITS_SQL, None, FreezeLimits)
 
 
