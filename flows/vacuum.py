@@ -31,9 +31,9 @@ from tasks.core.publish import artifact_key, notify_slack, publish_markdown, pub
 from tasks.maintenance import vacuum_plan as plan
 from tasks.maintenance.maintenance_log import MaintenanceLogFailed, MaintenanceLogWriter
 from tasks.maintenance.vacuum import (
+    CandidatesRead,
     VacuumResult,
     VacuumSessions,
-    read_vacuum_candidates,
     resolve_tables,
     vacuum_tables,
 )
@@ -79,7 +79,7 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
     with contextlib.ExitStack() as held:
         # N connections held for the run (as vacuumdb); the first reads the catalog while the lock is taken.
         sessions = held.enter_context(VacuumSessions(target, params.lock_timeout_ms, params.statement_timeout_ms))
-        read = read_vacuum_candidates.submit(target, sessions)
+        read = CandidatesRead(target, sessions)
         if not params.dry_run:
             turn = held.enter_context(maintenance_turn(report.cluster, "vacuum", if_busy, busy_wait_minutes * 60))
             report.exclusion = turn.sentence
@@ -97,9 +97,8 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
         if turn is not None and not turn.held:  # waited in vain or skipped: it did nothing, and says why
             report.status, report.summary = "warning", report.exclusion
         report.finished_at = datetime.now(UTC)
-        key = artifact_key("vacuum", report.cluster)
-        # the log table is on its way while the lock is released and the connections close
-        published = [publish_table.submit(f"{key}-log", quote(rows), report.summary)] if rows else []
+    key = artifact_key("vacuum", report.cluster)
+    published = [publish_table.submit(f"{key}-log", quote(rows), report.summary)] if rows else []
     report.artifact_key = publish_markdown(key, plan.render_markdown(report, candidates), report.summary)
     for future in published:  # the two artifacts are sent at the same time (and the progress card's last state)
         future.result()
