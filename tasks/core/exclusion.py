@@ -19,7 +19,15 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.core.limits import Lease, ensure_limits, failover_lock_name, leased_slot, short_error, slug
+from tasks.core.limits import (
+    Lease,
+    LimitsUnavailable,
+    ensure_limits,
+    failover_lock_name,
+    leased_slot,
+    short_error,
+    slug,
+)
 
 log = logging.getLogger(__name__)
 OnBusy = Literal["wait", "skip"]
@@ -116,7 +124,10 @@ def maintenance_turn(cluster: str, runbook: str, on_busy: OnBusy = "wait", wait_
     started = time.monotonic()
     while True:
         attempt = time.monotonic()  # the time spent waiting is up to the attempt that succeeds, not its requests
-        urgent = urgent_running(cluster)
+        try:
+            urgent = urgent_running(cluster)
+        except Exception as exc:  # noqa: BLE001 - an unreachable API never passes for a free cluster
+            raise LimitsUnavailable(short_error(exc)) from exc
         checked = time.monotonic()
         if not urgent:
             with leased_slot(name) as lease:

@@ -176,3 +176,16 @@ def test_a_turn_counts_as_the_first_urgent_check(prefect_api):
     assert check.reason() is None and asked == []  # the turn has just asked: no second request at once
     assert StopCheck("excl-7", every_seconds=3600, probe=lambda c: asked.append(c) or []).reason() is None
     assert asked == ["excl-7"]  # without a turn the first check asks
+
+
+def test_an_unreachable_api_is_a_typed_error_never_a_free_cluster():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from sandbox.cluster import free_port
+    from tasks.core.limits import LimitsUnavailable, leased_slot
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        with pytest.raises(LimitsUnavailable), maintenance_turn("excl-8", "vacuum", on_busy="skip"):
+            pass
+        with pytest.raises(LimitsUnavailable), leased_slot("maintenance-excl-8"):
+            pass
