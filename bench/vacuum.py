@@ -6,9 +6,11 @@ On a fresh sandbox (temp dir, free ports, autovacuum off):
      its return; medians of --rounds alternated rounds and the ratio flow / vacuumdb (goal ≤ 0.3).
   2. the same where every table needs it (goal ≤ 1.1).
   3. 1 and 2 again on --large-tables tables of 100,000 rows (a fifth of each table's rows dead).
+     Each comparison also times vacuumdb given only the tables that need it (the work) and an empty async
+     Prefect flow: their sum is a floor under any flow, printed with its ratio to the reference.
   4. the progress artifact's cost: the flow with every table needing vacuum, with and without its progress
      artifact (PG_RUNBOOKS_PROGRESS=off), alternated, 3 runs each: medians and the ratio with / without.
-  4. the tier-1 bloat estimate (tables and btree indexes from pg_statistic) at 1,000 / 5,000 /
+  5. the tier-1 bloat estimate (tables and btree indexes from pg_statistic) at 1,000 / 5,000 /
      20,000 tables: median of 3 runs of the catalog reads plus the estimate.
 Prints figures; asserts nothing. Usage: ./run bench vacuum [--max-tables 20000] [--large-tables 40]
 """
@@ -98,14 +100,29 @@ def run_flow(progress: bool = True) -> tuple[float, int]:
     return time.monotonic() - t0, report.count("vacuumed")
 
 
+def empty_flow_seconds() -> float:
+    """An async Prefect flow that does nothing, from the call to its return: what any flow costs here."""
+    from prefect import flow
+
+    @flow(name="bench-empty-flow")
+    async def empty() -> None:
+        return None
+
+    t0 = time.monotonic()
+    asyncio.run(empty())
+    return time.monotonic() - t0
+
+
 def compare(box: Sandbox, label: str, schema: str, dirty: range, every: int, rounds: int) -> None:
     """vacuumdb --jobs 2 --analyze (every table of the database: the reference) against the flow (what needs
     it), alternated on the same workload; checks with pg_stat_user_tables that the flow vacuumed exactly the
     dirty tables. Also vacuumdb given only the dirty tables (-t each): the work itself, so the flow's time
-    minus it is what the flow adds (Prefect's flow run, the catalog query, artifacts, log)."""
+    minus it is what the flow adds (Prefect's flow run, the catalog query, artifacts, log); and an empty async
+    flow: the work plus the empty flow is a floor no Prefect flow can go under (its ratio is printed too)."""
     ref_s: list[float] = []
     only_s: list[float] = []
     flow_s: list[float] = []
+    empty_s: list[float] = []
     done = wrong = 0
     only = [arg for i in dirty for arg in ("-t", f"{schema}.t{i}")]
     for _ in range(rounds):
@@ -120,12 +137,15 @@ def compare(box: Sandbox, label: str, schema: str, dirty: range, every: int, rou
         after = vacuum_counts(box, schema)
         changed = {t for t in after if after[t] != before.get(t)}
         wrong += len(changed ^ {f"t{i}" for i in dirty})
+        empty_s.append(empty_flow_seconds())
     ref, flow, work = statistics.median(ref_s), statistics.median(flow_s), statistics.median(only_s)
+    empty = statistics.median(empty_s)
     print(f"{label}: vacuumdb --jobs 2 --analyze {ref:.2f} s (every table); vacuum flow {flow:.2f} s "
           f"({done} tables vacuumed; {wrong} table(s) vacuumed or missed against pg_stat_user_tables); "
           f"ratio flow/vacuumdb {flow / ref:.2f}; vacuumdb of only those {len(dirty)} tables {work:.2f} s, "
           f"the flow's own cost {flow - work:+.2f} s (medians of {rounds}: vacuumdb {fmt(ref_s)}, "
-          f"only those {fmt(only_s)}, flow {fmt(flow_s)})")
+          f"only those {fmt(only_s)}, flow {fmt(flow_s)}); floor: an empty async flow {empty:.2f} s + the work "
+          f"= {empty + work:.2f} s, ratio {(empty + work) / ref:.2f}; load average {os.getloadavg()[0]:.1f}")
 
 
 def fmt(values: list[float]) -> str:
@@ -202,6 +222,7 @@ def main() -> int:
         with prefect_test_harness(server_startup_timeout=120):
             sandbox_cluster_block(box, name="bench").save("bench", overwrite=True)
             run_flow()  # warm-up: imports, first flow run
+            empty_flow_seconds()
             for label, share in (("10 % need vacuum", 0.1), ("every table needs vacuum", 1.0)):
                 compare(box, f"{args.tables} small tables, {label}", SCHEMA, range(0, int(args.tables * share)),
                         2, args.rounds)

@@ -98,7 +98,7 @@ def index_maintenance(
                 track_progress(artifact_key("indexes-progress", report.cluster), len(planned) if turn.held else 0,
                                f"Index maintenance of {report.cluster}", "indexes") as bar:
             report.exclusion = turn.sentence  # not held: every planned action is skipped-stopped, saying why
-            stop = StopCheck(report.cluster) if turn.held else StopCheck.already(turn.sentence)
+            stop = StopCheck(report.cluster, turn=turn) if turn.held else StopCheck.already(turn.sentence)
             report.actions = run_index_actions(primary, report.actions, refs, params.lock_timeout_ms,
                                                params.statement_timeout_ms, bar, stop)
 

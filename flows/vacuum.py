@@ -31,9 +31,9 @@ from tasks.core.publish import artifact_key, notify_slack, publish_markdown, pub
 from tasks.maintenance import vacuum_plan as plan
 from tasks.maintenance.maintenance_log import MaintenanceLogFailed, MaintenanceLogWriter
 from tasks.maintenance.vacuum import (
+    CandidatesRead,
     VacuumResult,
     VacuumSessions,
-    read_vacuum_candidates,
     resolve_tables,
     vacuum_tables,
 )
@@ -75,9 +75,11 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
     deadline = time.time() + params.window_minutes * 60 if params.window_minutes else None
 
     refs = resolve_tables(target, params.tables) if params.tables else None  # UnknownObject before anything
-    read = read_vacuum_candidates.submit(target)  # the catalog read runs while the maintenance lock is taken
     turn = bar = None
     with contextlib.ExitStack() as held:
+        # N connections held for the run (as vacuumdb); the first reads the catalog while the lock is taken.
+        sessions = held.enter_context(VacuumSessions(target, params.lock_timeout_ms, params.statement_timeout_ms))
+        read = CandidatesRead(target, sessions)
         if not params.dry_run:
             turn = held.enter_context(maintenance_turn(report.cluster, "vacuum", if_busy, busy_wait_minutes * 60))
             report.exclusion = turn.sentence
@@ -88,13 +90,13 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
         if params.dry_run:
             report.results = [plan.planned_result(c) for c in candidates]
         elif turn.held:
-            bar = vacuum_candidates(report, target, candidates, params, deadline, StopCheck(report.cluster))
-
-    rows = plan.log_rows(report.results)
-    plan.finish_report(report)
-    if turn is not None and not turn.held:  # waited in vain or skipped: it did nothing, and says why
-        report.status, report.summary = "warning", report.exclusion
-    report.finished_at = datetime.now(UTC)
+            bar = vacuum_candidates(report, target, candidates, params, deadline, sessions,
+                                    StopCheck(report.cluster, turn=turn))
+        rows = plan.log_rows(report.results)
+        plan.finish_report(report)
+        if turn is not None and not turn.held:  # waited in vain or skipped: it did nothing, and says why
+            report.status, report.summary = "warning", report.exclusion
+        report.finished_at = datetime.now(UTC)
     key = artifact_key("vacuum", report.cluster)
     published = [publish_table.submit(f"{key}-log", quote(rows), report.summary)] if rows else []
     report.artifact_key = publish_markdown(key, plan.render_markdown(report, candidates), report.summary)
@@ -112,14 +114,13 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
 
 
 def vacuum_candidates(report: VacuumReport, target, candidates: list, params: VacuumParams,
-                      deadline: float | None, stop: StopCheck) -> Progress | None:
+                      deadline: float | None, sessions: VacuumSessions, stop: StopCheck) -> Progress | None:
     """N batches at a time on the run's held connections, the progress card moving per table, each batch's
     records appended to the maintenance log as it ends; tables the window or a priority run stopped are said.
     Returns the progress card, its last state on its way (join it once the report is published)."""
     log = MaintenanceLogWriter("vacuum", report.cluster, str(runtime.flow_run.id), params.log_dir)
     with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
-                        f"Vacuum of {report.cluster}", "tables") as bar, \
-            VacuumSessions(target, params.lock_timeout_ms, params.statement_timeout_ms) as sessions:
+                        f"Vacuum of {report.cluster}", "tables", first_after=1.0, flow_client=True) as bar:
         started, not_started = run_bounded(
             plan.batches(candidates, params.batch_tables, params.concurrency),
             lambda batch: vacuum_tables.submit(target, quote(batch), params.options, params.lock_timeout_ms,

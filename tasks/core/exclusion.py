@@ -17,9 +17,17 @@ from typing import Literal
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.core.limits import ensure_limits, exclusive, failover_lock_name, short_error, slug
+from tasks.core.limits import (
+    Lease,
+    LimitsUnavailable,
+    ensure_limits,
+    failover_lock_name,
+    leased_slot,
+    short_error,
+    slug,
+)
 
 log = logging.getLogger(__name__)
 OnBusy = Literal["wait", "skip"]
@@ -62,9 +70,12 @@ class StopCheck:
     a reason to stop (the urgent run cannot take its own slot then either): it is logged."""
 
     def __init__(self, cluster: str, every_seconds: float = 1.0,
-                 probe: Callable[[str], list[str]] | None = None):
+                 probe: Callable[[str], list[str]] | None = None, turn: MaintenanceTurn | None = None):
+        """`turn`: the maintenance turn the run holds: its check for urgent runs counts as the first one (a run
+        shorter than `every_seconds` asks no more), and a lease it could not renew stops the run too."""
         self.cluster, self.every, self._probe = cluster, every_seconds, probe or urgent_running
-        self._checked = 0.0
+        self._checked = turn.checked_at if turn is not None else 0.0
+        self._lease = turn.lease if turn is not None else None
         self._reason: str | None = None
 
     @classmethod
@@ -75,6 +86,8 @@ class StopCheck:
         return check
 
     def reason(self) -> str | None:
+        if self._reason is None and self._lease is not None and self._lease.lost:
+            self._reason = f"stopped: {self._lease.lost}"
         if self._reason is None and time.monotonic() - self._checked >= self.every:
             self._checked = time.monotonic()
             try:
@@ -90,9 +103,13 @@ class StopCheck:
 class MaintenanceTurn(BaseModel):
     """Whether this maintenance run holds the cluster's maintenance lock, and what it did to get it."""
 
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
     held: bool
     waited_seconds: float = 0.0
     sentence: str
+    checked_at: float = 0.0  # time.monotonic() when no urgent run was found (a StopCheck need not ask again at once)
+    lease: Lease | None = Field(default=None, exclude=True)  # the held slot (its `lost` says a renewal failed)
 
 
 @contextlib.contextmanager
@@ -100,19 +117,26 @@ def maintenance_turn(cluster: str, runbook: str, on_busy: OnBusy = "wait", wait_
                      poll_seconds: float = 5.0) -> Iterator[MaintenanceTurn]:
     """Hold `maintenance-<cluster>` while no urgent run is on the cluster, waiting up to `wait_seconds` (or not at
     all with on_busy='skip'). Yields the turn; when `held` is False the run must do nothing and report its sentence.
+    In a flow run every call goes through the flow's own API client (the urgent limits read, the slot taken under
+    a lease, renewed only if the run outlasts three quarters of it, and released): a few requests, no new client.
     """
     name = maintenance_lock_name(cluster)
-    ensure_limits([name])
     started = time.monotonic()
     while True:
-        urgent = urgent_running(cluster)
+        attempt = time.monotonic()  # the time spent waiting is up to the attempt that succeeds, not its requests
+        try:
+            urgent = urgent_running(cluster)
+        except Exception as exc:  # noqa: BLE001 - an unreachable API never passes for a free cluster
+            raise LimitsUnavailable(short_error(exc)) from exc
+        checked = time.monotonic()
         if not urgent:
-            with exclusive(name) as mine:
-                if mine:
-                    waited = time.monotonic() - started
+            with leased_slot(name) as lease:
+                if lease is not None:
+                    waited = attempt - started
                     said = (f"took the maintenance lock {name} after waiting {waited:.0f} s" if waited >= 1
                             else f"took the maintenance lock {name} at once")
-                    yield MaintenanceTurn(held=True, waited_seconds=waited, sentence=f"{runbook} {said}.")
+                    yield MaintenanceTurn(held=True, waited_seconds=waited, sentence=f"{runbook} {said}.",
+                                          checked_at=checked, lease=lease)
                     return
         busy = (f"a {' and a '.join(urgent)} of {cluster} is running (it has priority)" if urgent
                 else f"another maintenance run of {cluster} holds {name}")

@@ -66,10 +66,12 @@ class Progress:
 
     def __init__(self, key: str, total: int, title: str, unit: str = "items",
                  send: Sender | None = None, min_interval: float = MIN_INTERVAL_SECONDS,
-                 flow_run_id: Any = None):
+                 flow_run_id: Any = None, first_after: float = 0.0, client: Any = None):
+        """`first_after`: seconds before the bar first shows (a run closed sooner sends only its final state:
+        one API call); `client`: a Prefect sync client to send with (default: one of the bar's own)."""
         self.key, self.title, self.unit, self.total = key, title, unit, max(0, int(total))
-        self.min_interval = min_interval
-        self._send = send or PrefectSender(flow_run_id)
+        self.min_interval, self.first_after = min_interval, first_after
+        self._send = send or PrefectSender(flow_run_id, client)
         self._lock = threading.Lock()
         self._done = 0
         self._current = ""
@@ -150,6 +152,8 @@ class Progress:
         return state.outcome is not None
 
     def _loop(self) -> None:
+        if self.first_after > 0:
+            self._stop.wait(self.first_after)  # closing cuts it short: then only the final state is sent
         while True:
             self._wake.wait()
             self._wake.clear()
@@ -162,10 +166,10 @@ class Progress:
 class PrefectSender:
     """Creates the progress artifact on first use, then updates it (one API call each, sync client)."""
 
-    def __init__(self, flow_run_id: Any = None):
+    def __init__(self, flow_run_id: Any = None, client: Any = None):
         self.flow_run_id = flow_run_id
         self.artifact_id = None
-        self._client = None
+        self._client = client
 
     def __call__(self, state: ProgressState) -> None:
         from prefect.client.orchestration import get_client
@@ -198,17 +202,27 @@ def _current_flow_run_id() -> Any:
     return ctx.flow_run.id if ctx and ctx.flow_run else None
 
 
+def _current_sync_client() -> Any:
+    from prefect.context import SyncClientContext
+
+    ctx = SyncClientContext.get()
+    return ctx.client if ctx else None
+
+
 @contextlib.contextmanager
 def track_progress(key: str, total: int, title: str, unit: str = "items",
-                   send: Sender | None = None, min_interval: float = MIN_INTERVAL_SECONDS) -> Iterator[Progress | None]:
+                   send: Sender | None = None, min_interval: float = MIN_INTERVAL_SECONDS,
+                   first_after: float = 0.0, flow_client: bool = False) -> Iterator[Progress | None]:
     """A started Progress for the block's work, closed at its end: `done(...)` names the outcome, or the
     exception that left the block says where it stopped (then re-raised). None when progress is turned off
-    (PG_RUNBOOKS_PROGRESS=off) or there is nothing to count."""
+    (PG_RUNBOOKS_PROGRESS=off) or there is nothing to count. `first_after`: see Progress; `flow_client`: send
+    through the flow run's own sync API client (the caller then joins the bar before that client closes)."""
     if total <= 0 or not progress_enabled():
         yield None
         return
     bar = Progress(key, total, title, unit, send=send, min_interval=min_interval,
-                   flow_run_id=None if send else _current_flow_run_id()).start()
+                   flow_run_id=None if send else _current_flow_run_id(), first_after=first_after,
+                   client=_current_sync_client() if flow_client and not send else None).start()
     try:
         yield bar
     except BaseException as exc:

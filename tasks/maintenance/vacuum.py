@@ -9,6 +9,7 @@ exception: one table never stops the others.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -149,10 +150,35 @@ def read_table_states(session: Session, oids: list[int] | None = None) -> list[T
 
 
 @task(name="read-vacuum-candidates", **DB_TASK)
-def read_vacuum_candidates(target: ConnectionTarget) -> tuple[list[TableVacuumState], FreezeLimits]:
-    """Every user table's vacuum statistics and the server's freeze limits."""
-    with connect(target, purpose="vacuum-plan") as s:
+def read_vacuum_candidates(target: ConnectionTarget, sessions: VacuumSessions | None = None
+                           ) -> tuple[list[TableVacuumState], FreezeLimits]:
+    """Every user table's vacuum statistics and the server's freeze limits; on one of the run's held
+    connections when given (it then serves the first batch: no connection opened just for this read)."""
+    with sessions.lease() if sessions is not None else connect(target, purpose="vacuum-plan") as s:
         return read_table_states(s), s.fetch_one(FREEZE_LIMITS_SQL, None, FreezeLimits)
+
+
+class CandidatesRead:
+    """The catalog read started in a thread, without a Prefect task run, so it overlaps the maintenance lock's
+    requests and adds no API traffic of its own while the lock is taken. `result()` waits for it; if it failed,
+    the read is made again as the `read_vacuum_candidates` task (its retries, its typed error)."""
+
+    def __init__(self, target: ConnectionTarget, sessions: VacuumSessions):
+        self.target, self.sessions = target, sessions
+        self._future: concurrent.futures.Future = concurrent.futures.Future()
+        threading.Thread(target=self._read, name="vacuum-catalog-read", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            self._future.set_result(read_vacuum_candidates.fn(self.target, self.sessions))
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self._future.set_exception(exc)
+
+    def result(self) -> tuple[list[TableVacuumState], FreezeLimits]:
+        try:
+            return self._future.result()
+        except Exception:  # noqa: BLE001 - read again with the task's retries; its error is the one raised
+            return read_vacuum_candidates(self.target, self.sessions)
 
 
 @task(name="resolve-tables", **DB_TASK)

@@ -132,3 +132,60 @@ def test_index_actions_not_started_are_skipped_stopped_with_the_reason():
 def test_urgent_limits_are_the_failover_and_high_load_ones():
     assert exclusion.urgent_lock_names("Prod EU") == {"failover": "failover-prod-eu",
                                                       "high-load response": "high-load-prod-eu"}
+
+
+def test_the_maintenance_lease_is_one_slot_created_if_missing_and_freed_on_release(prefect_api):
+    from tasks.core.limits import leased_slot
+
+    name = maintenance_lock_name("excl-lease")  # no such limit yet: created, then held
+    with leased_slot(name) as first:
+        assert first is not None and first.lost is None
+        with leased_slot(name) as second:  # the server's 423: taken
+            assert second is None
+        with exclusive(name) as other:  # what concurrency() callers see: the same slot
+            assert not other
+    with leased_slot(name) as again:  # released on exit
+        assert again is not None
+
+
+def test_a_lease_that_cannot_be_renewed_stops_the_run_before_its_next_table(prefect_api):
+    import time
+    import uuid
+
+    from tasks.core.exclusion import MaintenanceTurn
+    from tasks.core.limits import Lease
+
+    lease = Lease("maintenance-excl-6", uuid.uuid4(), 0.1).keep()  # a lease the server does not know
+    deadline = time.monotonic() + 30
+    while lease.lost is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lease.lost and lease.lost.startswith("the lease of maintenance-excl-6 could not be renewed")
+    turn = MaintenanceTurn(held=True, sentence="vacuum took it.", checked_at=time.monotonic(), lease=lease)
+    check = StopCheck("excl-6", probe=lambda _c: [], turn=turn)
+    assert check.reason() == f"stopped: {lease.lost}"
+
+
+def test_a_turn_counts_as_the_first_urgent_check(prefect_api):
+    import time
+
+    from tasks.core.exclusion import MaintenanceTurn
+
+    asked = []
+    turn = MaintenanceTurn(held=True, sentence="vacuum took it.", checked_at=time.monotonic())
+    check = StopCheck("excl-7", every_seconds=3600, probe=lambda c: asked.append(c) or [], turn=turn)
+    assert check.reason() is None and asked == []  # the turn has just asked: no second request at once
+    assert StopCheck("excl-7", every_seconds=3600, probe=lambda c: asked.append(c) or []).reason() is None
+    assert asked == ["excl-7"]  # without a turn the first check asks
+
+
+def test_an_unreachable_api_is_a_typed_error_never_a_free_cluster():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from sandbox.cluster import free_port
+    from tasks.core.limits import LimitsUnavailable, leased_slot
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        with pytest.raises(LimitsUnavailable), maintenance_turn("excl-8", "vacuum", on_busy="skip"):
+            pass
+        with pytest.raises(LimitsUnavailable), leased_slot("maintenance-excl-8"):
+            pass
