@@ -793,6 +793,16 @@ def _run_logs(stack, run_id: str, wanted: str, timeout: float = 60) -> list[str]
         time.sleep(1)
 
 
+def _rerun_to_completion_then_rejoin(stack, key: str, old: str, cand: str) -> None:
+    """Rerun the failover (it resumes from the journal) to COMPLETED, then rejoin the old primary as a standby."""
+    again = create_run(stack.api_url, "failover/failover", _failover_params(require_approval=False), key)
+    done = wait_for(stack.api_url, again["id"], timeout=180)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert _primary_in_block(stack) == cand and _block_data(stack)["fenced_nodes"] == [old]
+    node, _ = _rejoin_via_rest(stack, f"rejoin-after-{key}")
+    assert node == old
+
+
 def test_a_failover_killed_mid_phase_is_alerted_by_the_server_then_a_rerun_resumes(stack):
     """SIGKILL the failover run's process in phase 2: its worker marks it Crashed and runs its on_crashed hook,
     the server's trigger in prefect.yaml starts the failover-crash-alert deployment, which finds the alert already
@@ -816,13 +826,7 @@ def test_a_failover_killed_mid_phase_is_alerted_by_the_server_then_a_rerun_resum
     assert any("already CRASHED" in line and ("already alerted by its own hook" in line or "alert:" in line)
                for line in lines), lines
 
-    again = create_run(stack.api_url, "failover/failover", _failover_params(require_approval=False),
-                       "worker-dies-rerun")
-    done = wait_for(stack.api_url, again["id"], timeout=180)
-    assert done["state"]["type"] == "COMPLETED", done["state"]
-    assert _primary_in_block(stack) == cand and _block_data(stack)["fenced_nodes"] == [old]
-    node, _ = _rejoin_via_rest(stack, "rejoin-after-worker-died")
-    assert node == old
+    _rerun_to_completion_then_rejoin(stack, "worker-dies-rerun", old, cand)
 
 
 def test_a_worker_lost_mid_fleet_run_and_mid_failover_the_fleet_reports_it_and_the_backstop_alerts(stack):
@@ -924,13 +928,7 @@ def test_a_worker_lost_mid_fleet_run_and_mid_failover_the_fleet_reports_it_and_t
         _delete_block(stack, "slack-notifier", "e2e-worker-lost")
         _delete_block(stack, "postgres-cluster", "zz-hangs")
 
-    again = create_run(stack.api_url, "failover/failover", _failover_params(require_approval=False),
-                       "worker-lost-rerun")
-    done = wait_for(stack.api_url, again["id"], timeout=180)
-    assert done["state"]["type"] == "COMPLETED", done["state"]
-    assert _primary_in_block(stack) == cand and _block_data(stack)["fenced_nodes"] == [old]
-    node, _ = _rejoin_via_rest(stack, "rejoin-after-worker-lost")
-    assert node == old
+    _rerun_to_completion_then_rejoin(stack, "worker-lost-rerun", old, cand)
 
 
 def _restart_and_wait_polling(stack, name: str, pool: str, timeout: float = 120) -> None:
