@@ -20,6 +20,8 @@ Prefect API load (objects the server stored per cluster; requests this process s
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
 import statistics
 import tempfile
 import threading
@@ -76,11 +78,16 @@ def pause_schedules() -> None:
 def single_run(runbook: str, cluster: str, repeat: int = 3) -> float:
     from flows.fleet import FLOWS
 
-    FLOWS[runbook](cluster_block=cluster)  # warm-up
+    def once() -> None:
+        result = FLOWS[runbook](cluster_block=cluster)
+        if inspect.iscoroutine(result):  # an async runbook flow (vacuum): run it to its end
+            asyncio.run(result)
+
+    once()  # warm-up
     samples = []
     for _ in range(repeat):
         t = time.perf_counter()
-        FLOWS[runbook](cluster_block=cluster)
+        once()
         samples.append(time.perf_counter() - t)
     return statistics.median(samples)
 

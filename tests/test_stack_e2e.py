@@ -739,23 +739,14 @@ def _flow_run_pids(run_id: str) -> list[int]:
     return pids
 
 
-def test_a_failover_killed_mid_phase_is_alerted_by_the_server_then_a_rerun_resumes(stack):
-    """SIGKILL the failover run's process in phase 2: its worker marks it Crashed and runs its on_crashed hook,
-    the server's trigger in prefect.yaml starts the failover-crash-alert deployment, which finds the alert already
-    sent (journal) and stays quiet; a rerun resumes from the journal and completes; the rejoin deployment restores
-    streaming. (A whole worker lost is the proactive trigger's case: tests/failover/test_failover_backstop.py runs that
-    flow on a run left RUNNING.)"""
-    import os
-    import signal
-
+def _start_hung_failover(stack, key: str, **request) -> dict:
+    """A real switchover run of `sandbox` (no approval) that blocks right after its phase-2 CHECKPOINT (HANG_ENV), once
+    it is there: its journal on the workers' disk says the checkpoint is done, it sent a heartbeat, its process runs."""
     from tasks.failover.journal import JournalStore
     from tasks.failover.run import HANG_ENV
 
-    old = _primary_in_block(stack)
-    cand = next(n for n in ("primary", "replica") if n != old)
-    stack.sandbox.wait_streaming(old)
     dep = api(stack, "/deployments/name/failover/failover")
-    body = {"parameters": _failover_params(require_approval=False), "idempotency_key": "worker-dies-1",
+    body = {"parameters": _failover_params(require_approval=False, **request), "idempotency_key": key,
             "job_variables": {"env": {HANG_ENV: "checkpoint", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}}
     run = post(stack, f"/deployments/{dep['id']}/create_flow_run", body)
     started = time.monotonic()
@@ -766,7 +757,7 @@ def test_a_failover_killed_mid_phase_is_alerted_by_the_server_then_a_rerun_resum
                                                "limit": 5})
         return found.get("events", [])
 
-    def checkpointed() -> bool:  # the run's journal (on the worker's disk) has its phase-2 CHECKPOINT done
+    def checkpointed() -> bool:
         journal = JournalStore(stack.state / "runbooks" / "failover").load("sandbox")
         return journal is not None and journal.run_id == run["id"] and any(
             s.step == "checkpoint" and s.status == "done" for s in journal.steps)
@@ -774,90 +765,187 @@ def test_a_failover_killed_mid_phase_is_alerted_by_the_server_then_a_rerun_resum
     while not (heartbeats() and checkpointed() and _flow_run_pids(run["id"])):
         assert time.monotonic() - started < 180, "the failover never reached its hang after the checkpoint"
         time.sleep(1)
+    return run
+
+
+def _backstop_runs(stack, run_id: str, count: int, timeout: float) -> list[dict]:
+    """The failover-crash-alert runs the server started for this failover run, once `count` of them ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [r for r in post(stack, "/flow_runs/filter", {"limit": 50, "flow_runs": {"tags": {"all_": ["backstop"]}},
+                                                             "sort": "EXPECTED_START_TIME_ASC"})
+                if run_id in json.dumps(r["parameters"])]
+        if len(runs) >= count and all(r["state"]["type"] in ACTIVE_DONE for r in runs):
+            return runs
+        assert time.monotonic() < deadline, f"the server started {len(runs)} failover-crash-alert run(s) for {run_id}"
+        time.sleep(1)
+
+
+def _run_logs(stack, run_id: str, wanted: str, timeout: float = 60) -> list[str]:
+    """A run's log lines, once one contains `wanted` (they reach the API in batches, after its final state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = [e["message"] for e in post(stack, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}},
+                                                                   "limit": 200})]
+        if any(wanted in line for line in logs):
+            return logs
+        assert time.monotonic() < deadline, f"no log line of {run_id} says {wanted!r}: {logs}"
+        time.sleep(1)
+
+
+def _rerun_to_completion_then_rejoin(stack, key: str, old: str, cand: str) -> None:
+    """Rerun the failover (it resumes from the journal) to COMPLETED, then rejoin the old primary as a standby."""
+    again = create_run(stack.api_url, "failover/failover", _failover_params(require_approval=False), key)
+    done = wait_for(stack.api_url, again["id"], timeout=180)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert _primary_in_block(stack) == cand and _block_data(stack)["fenced_nodes"] == [old]
+    node, _ = _rejoin_via_rest(stack, f"rejoin-after-{key}")
+    assert node == old
+
+
+def test_a_failover_killed_mid_phase_is_alerted_by_the_server_then_a_rerun_resumes(stack):
+    """SIGKILL the failover run's process in phase 2: its worker marks it Crashed and runs its on_crashed hook,
+    the server's trigger in prefect.yaml starts the failover-crash-alert deployment, which finds the alert already
+    sent (journal) and stays quiet; a rerun resumes from the journal and completes; the rejoin deployment restores
+    streaming. (A whole worker lost is the proactive trigger's case: the next test.)"""
+    import signal
+
+    old = _primary_in_block(stack)
+    cand = next(n for n in ("primary", "replica") if n != old)
+    stack.sandbox.wait_streaming(old)
+    run = _start_hung_failover(stack, "worker-dies-1")
     for pid in _flow_run_pids(run["id"]):
         os.kill(pid, signal.SIGKILL)  # the worker's flow-run process dies: no hook runs
 
     crashed = wait_for(stack.api_url, run["id"], timeout=300)
     assert crashed["state"]["type"] == "CRASHED", crashed["state"]
-    deadline = time.monotonic() + 120
-    while not (alerts := [r for r in post(stack, "/flow_runs/filter", {"limit": 50, "flow_runs": {
-            "tags": {"all_": ["backstop"]}}}) if run["id"] in json.dumps(r["parameters"])]):
-        assert time.monotonic() < deadline, "the server never started failover-crash-alert"
-        time.sleep(1)
-    alert = wait_for(stack.api_url, alerts[0]["id"], timeout=120)
+    alert = _backstop_runs(stack, run["id"], 1, timeout=240)[0]
     assert alert["state"]["type"] == "COMPLETED", alert["state"]
-    def said() -> list[str]:  # the run's own log lines reach the API in batches, after its final state
-        logs = post(stack, "/logs/filter", {"logs": {"flow_run_id": {"any_": [alert["id"]]}}, "limit": 200})
-        return [entry["message"] for entry in logs]
+    # its worker runs the run's on_crashed hook, so the backstop stays quiet
+    lines = _run_logs(stack, alert["id"], "already CRASHED")
+    assert any("already CRASHED" in line and ("already alerted by its own hook" in line or "alert:" in line)
+               for line in lines), lines
 
-    deadline = time.monotonic() + 60  # its worker runs the run's on_crashed hook, so the backstop stays quiet
-    while not any("already CRASHED" in line and ("already alerted by its own hook" in line or "alert:" in line)
-                  for line in said()):
-        assert time.monotonic() < deadline, "\n".join(said())
-        time.sleep(1)
-
-    again = create_run(stack.api_url, "failover/failover", _failover_params(require_approval=False),
-                       "worker-dies-rerun")
-    done = wait_for(stack.api_url, again["id"], timeout=180)
-    assert done["state"]["type"] == "COMPLETED", done["state"]
-    assert _primary_in_block(stack) == cand and _block_data(stack)["fenced_nodes"] == [old]
-    node, _ = _rejoin_via_rest(stack, "rejoin-after-worker-died")
-    assert node == old
+    _rerun_to_completion_then_rejoin(stack, "worker-dies-rerun", old, cand)
 
 
-def test_a_fleet_run_over_two_workers_reports_a_cluster_whose_worker_died(stack):
-    """The fleet's clusters run as deployment runs on either worker, one at a time; the last cluster's run hangs
-    (its server accepts TCP and never answers) and its worker is SIGKILLed: the fleet run still ends, with that
-    cluster timed out (linked to its run) and every other cluster ok. The worker is restarted afterwards."""
+def test_a_worker_lost_mid_fleet_run_and_mid_failover_the_fleet_reports_it_and_the_backstop_alerts(stack):
+    """A whole worker is lost (SIGKILL of its process group and of the runs it started) while it runs a failover
+    hung after its phase-2 CHECKPOINT and the first cluster of a fleet run (a cluster whose server accepts TCP and
+    never answers); the fleet's other clusters run on the other worker.
+
+    The fleet run still ends: the lost worker's cluster `timed-out`, linked to its run, every other cluster ok. No hook
+    of the failover run can act and the run stays Running: the server's proactive trigger (prefect.yaml: no heartbeat
+    for 90 s) starts failover-crash-alert on the surviving worker, which marks the run Crashed and replies in the run's
+    Slack thread with its last journaled step; the Crashed it set fires the reactive trigger, whose run finds the alert
+    sent. A rerun resumes from the journal and completes; the rejoin deployment restores streaming; the lost worker is
+    restarted."""
     import signal
     import socket
+    import threading
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from pydantic import SecretStr
 
     from blocks.postgres_cluster import PostgresCluster, PostgresNode
     from flows.fleet import fleet
+    from sandbox.stack import WORK_POOL
+    from tasks.failover.journal import JournalStore
+    from tests.helpers import save_slack_block
+    from tests.slack_server import start_fake_slack
 
+    victim, survivor = stack.worker_names[:2]
+    old = _primary_in_block(stack)
+    cand = next(n for n in ("primary", "replica") if n != old)
+    stack.sandbox.wait_streaming(old)
+    slack, token, timeout = start_fake_slack(), "xoxb-ok-worker-lost", 90
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
-    outcome = {}
+    outcome: dict = {}
     try:
         with temporary_settings({PREFECT_API_URL: stack.api_url}):
+            save_slack_block(slack, "e2e-worker-lost", token)
+            for name in ("fleet-001", "fleet-002"):  # cheap clusters over the sandbox's servers: its primary now
+                PostgresCluster.load(name).model_copy(update={"primary_node": old, "fenced_nodes": []}).save(
+                    name, overwrite=True)
             PostgresCluster(cluster_name="zz-hangs", nodes=[PostgresNode(name="pg-1", host="127.0.0.1",
                             port=listener.getsockname()[1])], primary_node="pg-1", password=SecretStr("x"),
                             sslmode="disable", connect_timeout=60).save("zz-hangs", overwrite=True)
+        stack._stop(survivor)  # until the kill, the victim alone takes runs: the failover and the fleet's first cluster
+        run = _start_hung_failover(stack, "worker-lost-1", slack_block="e2e-worker-lost")
 
-            def run_fleet():  # settings are a context variable: a new thread needs its own
-                with temporary_settings({PREFECT_API_URL: stack.api_url}):
-                    outcome["report"] = fleet(runbook="health-check", fleet_block="fleet",
-                                              cluster_blocks=["zz-hangs"], max_parallel=1,
-                                              cluster_timeout_seconds=30, deployment="health-check/health-check")
+        def run_fleet():  # settings are a context variable: a new thread needs its own
+            with temporary_settings({PREFECT_API_URL: stack.api_url}):
+                outcome["report"] = fleet(runbook="health-check", fleet_block="fleet", cluster_blocks=["zz-hangs"],
+                                          max_parallel=1, cluster_timeout_seconds=timeout,
+                                          deployment="health-check/health-check")
 
-            import threading
+        thread = threading.Thread(target=run_fleet)
+        thread.start()
+        owner, hung_pids = _worker_of_the_run_named(stack, "health-check · zz-hangs", timeout=240)
+        assert owner == victim
+        _restart_and_wait_polling(stack, survivor, WORK_POOL)  # it runs the fleet's other clusters, and the backstop
+        failover_pids = _flow_run_pids(run["id"])
+        os.killpg(stack._pid(victim), signal.SIGKILL)  # the worker, then the flow-run processes it started
+        for pid in failover_pids + hung_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=timeout + 300)
+        assert not thread.is_alive(), "the fleet run never ended"
 
-            thread = threading.Thread(target=run_fleet)
-            thread.start()
-            victim, run_pids = _worker_of_the_run_named(stack, "health-check · zz-hangs", timeout=240)
-            os.killpg(stack._pid(victim), signal.SIGKILL)  # the worker, then the flow-run process it started
-            for pid in run_pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            thread.join(timeout=300)
+        report = outcome["report"]
+        by = {m.cluster: m for m in report.members}
+        assert set(by) == {"sandbox", "fleet-001", "fleet-002", "zz-hangs"}, report.summary
+        assert {by[c].status for c in ("sandbox", "fleet-001", "fleet-002")} == {"ok"}, [m.summary for m in by.values()]
+        hung = by["zz-hangs"]
+        assert hung.status == "timed-out" and hung.flow_run_id and f"Not finished after {timeout} s" in hung.summary
+        assert report.status == "critical" and "1 timed-out" in report.summary
+        (art,) = post(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-health-check-fleet"]}},
+                                                   "sort": "CREATED_DESC", "limit": 1})
+        assert "| zz-hangs | timed-out |" in art["data"]
+        assert api(stack, f"/flow_runs/{hung.flow_run_id}")["state"]["type"] == "RUNNING"  # nobody left to say
+
+        backstops = _backstop_runs(stack, run["id"], 2, timeout=300)  # the proactive trigger's, then the reactive's
+        crashed = api(stack, f"/flow_runs/{run['id']}")["state"]
+        assert crashed["type"] == "CRASHED" and "no heartbeat for 90 s" in crashed["message"], crashed
+        assert {r["state"]["type"] for r in backstops} == {"COMPLETED"}, [r["state"] for r in backstops]
+        lines = _run_logs(stack, backstops[0]["id"], "marked CRASHED")
+        assert any("marked CRASHED (it was RUNNING, silent for 90 s); alert: 1 Slack message(s) delivered" in line
+                   for line in lines), lines
+        journal = JournalStore(stack.state / "runbooks" / "failover").load("sandbox")
+        assert journal.run_id == run["id"] and journal.slack_parent_ts
+        replies = [c for c in slack.calls("chat.postMessage", token=token) if "Failover CRASHED" in str(c.body)]
+        assert replies and replies[0].body.get("thread_ts") == journal.slack_parent_ts, replies
+        for needle in ("Failover CRASHED (worker lost)", "after step `checkpoint` (done)", f"writable: {old}",
+                       "rerun the failover"):
+            assert needle in str(replies[0].body), (needle, replies[0].body)
     finally:
         listener.close()
         for name in stack.worker_names:
             stack.start_worker(name)
-    report = outcome["report"]
-    by = {m.cluster: m for m in report.members}
-    assert set(by) == {"sandbox", "fleet-001", "fleet-002", "zz-hangs"}, report.summary
-    assert {by[c].status for c in ("sandbox", "fleet-001", "fleet-002")} == {"ok"}, report.summary
-    hung = by["zz-hangs"]
-    assert hung.status == "timed-out" and hung.flow_run_id and "Not finished after 30 s" in hung.summary, hung
-    assert report.status == "critical" and "1 timed-out" in report.summary
-    (art,) = post(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-health-check-fleet"]}},
-                                               "sort": "CREATED_DESC", "limit": 1})
-    assert "| zz-hangs | timed-out |" in art["data"]
+        slack.stop()
+        _delete_block(stack, "slack-notifier", "e2e-worker-lost")
+        _delete_block(stack, "postgres-cluster", "zz-hangs")
+
+    _rerun_to_completion_then_rejoin(stack, "worker-lost-rerun", old, cand)
+
+
+def _restart_and_wait_polling(stack, name: str, pool: str, timeout: float = 120) -> None:
+    """Start a stack worker and wait until the server saw it poll (a worker heartbeat after the start)."""
+    from datetime import UTC, datetime
+
+    since = datetime.now(UTC)
+    stack.start_worker(name)
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = [w for w in post(stack, f"/work_pools/{pool}/workers/filter", {})
+                if w["name"] == f"pg-runbooks-{name}" and w.get("last_heartbeat_time")
+                and datetime.fromisoformat(w["last_heartbeat_time"]) > since]
+        if seen:
+            return
+        assert time.monotonic() < deadline, f"worker {name} never polled its pool"
+        time.sleep(0.5)
 
 
 def _worker_of_the_run_named(stack, name: str, timeout: float) -> tuple[str, list[int]]:
