@@ -8,6 +8,7 @@ writable now. Rerunning the failover resumes it.
 
 from prefect import flow, get_run_logger
 
+from tasks.core.limits import crash_alert_lock_name, in_turn
 from tasks.failover.backstop import already_alerted, cluster_now, mark_crashed, post_crash_alert, run_id_of
 from tasks.failover.model import FailoverRequest
 
@@ -28,10 +29,12 @@ def failover_crash_alert(flow_run_id: str = "", silence: str = "90 s") -> str:
         logger.info("failover run %s: %s", run.id, marked)
         return marked
     request = FailoverRequest.model_validate((run.parameters or {}).get("request") or {})
-    if by := already_alerted(str(run.id), request):
-        logger.info("failover run %s %s; already alerted by %s", run.id, marked, by)
-        return f"failover run {run.id} {marked}; already alerted by {by}"
-    outcome = post_crash_alert(str(run.id), request, cluster_now(request))
+    # both triggers fire for one lost worker (silent, then the Crashed this run set): one alerts, the other reads it
+    with in_turn(crash_alert_lock_name(request.cluster_block)):
+        if by := already_alerted(str(run.id), request):
+            logger.info("failover run %s %s; already alerted by %s", run.id, marked, by)
+            return f"failover run {run.id} {marked}; already alerted by {by}"
+        outcome = post_crash_alert(str(run.id), request, cluster_now(request))
     summary = f"failover run {run.id} {marked}; alert: {outcome.summary}"
     (logger.info if outcome.ok else logger.warning)(summary)
     return summary

@@ -72,6 +72,11 @@ def action_lock_name(cluster: str, action: str) -> str:
     return f"alert-action-{slug(cluster)}-{action.replace('_', '-')}"
 
 
+def crash_alert_lock_name(cluster: str) -> str:
+    """The global concurrency limit that lets one backstop run at a time alert a cluster's crashed failover."""
+    return f"failover-crash-alert-{slug(cluster)}"
+
+
 def failover_lock_name(cluster: str) -> str:
     """The global concurrency limit that allows one failover per cluster (the stack creates it, the flow holds it)."""
     return f"failover-{slug(cluster)}"
@@ -95,6 +100,26 @@ def exclusive(name: str, timeout_seconds: float = 30) -> Iterator[bool]:
                 raise
             yield False
             return
+        yield True
+
+
+@contextlib.contextmanager
+def in_turn(name: str, timeout_seconds: float = 120) -> Iterator[bool]:
+    """Wait (up to `timeout_seconds`) for the single slot of limit `name`, then hold it; yields whether it is held.
+
+    For work that must happen once but never be lost (an alert): an API failure, or a wait that runs out, is
+    logged and yields False, and the caller goes on without the slot (twice beats never).
+    """
+    held = contextlib.ExitStack()
+    try:
+        ensure_limits([name])
+        held.enter_context(concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True,
+                                       lease_duration=300))
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("%s not held (%s): going on without it", name, short_error(exc))
+        yield False
+        return
+    with held:
         yield True
 
 

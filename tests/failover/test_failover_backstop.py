@@ -75,3 +75,43 @@ def test_a_run_its_worker_marked_crashed_is_alerted_once_and_never_after_its_own
     assert len(slack.calls("chat.postMessage", token="xoxb-ok-backstop2")) == 1  # once, not per firing
     store.save(store.load(name).model_copy(update={"facts": {CRASH_ALERTED: "CRASHED"}}))  # as the hook records
     assert failover_crash_alert(flow_run_id=str(run.id)).endswith("already alerted by its own hook")
+
+
+def test_two_backstop_runs_of_one_crash_alert_once(sandbox, cluster_block, slack, tmp_path):
+    """Both triggers fire for one lost worker (silent, then the Crashed the first backstop run set). The second
+    run waits for the cluster's alert slot while the first posts, then finds the alert in the journal."""
+    import threading
+    import time
+
+    from tasks.core.limits import crash_alert_lock_name, exclusive
+    from tasks.failover.hooks import CRASH_ALERTED
+
+    save_slack_block(slack, "slack-backstop3", "xoxb-ok-backstop3")
+    sandbox_endpoint_block(sandbox).save("backstop", overwrite=True)
+    request = {"cluster_block": cluster_block, "endpoint_block": "backstop", "slack_block": "slack-backstop3",
+               "journal_dir": str(tmp_path)}
+    name, now = PostgresCluster.load(cluster_block).cluster_name, datetime.now(UTC)
+    plan = FailoverPlan(cluster=name, mode="switchover", old_primary="primary", candidate="replica", lag_bytes=0,
+                        original_timeline=1)
+    store = JournalStore(tmp_path)
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(failover, parameters={"request": request}, state=Running())
+    store.save(Journal(cluster=name, run_id=str(run.id), plan=plan, started_at=now, updated_at=now))
+
+    out: list[str] = []
+    with exclusive(crash_alert_lock_name(cluster_block)) as held:  # "the first backstop run", posting
+        assert held
+        second = threading.Thread(target=lambda: out.append(failover_crash_alert(flow_run_id=str(run.id))))
+        second.start()
+        deadline = time.monotonic() + 60
+        while True:  # the second run marked the run Crashed: it is now at the alert slot
+            with get_client(sync_client=True) as client:
+                if client.read_flow_run(run.id).state.type.value == "CRASHED":
+                    break
+            assert time.monotonic() < deadline, "the backstop never marked the run Crashed"
+            time.sleep(0.2)
+        time.sleep(2)  # let it reach the slot and wait there (without the slot it would read the journal now)
+        store.save(store.load(name).model_copy(update={"facts": {CRASH_ALERTED: "backstop"}}))  # the first posted
+    second.join(timeout=120)
+    assert out and out[0].endswith("already alerted by an earlier failover-crash-alert run"), out
+    assert slack.calls("chat.postMessage", token="xoxb-ok-backstop3") == []
