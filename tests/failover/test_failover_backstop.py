@@ -57,17 +57,9 @@ def test_a_run_its_worker_marked_crashed_is_alerted_once_and_never_after_its_own
 
     from tasks.failover.hooks import CRASH_ALERTED
 
-    save_slack_block(slack, "slack-backstop2", "xoxb-ok-backstop2")
-    sandbox_endpoint_block(sandbox).save("backstop", overwrite=True)
-    request = {"cluster_block": cluster_block, "endpoint_block": "backstop", "slack_block": "slack-backstop2",
-               "journal_dir": str(tmp_path)}
-    name, now = PostgresCluster.load(cluster_block).cluster_name, datetime.now(UTC)
-    plan = FailoverPlan(cluster=name, mode="switchover", old_primary="primary", candidate="replica", lag_bytes=0,
-                        original_timeline=1)
-    store = JournalStore(tmp_path)
-    with get_client(sync_client=True) as client:  # its worker saw the process die and marked it Crashed
-        run = client.create_flow_run(failover, parameters={"request": request}, state=Crashed(message="exit -9"))
-    store.save(Journal(cluster=name, run_id=str(run.id), plan=plan, started_at=now, updated_at=now))
+    # its worker saw the process die and marked it Crashed
+    name, store, run = crashed_run_with_journal(sandbox, cluster_block, slack, tmp_path, "backstop2",
+                                                Crashed(message="exit -9"))
     out = failover_crash_alert(flow_run_id=str(run.id))
     assert "already CRASHED" in out and "1 Slack message(s) delivered" in out, out
     assert store.load(name).facts[CRASH_ALERTED] == "backstop"
@@ -86,17 +78,7 @@ def test_two_backstop_runs_of_one_crash_alert_once(sandbox, cluster_block, slack
     from tasks.core.limits import crash_alert_lock_name, exclusive
     from tasks.failover.hooks import CRASH_ALERTED
 
-    save_slack_block(slack, "slack-backstop3", "xoxb-ok-backstop3")
-    sandbox_endpoint_block(sandbox).save("backstop", overwrite=True)
-    request = {"cluster_block": cluster_block, "endpoint_block": "backstop", "slack_block": "slack-backstop3",
-               "journal_dir": str(tmp_path)}
-    name, now = PostgresCluster.load(cluster_block).cluster_name, datetime.now(UTC)
-    plan = FailoverPlan(cluster=name, mode="switchover", old_primary="primary", candidate="replica", lag_bytes=0,
-                        original_timeline=1)
-    store = JournalStore(tmp_path)
-    with get_client(sync_client=True) as client:
-        run = client.create_flow_run(failover, parameters={"request": request}, state=Running())
-    store.save(Journal(cluster=name, run_id=str(run.id), plan=plan, started_at=now, updated_at=now))
+    name, store, run = crashed_run_with_journal(sandbox, cluster_block, slack, tmp_path, "backstop3", Running())
 
     out: list[str] = []
     with exclusive(crash_alert_lock_name(cluster_block)) as held:  # "the first backstop run", posting
@@ -115,3 +97,19 @@ def test_two_backstop_runs_of_one_crash_alert_once(sandbox, cluster_block, slack
     second.join(timeout=120)
     assert out and out[0].endswith("already alerted by an earlier failover-crash-alert run"), out
     assert slack.calls("chat.postMessage", token="xoxb-ok-backstop3") == []
+
+
+def crashed_run_with_journal(sandbox, cluster_block, slack, tmp_path, token: str, state):
+    """A failover run in `state` with its journal (no step done): the request, the journal store, the run."""
+    save_slack_block(slack, f"slack-{token}", f"xoxb-ok-{token}")
+    sandbox_endpoint_block(sandbox).save("backstop", overwrite=True)
+    request = {"cluster_block": cluster_block, "endpoint_block": "backstop", "slack_block": f"slack-{token}",
+               "journal_dir": str(tmp_path)}
+    name, now = PostgresCluster.load(cluster_block).cluster_name, datetime.now(UTC)
+    plan = FailoverPlan(cluster=name, mode="switchover", old_primary="primary", candidate="replica", lag_bytes=0,
+                        original_timeline=1)
+    store = JournalStore(tmp_path)
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(failover, parameters={"request": request}, state=state)
+    store.save(Journal(cluster=name, run_id=str(run.id), plan=plan, started_at=now, updated_at=now))
+    return name, store, run
