@@ -34,6 +34,7 @@ from tasks.maintenance.vacuum import (
     CandidatesRead,
     VacuumResult,
     VacuumSessions,
+    read_vacuum_candidates,
     resolve_tables,
     vacuum_tables,
 )
@@ -84,6 +85,8 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
             turn = held.enter_context(maintenance_turn(report.cluster, "vacuum", if_busy, busy_wait_minutes * 60))
             report.exclusion = turn.sentence
         states, limits = read.result()
+        if turn is not None and turn.held and turn.waited_seconds >= 1:  # what it waited for may have vacuumed
+            states, limits = read_vacuum_candidates(target, sessions)
         candidates = (plan.requested_candidates(refs, states) if refs is not None
                       else plan.select_candidates(states, params, limits))
         report.planned = [c.table for c in candidates]

@@ -14,7 +14,7 @@ from psycopg import sql
 from tasks.core import exclusion
 from tasks.core.exclusion import StopCheck, maintenance_lock_name, maintenance_turn, urgent_marker
 from tasks.core.limits import exclusive, failover_lock_name
-from tests.helpers import psql
+from tests.helpers import psql, wait_horizon
 
 TABLES = ["excl_a", "excl_b", "excl_c"]
 
@@ -189,3 +189,36 @@ def test_an_unreachable_api_is_a_typed_error_never_a_free_cluster():
             pass
         with pytest.raises(LimitsUnavailable), leased_slot("maintenance-excl-8"):
             pass
+
+
+def test_a_vacuum_that_waited_for_the_lock_plans_from_a_fresh_catalog_read(sandbox, cluster_block):
+    """The catalog read overlaps the lock; a run that had to wait (another maintenance run held the lock, and
+    may have vacuumed meanwhile) reads again, so it does not vacuum what no longer needs it."""
+    import time
+
+    from flows.vacuum import vacuum
+    from tasks.maintenance.vacuum_plan import VacuumParams
+
+    table = sql.Identifier("public", "excl_waited")
+    psql(sandbox, "primary", sql.SQL("DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int); INSERT INTO {t} "
+                                     "SELECT generate_series(1, 2000); DELETE FROM {t};").format(t=table))
+    out: dict = {}
+    params = VacuumParams(log_dir=tempfile.mkdtemp(prefix="pgrb-excl-log-"))
+    with exclusive(maintenance_lock_name("test-sandbox")) as mine:  # another maintenance run holds the cluster
+        assert mine
+        run = threading.Thread(target=lambda: out.update(report=asyncio.run(
+            vacuum(cluster_block=cluster_block, params=params, if_busy="wait", busy_wait_minutes=2))))
+        run.start()
+        deadline = time.monotonic() + 60
+        while not psql(sandbox, "primary", "SELECT 1 FROM pg_catalog.pg_stat_activity WHERE state = 'idle' "
+                                           "AND application_name = 'pg-runbooks/vacuum'"):
+            assert time.monotonic() < deadline, "the vacuum run never made its catalog read"
+            time.sleep(0.1)  # its read is done: it now waits for the lock
+        wait_horizon(sandbox)  # the replica's feedback xmin past the DELETE: VACUUM can remove what it deleted
+        psql(sandbox, "primary", sql.SQL("VACUUM (ANALYZE) {}").format(table))  # what the other run did meanwhile
+        assert psql(sandbox, "primary", "SELECT n_dead_tup FROM pg_catalog.pg_stat_user_tables "
+                                        "WHERE relname = 'excl_waited'") == [(0,)]
+    run.join(timeout=120)
+    report = out["report"]
+    assert report.exclusion.startswith("vacuum took the maintenance lock maintenance-test-sandbox after waiting")
+    assert "public.excl_waited" not in report.planned, [(r.table, r.reason, r.summary) for r in report.results]
