@@ -58,6 +58,20 @@ def wait_horizon(box) -> None:
                           (xid % 2**32,))[0][0], timeout=15, what="the replica's xmin to advance")
 
 
+def own_sandbox(prefix: str, defaults: bool = False):
+    """A module fixture: a sandbox of the module's own (primary, replica, pgbouncer), destroyed after it."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def box():
+        sb = Sandbox.ephemeral(prefix, defaults=defaults)
+        sb.start()
+        yield sb
+        sb.destroy()
+
+    return box
+
+
 def failover_fixtures(prefix: str, block: str, defaults: bool = False):
     """The module fixtures of a failover test module on a sandbox of its own: (box, blocks, journal_dir).
 
@@ -69,12 +83,7 @@ def failover_fixtures(prefix: str, block: str, defaults: bool = False):
 
     from sandbox.blocks import save_failover_blocks
 
-    @pytest.fixture(scope="module")
-    def box():
-        sb = Sandbox.ephemeral(prefix, defaults=defaults)
-        sb.start()
-        yield sb
-        sb.destroy()
+    box = own_sandbox(prefix, defaults)
 
     @pytest.fixture(scope="module")
     def blocks(box, prefect_api):

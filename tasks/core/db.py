@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 from blocks.postgres_cluster import ConnectionTarget
-from tasks.core.errors import classify, retry_if_transient
+from tasks.core.errors import RunbookDBError, classify, retry_if_transient
 
 APPLICATION_NAME = "pg-runbooks"
 DEFAULT_LOCK_TIMEOUT_MS = 5_000
@@ -124,6 +124,17 @@ def connect(
     finally:
         with contextlib.suppress(Exception):
             conn.close()
+
+
+def fetch_one_fresh(target: ConnectionTarget, query: Query, model: type[M], purpose: str,
+                    statement_timeout_ms: int = 5_000) -> M | None:
+    """One row of `query` as `model` on a connection of its own; None when the node does not answer (a probe
+    that must not reuse a session: after a failover, which server a new connection reaches is the question)."""
+    try:
+        with connect(target, purpose=purpose, statement_timeout_ms=statement_timeout_ms) as db:
+            return db.fetch_one(query, None, model)
+    except RunbookDBError:
+        return None
 
 
 @contextlib.contextmanager

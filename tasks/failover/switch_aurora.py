@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from blocks.aurora import AuroraCluster
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core import aurora
-from tasks.core.db import connect
+from tasks.core.db import connect, fetch_one_fresh
 from tasks.core.errors import ProviderError, RunbookDBError
 from tasks.failover.model import FailoverPlan, FailoverRefused, FailoverStepFailed, NodeState, PlannedStep
 from tasks.failover.run import run_step
@@ -100,11 +100,7 @@ def aurora_failover(block: AuroraCluster, cand: ConnectionTarget) -> dict:
 
 
 def server(target: ConnectionTarget) -> _Server | None:
-    try:
-        with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
-            return db.fetch_one(SERVER_SQL, None, _Server)
-    except RunbookDBError:
-        return None
+    return fetch_one_fresh(target, SERVER_SQL, _Server, purpose="failover")
 
 
 def wait_reaches(writer: ConnectionTarget, cand: ConnectionTarget, deadline: float) -> bool:

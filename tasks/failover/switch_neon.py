@@ -25,8 +25,8 @@ from pydantic import BaseModel
 from blocks.neon import NeonEndpoint
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core import neon
-from tasks.core.db import connect
-from tasks.core.errors import ProviderError, RunbookDBError
+from tasks.core.db import fetch_one_fresh
+from tasks.core.errors import ProviderError
 from tasks.failover.model import FailoverPlan, FailoverRefused, FailoverStepFailed, NodeState, PlannedStep
 from tasks.failover.plan import lsn_int
 from tasks.failover.plan import plan_steps as shared_steps
@@ -56,11 +56,7 @@ class _Compute(BaseModel):
 
 def compute(target: ConnectionTarget) -> _Compute | None:
     """The compute's start time, role and WAL position on a fresh connection; None when it does not answer."""
-    try:
-        with connect(target, purpose="failover", statement_timeout_ms=5_000) as db:
-            return db.fetch_one(COMPUTE_SQL, None, _Compute)
-    except RunbookDBError:
-        return None
+    return fetch_one_fresh(target, COMPUTE_SQL, _Compute, purpose="failover")
 
 
 def plan_steps(plan: FailoverPlan, block: NeonEndpoint, request: str) -> list[PlannedStep]:

@@ -18,17 +18,12 @@ from sandbox.blocks import sandbox_cluster_block
 from sandbox.cluster import Sandbox
 from tasks.failover.model import FailoverRefused
 from tests.aws_stand_in import SECRET_KEY, MotoStandIn
-from tests.helpers import failover_request
+from tests.helpers import failover_request, own_sandbox
 
 BLOCK = "fo-aurora"
 
 
-@pytest.fixture(scope="module")
-def box():
-    sb = Sandbox.ephemeral("pgrb-fo-aurora-")
-    sb.start()
-    yield sb
-    sb.destroy()
+box = own_sandbox("pgrb-fo-aurora-")
 
 
 @pytest.fixture(scope="module")

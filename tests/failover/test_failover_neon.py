@@ -17,10 +17,9 @@ from blocks.neon import NeonEndpoint
 from blocks.postgres_cluster import PostgresNode
 from flows.failover import failover
 from sandbox.blocks import sandbox_cluster_block
-from sandbox.cluster import Sandbox
 from tasks.failover.model import FailoverRefused
 from tasks.failover.switch_neon import restart_loss
-from tests.helpers import failover_request, save_slack_block
+from tests.helpers import failover_request, own_sandbox, save_slack_block
 from tests.neon_server import API_KEY
 
 BLOCK = "fo-neon"
@@ -28,12 +27,7 @@ PROJECT, ENDPOINT = "proj-failover", "ep-failover-compute"
 RESTART = f"neon POST /projects/{PROJECT}/endpoints/{ENDPOINT}/restart"
 
 
-@pytest.fixture(scope="module")
-def box():
-    sb = Sandbox.ephemeral("pgrb-fo-neon-")
-    sb.start()
-    yield sb
-    sb.destroy()
+box = own_sandbox("pgrb-fo-neon-")
 
 
 @pytest.fixture(scope="module")
