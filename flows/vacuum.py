@@ -1,9 +1,9 @@
 """Runbook 2.1: vacuum and analyze what needs it (or the tables an operator names).
 
 Wraparound risk first, then dead tuples, then stale statistics; N tables at a time on N connections
-held for the run (as vacuumdb), with lock_timeout and statement_timeout; one task run per batch of
-tables; no table starts after the maintenance window; every table's outcome is logged as its batch
-ends, and failures alert in Slack. A maintenance log that cannot be written is in the
+held for the run (as vacuumdb), with lock_timeout and statement_timeout; one task run per connection,
+taking batches of tables as it is free; no table starts after the maintenance window; every table's
+outcome is logged as its batch ends, and failures alert in Slack. A maintenance log that cannot be written is in the
 report and the alert, and the run then ends Failed.
 
 The flow is `async def` for one reason: Prefect 3.9's sync flow engine joins its heartbeat thread at
@@ -24,7 +24,7 @@ from prefect.context import SyncClientContext
 from prefect.utilities.annotations import quote
 
 from blocks.postgres_cluster import PostgresCluster
-from tasks.core.bounded import run_bounded
+from tasks.core.bounded import WorkQueue
 from tasks.core.exclusion import OnBusy, StopCheck, maintenance_turn
 from tasks.core.progress import Progress, track_progress
 from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
@@ -36,7 +36,7 @@ from tasks.maintenance.vacuum import (
     VacuumSessions,
     read_vacuum_candidates,
     resolve_tables,
-    vacuum_tables,
+    vacuum_lane,
 )
 from tasks.maintenance.vacuum_plan import VacuumParams, VacuumReport
 
@@ -124,14 +124,12 @@ def vacuum_candidates(report: VacuumReport, target, candidates: list, params: Va
     log = MaintenanceLogWriter("vacuum", report.cluster, str(runtime.flow_run.id), params.log_dir)
     with track_progress(artifact_key("vacuum-progress", report.cluster), len(candidates),
                         f"Vacuum of {report.cluster}", "tables", first_after=1.0, flow_client=True) as bar:
-        started, not_started = run_bounded(
-            plan.batches(candidates, params.batch_tables, params.concurrency),
-            lambda batch: vacuum_tables.submit(target, quote(batch), params.options, params.lock_timeout_ms,
-                                               params.statement_timeout_ms, deadline, sessions, bar, log,
-                                               stop=stop),
-            params.concurrency, deadline)
-        report.results = [result for _, future in started for result in future.result()]
-        skipped = [plan.window_skipped(ref) for batch in not_started for ref in batch]
+        queue = WorkQueue(plan.batches(candidates, params.batch_tables, params.concurrency), deadline)
+        lanes = [vacuum_lane.submit(target, queue, params.options, sessions, deadline, bar, log, stop=stop)
+                 for _ in range(min(params.concurrency, len(queue)))]
+        done = sorted((pair for lane in lanes for pair in lane.result()), key=lambda pair: pair[0])
+        report.results = [result for _, results in done for result in results]
+        skipped = [plan.window_skipped(ref) for batch in queue.not_started() for ref in batch]
         log.append(plan.log_rows(skipped))
         report.results += skipped
         if bar is not None:

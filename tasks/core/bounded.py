@@ -1,54 +1,45 @@
-"""Run submitted tasks at most N at a time, starting none after a deadline."""
+"""Work shared by N lanes: each lane takes the next item when it is free, none is taken after a deadline."""
 
 from __future__ import annotations
 
-import concurrent.futures
+import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
-def run_bounded(items: Sequence[T], submit: Callable[[T], Any], concurrency: int,
-                deadline_epoch: float | None, poll_seconds: float = 0.02) -> tuple[list[tuple[T, Any]], list[T]]:
-    """Submit `submit(item)` for each item with at most `concurrency` in flight.
+class WorkQueue(Generic[T]):
+    """Items in order for lanes that each take the next one when they are free (a lane slowed by the machine
+    never holds work another lane could do). Nothing is taken once `deadline_epoch` has passed: what is left
+    is `not_started()`. Thread-safe."""
 
-    Returns ([(item, future)] in submission order, [items never started because the deadline passed]).
-    """
-    pending = list(items)
-    started: list[tuple[T, Any]] = []
-    in_flight: list[Any] = []
-    not_started: list[T] = []
-    while pending or in_flight:
-        in_flight = [f for f in in_flight if not _done(f)]
-        while pending and len(in_flight) < concurrency:
-            if deadline_epoch is not None and time.time() >= deadline_epoch:
-                not_started.extend(pending)
-                pending.clear()
-                break
-            item = pending.pop(0)
-            future = submit(item)
-            started.append((item, future))
-            in_flight.append(future)
-        if in_flight:
-            _wait_any(in_flight, poll_seconds)
-    return started, not_started
+    def __init__(self, items: Sequence[T], deadline_epoch: float | None = None):
+        self._items = list(items)
+        self._next = 0
+        self._deadline = deadline_epoch
+        self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._items)
 
-def _wait_any(in_flight: list[Any], poll_seconds: float) -> None:
-    """Until one of the futures is done: woken by its completion when they wrap concurrent futures (a slot
-    never idles for a poll interval), else one poll interval."""
-    wrapped = [getattr(f, "wrapped_future", None) for f in in_flight]
-    if all(isinstance(w, concurrent.futures.Future) for w in wrapped):
-        concurrent.futures.wait(wrapped, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
-    else:
-        time.sleep(poll_seconds)
+    def take(self) -> tuple[int, T] | None:
+        """(index, item) of the next item, or None when none is left or the deadline has passed."""
+        with self._lock:
+            if self._next >= len(self._items):
+                return None
+            if self._deadline is not None and time.time() >= self._deadline:
+                return None
+            self._next += 1
+            return self._next - 1, self._items[self._next - 1]
 
+    def __iter__(self) -> Iterator[tuple[int, T]]:
+        """What one lane takes, item after item."""
+        while (taken := self.take()) is not None:
+            yield taken
 
-def _done(future: Any) -> bool:
-    """Done without asking the API: the wrapped concurrent future when there is one."""
-    wrapped = getattr(future, "wrapped_future", None)
-    if wrapped is not None and hasattr(wrapped, "done"):
-        return wrapped.done()
-    return future.state.is_final()
+    def not_started(self) -> list[T]:
+        """The items no lane took (the deadline passed first)."""
+        with self._lock:
+            return self._items[self._next:]

@@ -2,19 +2,22 @@
 
 As vacuumdb does, the run holds one dedicated autocommit connection per concurrency slot, with
 lock_timeout, statement_timeout and jit=off set once; each VACUUM uses SKIP_LOCKED where the server
-supports it (PG12+). One Prefect task run per batch; inside it, one statement per table and the
-batch's statistics before and after in one query each. A table that fails is a result, not an
+supports it (PG12+). One Prefect task run per slot, taking batches of tables as it is free; inside a
+batch, one statement per table (the next one
+already sent while a small table runs: tasks.core.pipeline) and the batch's statistics before and after in
+one query each. A table that fails is a result, not an
 exception: one table never stops the others.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prefect import task
@@ -23,8 +26,10 @@ from psycopg import sql
 from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
+from tasks.core.bounded import WorkQueue
 from tasks.core.db import DB_TASK, Session, connect
 from tasks.core.errors import LockTimeout, RunbookDBError
+from tasks.core.pipeline import StatementPipeline, pipeline_usable
 from tasks.core.progress import Progress
 from tasks.core.relations import NameSpec, RelationRef, resolve
 from tasks.core.server_capabilities import capabilities
@@ -286,7 +291,7 @@ def vacuum_tables(
     stop: Any = None,
 ) -> list[VacuumResult]:
     """VACUUM a batch of tables one after the other on a held connection; never raises for a database error.
-    One Prefect task run per batch: its cost stays off thousands of small tables.
+    One Prefect task run for the batch (the flow runs batches through `vacuum_lane`: one per slot).
 
     `sessions`: the run's connections per concurrency slot (without it the batch opens and closes its own).
     Each table's outcome moves the run's `progress` bar; the batch's records are appended to `log` (the
@@ -302,6 +307,30 @@ def vacuum_tables(
     if log is not None:
         log.append([r.log_row() for r in results])
     return results
+
+
+@task(name="vacuum-lane", retries=0, cache_policy=NO_CACHE)
+def vacuum_lane(
+    target: ConnectionTarget,
+    queue: WorkQueue[list[RelationRef]],
+    options: VacuumOptions,
+    sessions: VacuumSessions,
+    deadline_epoch: float | None = None,
+    progress: Progress | None = None,
+    log: MaintenanceLogWriter | None = None,
+    stop: Any = None,
+) -> list[tuple[int, list[VacuumResult]]]:
+    """One concurrency slot's share of a run: batch after batch taken from `queue` when this slot is free (none
+    after the window), on a held connection; each batch's records appended to the maintenance log as it ends.
+    One Prefect task run per slot: the API's cost per task run stays off the tables. Returns (batch index,
+    its results) for each batch it did."""
+    done: list[tuple[int, list[VacuumResult]]] = []
+    for index, refs in queue:
+        results = vacuum_batch(sessions, refs, options, deadline_epoch, progress, stop)
+        if log is not None:
+            log.append([r.log_row() for r in results])
+        done.append((index, results))
+    return done
 
 
 def vacuum_batch(sessions: VacuumSessions, refs: list[RelationRef], options: VacuumOptions,
@@ -321,16 +350,12 @@ def vacuum_batch(sessions: VacuumSessions, refs: list[RelationRef], options: Vac
                     BATCH_STATE_SQL, {"oids": [r.oid for r in remaining]}, TableVacuumState)})
                 # `VACUUM (options) ` rendered once: per table only the identifier is quoted.
                 prefix = sql.SQL(vacuum_prefix(options, s.server_version_num).as_string(s.conn))
-                while remaining:
-                    ref = remaining.pop(0)
-                    result = turn_refused(ref, deadline_epoch, stop) or vacuum_one(
-                        s, ref, befores.get(ref.oid), sql.Composed([prefix, ref.identifier]),
-                        sessions.lock_timeout_ms)
+                in_turn = vacuum_pipelined if pipeline_usable(s) else vacuum_in_order
+                for ref, result in in_turn(s, remaining, befores, prefix, deadline_epoch, stop,
+                                           sessions.lock_timeout_ms):
                     results.append(counted(progress, result))
                     if result.status == "vacuumed":
                         done.append((result, ref))
-                    if s.conn.broken or s.conn.closed:
-                        break  # terminated or lost: the next table gets a new connection
         except RunbookDBError as exc:  # no connection, or lost while reading the statistics: this table fails
             ref = remaining.pop(0)
             results.append(counted(progress, turn_refused(ref, deadline_epoch, stop) or unreachable(ref, exc)))
@@ -384,19 +409,90 @@ def counted(progress: Progress | None, result: VacuumResult) -> VacuumResult:
     return result
 
 
-def vacuum_one(s: Session, ref: RelationRef, before: TableVacuumState | None, statement: sql.Composable,
-               lock_timeout_ms: int) -> VacuumResult:
-    """`statement` (this table's VACUUM) on `s` (a dedicated autocommit connection with the run's timeouts);
-    `before`: its statistics read at the start of the batch (None: it no longer exists). A failure is the
-    result, not an exception. The figures after are filled in by `describe_vacuumed` at the end of the batch."""
-    started, t0 = datetime.now(UTC), time.monotonic()
-    result = VacuumResult(table=ref.qualified, status="failed", started_at=started)
+# A table this small (by the catalog and the statistics: 8 MB at the default block size) is vacuumed in
+# milliseconds, so the next table may be sent while it runs: that one starts at most this late after the
+# window or a priority run was checked. A larger table is vacuumed with nothing queued behind it.
+SMALL_TABLE_PAGES = 1_000
+SMALL_TABLE_TUPLES = 100_000
+
+
+def is_small(before: TableVacuumState | None) -> bool:
+    return (before is not None and before.relpages <= SMALL_TABLE_PAGES
+            and before.n_live_tup + before.n_dead_tup <= SMALL_TABLE_TUPLES)
+
+
+InTurn = Iterator[tuple[RelationRef, VacuumResult]]
+
+
+def vacuum_pipelined(s: Session, remaining: list[RelationRef], befores: dict[int, TableVacuumState],
+                     prefix: sql.Composable, deadline_epoch: float | None, stop: Any, lock_timeout_ms: int) -> InTurn:
+    """The tables of `remaining` in order (each taken off it as it is sent), each VACUUM its own statement in
+    its own implicit transaction, the next one sent while a small table runs (tasks.core.pipeline): the
+    server never waits for this process between two small tables. The window and a priority run are checked
+    as each table is sent. Yields each table's result in order; stops early when the connection is lost
+    (the tables not sent stay in `remaining`)."""
+    queued: collections.deque[tuple[RelationRef, TableVacuumState | None, VacuumResult | None]] = (
+        collections.deque())
+    with StatementPipeline(s) as pipe:
+        while True:
+            while remaining and not pipe.broken and (
+                    pipe.in_flight == 0 or (pipe.in_flight == 1 and is_small(running(queued)))):
+                ref = remaining.pop(0)
+                before = befores.get(ref.oid)
+                result = turn_refused(ref, deadline_epoch, stop) or not_planned(ref, before)
+                if result is None:
+                    pipe.send(sql.Composed([prefix, ref.identifier]), ref)
+                queued.append((ref, before, result))
+            if not queued:
+                return
+            ref, before, result = queued.popleft()
+            if result is None:
+                outcome = pipe.next()
+                if not outcome.ran:  # lost before its turn: it and those after it go to a new connection
+                    remaining[:0] = [ref] + [r for r, _, _ in queued]
+                    return
+                result = judged(ref, before, outcome.notices, outcome.error, lock_timeout_ms,
+                                datetime.now(UTC) - timedelta(seconds=time.monotonic() - outcome.started_at),
+                                outcome.seconds)
+            yield ref, result
+            if pipe.broken and not pipe.in_flight:  # terminated or lost: the rest get a new connection
+                remaining[:0] = [r for r, _, _ in queued]
+                return
+
+
+def running(queued) -> TableVacuumState | None:
+    """The before-figures of the table whose VACUUM was sent and not yet read (None when there is none)."""
+    return next((before for _, before, result in queued if result is None), None)
+
+
+def vacuum_in_order(s: Session, remaining: list[RelationRef], befores: dict[int, TableVacuumState],
+                    prefix: sql.Composable, deadline_epoch: float | None, stop: Any, lock_timeout_ms: int) -> InTurn:
+    """The same one statement at a time (a connection that cannot pipeline: through a pooler, old libpq)."""
+    while remaining:
+        ref = remaining.pop(0)
+        before = befores.get(ref.oid)
+        yield ref, (turn_refused(ref, deadline_epoch, stop) or not_planned(ref, before)
+                    or vacuum_one(s, ref, before, sql.Composed([prefix, ref.identifier]), lock_timeout_ms))
+        if s.conn.broken or s.conn.closed:
+            return  # terminated or lost: the next table gets a new connection
+
+
+def not_planned(ref: RelationRef, before: TableVacuumState | None) -> VacuumResult | None:
+    """A table gone or replaced since it was planned fails without a statement (None: it is the one planned)."""
     if before is None or (before.schema_name, before.table_name) != (ref.schema_name, ref.name):
-        result.error = "the table was dropped, renamed or replaced since it was planned"
-        result.summary = f"{ref.qualified} not vacuumed: {result.error}."
-        return result
-    result.dead_before, result.pages_before = before.n_dead_tup, before.relpages
+        error = "the table was dropped, renamed or replaced since it was planned"
+        return VacuumResult(table=ref.qualified, status="failed", started_at=datetime.now(UTC), error=error,
+                            summary=f"{ref.qualified} not vacuumed: {error}.")
+    return None
+
+
+def vacuum_one(s: Session, ref: RelationRef, before: TableVacuumState, statement: sql.Composable,
+               lock_timeout_ms: int) -> VacuumResult:
+    """`statement` (this table's VACUUM) on `s` (a dedicated autocommit connection with the run's timeouts),
+    alone. A failure is the result, not an exception."""
+    started, t0 = datetime.now(UTC), time.monotonic()
     notices: list[str] = []
+    error: Exception | None = None
 
     def on_notice(d) -> None:
         notices.append(f"{d.sqlstate or ''} {d.message_primary or ''}")
@@ -404,33 +500,43 @@ def vacuum_one(s: Session, ref: RelationRef, before: TableVacuumState | None, st
     s.conn.add_notice_handler(on_notice)
     try:
         s.execute(statement)
-        locked = [n for n in notices if n.startswith("55P03") or "lock not available" in n]
-        # PG15 warns "skipping "t" --- only superuser, table owner, or database owner can vacuum it".
-        denied = [n for n in notices if n.startswith("42501") or "permission denied" in n
-                  or ("skipping" in n and "owner" in n)]
-        if denied:
-            result.status, result.error = "failed", (
-                f"permission denied ({denied[0].split(' ', 1)[-1].strip()}): VACUUM needs the table's owner or a "
-                "superuser (PostgreSQL 17+: the MAINTAIN privilege on it, or pg_maintain)")
-            result.summary = f"{ref.qualified} not vacuumed: {result.error}."
-        elif locked:
-            result.status, result.reason = "skipped-locked", "another session holds a conflicting lock (SKIP_LOCKED)"
-            result.summary = f"{ref.qualified} skipped: {result.reason}."
-        else:
-            result.status = "vacuumed"
-    except LockTimeout as exc:
-        result.status, result.reason, result.error = "skipped-locked", "lock_timeout expired", exc.sentence
-        result.summary = f"{ref.qualified} skipped: lock not granted within {lock_timeout_ms} ms."
-    except RunbookDBError as exc:  # statement_timeout, an operator's cancel, a terminated connection...
-        result.error = exc.sentence
-        result.summary = f"{ref.qualified} failed: {exc.sentence}"
     except Exception as exc:  # noqa: BLE001 - one table failing never stops the others
-        result.error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        result.summary = f"{ref.qualified} failed unexpectedly: {result.error}"
+        error = exc
     finally:
         with contextlib.suppress(Exception):
             s.conn.remove_notice_handler(on_notice)
-    result.duration_s = round(time.monotonic() - t0, 3)
+    return judged(ref, before, notices, error, lock_timeout_ms, started, time.monotonic() - t0)
+
+
+def judged(ref: RelationRef, before: TableVacuumState, notices: list[str], error: Exception | None,
+           lock_timeout_ms: int, started: datetime, seconds: float) -> VacuumResult:
+    """One table's VACUUM outcome from its error and notices (SKIP_LOCKED and permission refusals are notices,
+    not errors). The figures after are filled in by `describe_vacuumed` at the end of the batch."""
+    result = VacuumResult(table=ref.qualified, status="failed", started_at=started,
+                          dead_before=before.n_dead_tup, pages_before=before.relpages,
+                          duration_s=round(seconds, 3))
+    locked = [n for n in notices if n.startswith("55P03") or "lock not available" in n]
+    # PG15 warns "skipping "t" --- only superuser, table owner, or database owner can vacuum it".
+    denied = [n for n in notices if n.startswith("42501") or "permission denied" in n
+              or ("skipping" in n and "owner" in n)]
+    if isinstance(error, LockTimeout):
+        result.status, result.reason, result.error = "skipped-locked", "lock_timeout expired", error.sentence
+        result.summary = f"{ref.qualified} skipped: lock not granted within {lock_timeout_ms} ms."
+    elif isinstance(error, RunbookDBError):  # statement_timeout, an operator's cancel, a terminated connection...
+        result.error = error.sentence
+        result.summary = f"{ref.qualified} failed: {error.sentence}"
+    elif error is not None:
+        result.error = f"{type(error).__name__}: {str(error)[:300]}"
+        result.summary = f"{ref.qualified} failed unexpectedly: {result.error}"
+    elif denied:
+        result.error = (f"permission denied ({denied[0].split(' ', 1)[-1].strip()}): VACUUM needs the table's owner "
+                        "or a superuser (PostgreSQL 17+: the MAINTAIN privilege on it, or pg_maintain)")
+        result.summary = f"{ref.qualified} not vacuumed: {result.error}."
+    elif locked:
+        result.status, result.reason = "skipped-locked", "another session holds a conflicting lock (SKIP_LOCKED)"
+        result.summary = f"{ref.qualified} skipped: {result.reason}."
+    else:
+        result.status = "vacuumed"
     return result
 
 

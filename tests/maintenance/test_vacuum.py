@@ -286,36 +286,38 @@ def test_vacuum_statement_options_by_server_version(sandbox):
     assert old == 'VACUUM (ANALYZE, FREEZE) "s"."We""ird; DROP TABLE x; --"'
 
 
-def test_bounded_runner_keeps_n_in_flight_and_starts_nothing_after_the_deadline():
-    import concurrent.futures
+def test_lanes_share_the_work_in_order_and_take_nothing_after_the_deadline():
     import threading
     import time
 
-    from tasks.core.bounded import run_bounded
+    from tasks.core.bounded import WorkQueue
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
-    lock, state = threading.Lock(), {"now": 0, "max": 0}
+    queue = WorkQueue(list(range(40)))
+    taken: dict[str, list[int]] = {"slow": [], "fast": []}
+    fast_done = threading.Event()
 
-    class Fut:
-        def __init__(self, f):
-            self.wrapped_future = f
+    def slow() -> None:  # takes one item and is held on it until the other lane has done the rest
+        for index, item in queue:
+            taken["slow"].append(item)
+            fast_done.wait(30)
 
-    def work(_):
-        with lock:
-            state["now"] += 1
-            state["max"] = max(state["max"], state["now"])
-        time.sleep(0.03)
-        with lock:
-            state["now"] -= 1
+    def fast() -> None:
+        for index, item in queue:
+            assert index == item
+            taken["fast"].append(item)
+        fast_done.set()
 
-    started, skipped = run_bounded(list(range(10)), lambda i: Fut(pool.submit(work, i)), 2, None)
-    assert len(started) == 10 and not skipped and state["max"] == 2
-    started, skipped = run_bounded(list(range(5)), lambda i: Fut(pool.submit(work, i)), 2, time.time() - 1)
-    assert not started and skipped == list(range(5))
-    deadline = time.time() + 0.05
-    started, skipped = run_bounded(list(range(20)), lambda i: Fut(pool.submit(work, i)), 2, deadline)
-    assert started and skipped and len(started) + len(skipped) == 20
-    pool.shutdown()
+    lanes = [threading.Thread(target=slow), threading.Thread(target=fast)]
+    [t.start() for t in lanes]
+    [t.join() for t in lanes]
+    assert sorted(taken["slow"] + taken["fast"]) == list(range(40))  # each item once
+    assert len(taken["slow"]) <= 1  # the free lane took everything the held one could not
+    assert queue.not_started() == [] and queue.take() is None
+    late = WorkQueue(list(range(5)), time.time() - 1)
+    assert late.take() is None and late.not_started() == list(range(5))
+    timed = WorkQueue(list(range(100)), time.time() + 0.05)
+    done = [item for _, item in ((i, time.sleep(0.01) or x) for i, x in timed)]
+    assert done and timed.not_started() and done + timed.not_started() == list(range(100))
 
 
 def test_a_batch_on_its_held_connection_carries_on_after_a_locked_table(sandbox, cluster_block, vac_tables):
