@@ -11,8 +11,8 @@ exit, and that thread sleeps in 1 s steps, so every sync flow run ends on the ne
 work (up to 1 s more: most of a run that vacuums 100 small tables). The async engine keeps the heartbeats
 and does not join. Its body still calls sync tasks, inside one sync Prefect client context as a sync
 flow has (without it every sync task run opens its own API client); callers outside a running event loop
-use `asyncio.run(vacuum(...))`. Large task inputs (a batch's tables, a thousand log rows) are passed
-`quote`d: Prefect would otherwise walk every item looking for futures (over a second for 1,000 rows).
+use `asyncio.run(vacuum(...))`. The lanes take their batches from a shared queue (no large task inputs for
+Prefect to walk), and the two artifacts are sent from the flow run itself, without a task run each.
 """
 
 import contextlib
@@ -21,13 +21,12 @@ from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, runtime
 from prefect.context import SyncClientContext
-from prefect.utilities.annotations import quote
 
 from blocks.postgres_cluster import PostgresCluster
 from tasks.core.bounded import WorkQueue
 from tasks.core.exclusion import OnBusy, StopCheck, maintenance_turn
 from tasks.core.progress import Progress, track_progress
-from tasks.core.publish import artifact_key, notify_slack, publish_markdown, publish_table
+from tasks.core.publish import artifact_key, notify_slack, publish_report_and_table
 from tasks.maintenance import vacuum_plan as plan
 from tasks.maintenance.maintenance_log import MaintenanceLogFailed, MaintenanceLogWriter
 from tasks.maintenance.vacuum import (
@@ -79,7 +78,8 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
     turn = bar = None
     with contextlib.ExitStack() as held:
         # N connections held for the run (as vacuumdb); the first reads the catalog while the lock is taken.
-        sessions = held.enter_context(VacuumSessions(target, params.lock_timeout_ms, params.statement_timeout_ms))
+        sessions = held.enter_context(VacuumSessions(target, params.lock_timeout_ms, params.statement_timeout_ms,
+                                                      params.synchronous_commit))
         read = CandidatesRead(target, sessions)
         if not params.dry_run:
             turn = held.enter_context(maintenance_turn(report.cluster, "vacuum", if_busy, busy_wait_minutes * 60))
@@ -101,10 +101,9 @@ def run_vacuum(cluster: PostgresCluster, params: VacuumParams, database: str | N
             report.status, report.summary = "warning", report.exclusion
         report.finished_at = datetime.now(UTC)
     key = artifact_key("vacuum", report.cluster)
-    published = [publish_table.submit(f"{key}-log", quote(rows), report.summary)] if rows else []
-    report.artifact_key = publish_markdown(key, plan.render_markdown(report, candidates), report.summary)
-    for future in published:  # the two artifacts are sent at the same time (and the progress card's last state)
-        future.result()
+    # The report and its per-table records, sent at the same time (and the progress card's last state).
+    report.artifact_key = publish_report_and_table(key, plan.render_markdown(report, candidates), report.summary,
+                                                   f"{key}-log", rows)
     if bar is not None:
         bar.join()
     if slack_block and report.status != "ok":

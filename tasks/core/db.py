@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from prefect.cache_policies import NO_CACHE
@@ -37,13 +37,23 @@ Query = str | sql.Composable
 Params = Sequence[Any] | Mapping[str, Any] | None
 
 
-def _session_options(statement_timeout_ms: int, lock_timeout_ms: int) -> str:
+SynchronousCommit = Literal["on", "local", "off"]
+
+
+def _session_options(statement_timeout_ms: int, lock_timeout_ms: int,
+                     synchronous_commit: SynchronousCommit | None = None) -> str:
     """libpq `options` carrying the session settings (direct connections only)."""
-    return (
+    options = (
         f"-c statement_timeout={int(statement_timeout_ms)} "
         f"-c lock_timeout={int(lock_timeout_ms)} "
         "-c jit=off"
     )
+    if synchronous_commit is not None:
+        options += f" -c synchronous_commit={SYNCHRONOUS_COMMIT[synchronous_commit]}"
+    return options
+
+
+SYNCHRONOUS_COMMIT: dict[str, str] = {"on": "on", "local": "local", "off": "off"}  # only these reach the server
 
 
 class Session:
@@ -100,8 +110,13 @@ def connect(
     statement_timeout_ms: int | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     autocommit: bool = True,
+    synchronous_commit: SynchronousCommit | None = None,
 ) -> Iterator[Session]:
     """Open one session on `target`; errors come out as RunbookDBError subclasses.
+
+    `synchronous_commit`: the session's own (None: the server's; direct connections only). Maintenance
+    sessions set it "off" or "local": their commits (VACUUM's and ANALYZE's catalog updates) can be redone,
+    and must not wait on a synchronous standby (autovacuum itself commits with "local").
 
     Through a pooler (pgbouncer in transaction mode) startup `options` are refused
     and session SETs would leak to other clients, so the timeouts are applied with
@@ -113,7 +128,7 @@ def connect(
     if target.via_pooler:
         kwargs["prepare_threshold"] = None
     else:
-        kwargs["options"] = _session_options(timeout_ms, lock_timeout_ms)
+        kwargs["options"] = _session_options(timeout_ms, lock_timeout_ms, synchronous_commit)
     try:
         conn = psycopg.connect(autocommit=autocommit, **kwargs)
     except psycopg.Error as exc:

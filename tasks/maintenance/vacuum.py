@@ -2,22 +2,20 @@
 
 As vacuumdb does, the run holds one dedicated autocommit connection per concurrency slot, with
 lock_timeout, statement_timeout and jit=off set once; each VACUUM uses SKIP_LOCKED where the server
-supports it (PG12+). One Prefect task run per slot, taking batches of tables as it is free; inside a
-batch, one statement per table (the next one
-already sent while a small table runs: tasks.core.pipeline) and the batch's statistics before and after in
-one query each. A table that fails is a result, not an
-exception: one table never stops the others.
+supports it (PG12+), with synchronous_commit off by default (a VACUUM's commit waits neither for
+its WAL flush nor for a standby). One Prefect task run per slot, taking batches of tables as it is free;
+inside a batch, one statement per table and the batch's statistics before and after in one query each.
+A table that fails is a result, not an exception: one table never stops the others.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import task
@@ -27,9 +25,8 @@ from pydantic import BaseModel, Field
 
 from blocks.postgres_cluster import ConnectionTarget
 from tasks.core.bounded import WorkQueue
-from tasks.core.db import DB_TASK, Session, connect
+from tasks.core.db import DB_TASK, Session, SynchronousCommit, connect
 from tasks.core.errors import LockTimeout, RunbookDBError
-from tasks.core.pipeline import StatementPipeline, pipeline_usable
 from tasks.core.progress import Progress
 from tasks.core.relations import NameSpec, RelationRef, resolve
 from tasks.core.server_capabilities import capabilities
@@ -222,16 +219,18 @@ class VacuumSessions:
     """The run's dedicated autocommit connections, one per concurrency slot, held as vacuumdb holds them.
 
     A connection is opened on first use with its session settings (application_name, lock_timeout,
-    statement_timeout, jit off) set once, lent to one batch at a time and kept for the next batch: at most
-    `concurrency` batches run at once, so at most that many connections are opened. A lost connection is
-    dropped when its batch gives it back; the next lease opens a new one. Thread-safe (batches run in the
-    task runner's threads).
+    statement_timeout, jit off, synchronous_commit) set once, lent to one batch at a time and kept for the
+    next batch: at most `concurrency` batches run at once, so at most that many connections are opened. A
+    lost connection is dropped when its batch gives it back; the next lease opens a new one. Thread-safe
+    (batches run in the task runner's threads).
     """
 
-    def __init__(self, target: ConnectionTarget, lock_timeout_ms: int, statement_timeout_ms: int):
+    def __init__(self, target: ConnectionTarget, lock_timeout_ms: int, statement_timeout_ms: int,
+                 synchronous_commit: SynchronousCommit = "off"):
         self.target = target
         self.lock_timeout_ms = lock_timeout_ms
         self.statement_timeout_ms = statement_timeout_ms
+        self.synchronous_commit = synchronous_commit
         self.opened = 0  # connections opened so far (tests and the benchmark read it)
         self._lock = threading.Lock()
         self._idle: list[tuple[Session, contextlib.ExitStack]] = []
@@ -241,7 +240,8 @@ class VacuumSessions:
         stack = contextlib.ExitStack()
         session = stack.enter_context(connect(self.target, purpose="vacuum", autocommit=True,
                                               lock_timeout_ms=self.lock_timeout_ms,
-                                              statement_timeout_ms=self.statement_timeout_ms))
+                                              statement_timeout_ms=self.statement_timeout_ms,
+                                              synchronous_commit=self.synchronous_commit))
         with self._lock:
             self.opened += 1
         return session, stack
@@ -350,9 +350,8 @@ def vacuum_batch(sessions: VacuumSessions, refs: list[RelationRef], options: Vac
                     BATCH_STATE_SQL, {"oids": [r.oid for r in remaining]}, TableVacuumState)})
                 # `VACUUM (options) ` rendered once: per table only the identifier is quoted.
                 prefix = sql.SQL(vacuum_prefix(options, s.server_version_num).as_string(s.conn))
-                in_turn = vacuum_pipelined if pipeline_usable(s) else vacuum_in_order
-                for ref, result in in_turn(s, remaining, befores, prefix, deadline_epoch, stop,
-                                           sessions.lock_timeout_ms):
+                for ref, result in vacuum_in_order(s, remaining, befores, prefix, deadline_epoch, stop,
+                                                   sessions.lock_timeout_ms):
                     results.append(counted(progress, result))
                     if result.status == "vacuumed":
                         done.append((result, ref))
@@ -409,65 +408,14 @@ def counted(progress: Progress | None, result: VacuumResult) -> VacuumResult:
     return result
 
 
-# A table this small (by the catalog and the statistics: 8 MB at the default block size) is vacuumed in
-# milliseconds, so the next table may be sent while it runs: that one starts at most this late after the
-# window or a priority run was checked. A larger table is vacuumed with nothing queued behind it.
-SMALL_TABLE_PAGES = 1_000
-SMALL_TABLE_TUPLES = 100_000
-
-
-def is_small(before: TableVacuumState | None) -> bool:
-    return (before is not None and before.relpages <= SMALL_TABLE_PAGES
-            and before.n_live_tup + before.n_dead_tup <= SMALL_TABLE_TUPLES)
-
-
 InTurn = Iterator[tuple[RelationRef, VacuumResult]]
-
-
-def vacuum_pipelined(s: Session, remaining: list[RelationRef], befores: dict[int, TableVacuumState],
-                     prefix: sql.Composable, deadline_epoch: float | None, stop: Any, lock_timeout_ms: int) -> InTurn:
-    """The tables of `remaining` in order (each taken off it as it is sent), each VACUUM its own statement in
-    its own implicit transaction, the next one sent while a small table runs (tasks.core.pipeline): the
-    server never waits for this process between two small tables. The window and a priority run are checked
-    as each table is sent. Yields each table's result in order; stops early when the connection is lost
-    (the tables not sent stay in `remaining`)."""
-    queued: collections.deque[tuple[RelationRef, TableVacuumState | None, VacuumResult | None]] = (
-        collections.deque())
-    with StatementPipeline(s) as pipe:
-        while True:
-            while remaining and not pipe.broken and (
-                    pipe.in_flight == 0 or (pipe.in_flight == 1 and is_small(running(queued)))):
-                ref = remaining.pop(0)
-                before = befores.get(ref.oid)
-                result = turn_refused(ref, deadline_epoch, stop) or not_planned(ref, before)
-                if result is None:
-                    pipe.send(sql.Composed([prefix, ref.identifier]), ref)
-                queued.append((ref, before, result))
-            if not queued:
-                return
-            ref, before, result = queued.popleft()
-            if result is None:
-                outcome = pipe.next()
-                if not outcome.ran:  # lost before its turn: it and those after it go to a new connection
-                    remaining[:0] = [ref] + [r for r, _, _ in queued]
-                    return
-                result = judged(ref, before, outcome.notices, outcome.error, lock_timeout_ms,
-                                datetime.now(UTC) - timedelta(seconds=time.monotonic() - outcome.started_at),
-                                outcome.seconds)
-            yield ref, result
-            if pipe.broken and not pipe.in_flight:  # terminated or lost: the rest get a new connection
-                remaining[:0] = [r for r, _, _ in queued]
-                return
-
-
-def running(queued) -> TableVacuumState | None:
-    """The before-figures of the table whose VACUUM was sent and not yet read (None when there is none)."""
-    return next((before for _, before, result in queued if result is None), None)
 
 
 def vacuum_in_order(s: Session, remaining: list[RelationRef], befores: dict[int, TableVacuumState],
                     prefix: sql.Composable, deadline_epoch: float | None, stop: Any, lock_timeout_ms: int) -> InTurn:
-    """The same one statement at a time (a connection that cannot pipeline: through a pooler, old libpq)."""
+    """The tables of `remaining` in order, each taken off it as it starts, one VACUUM statement at a time; the
+    window and a priority run are checked before each. Yields each table's result; stops early when the
+    connection is lost (the tables not started stay in `remaining`, for a new connection)."""
     while remaining:
         ref = remaining.pop(0)
         before = befores.get(ref.oid)

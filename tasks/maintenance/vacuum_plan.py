@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.core.db import SynchronousCommit
 from tasks.core.findings import Status, human_seconds, md_cell
 from tasks.core.notify import NotificationOutcome
 from tasks.core.relations import RelationName, RelationRef
@@ -54,6 +55,13 @@ class VacuumParams(BaseModel):
                                  description="lock_timeout of each VACUUM: a locked table is skipped after this.")
     statement_timeout_ms: int = Field(default=3_600_000, ge=1_000, le=86_400_000,
                                       description="statement_timeout of each VACUUM.")
+    synchronous_commit: SynchronousCommit = Field(
+        default="off",
+        description="synchronous_commit of the run's connections. 'off': a VACUUM's commit does not wait for its "
+                    "WAL flush nor for a synchronous standby (a crash can lose only the last ~0.6 s of vacuum and "
+                    "statistics updates, which the next vacuum redoes; no table data is involved). 'local' as "
+                    "autovacuum: flushed here, never waiting for a standby. 'on': flushed, and waiting for synchronous "
+                    "standbys.")
     dry_run: bool = Field(default=False, description="Only report what would be vacuumed.")
     log_dir: str | None = Field(
         default=None, description="Directory of the persisted maintenance log (JSON lines); "

@@ -297,7 +297,7 @@ def test_lanes_share_the_work_in_order_and_take_nothing_after_the_deadline():
     fast_done = threading.Event()
 
     def slow() -> None:  # takes one item and is held on it until the other lane has done the rest
-        for index, item in queue:
+        for _, item in queue:
             taken["slow"].append(item)
             fast_done.wait(30)
 
@@ -421,3 +421,41 @@ def test_a_cancelled_or_terminated_vacuum_fails_that_table_and_the_batch_goes_on
     assert results[2].error and results[2].summary.startswith(f"{SCHEMA}.Pinned failed"), results[2]
     assert sessions.opened == 2, "the terminated connection was replaced once, for the table after it"
     assert {t for t in after if after[t] != before.get(t, 0)} == {f"{SCHEMA}.dirty", f"{SCHEMA}.{UNICODE}"}
+
+
+def test_a_missing_synchronous_standby_never_holds_the_vacuum(sandbox, cluster_block, vac_tables):
+    """synchronous_standby_names names a standby that is not there, so every ordinary commit would wait for it
+    forever. The run's connections commit with synchronous_commit off (the default) or local (as autovacuum),
+    so each VACUUM (ANALYZE) ends and the table is vacuumed (ground truth: vacuum_count)."""
+    import threading
+
+    from blocks.postgres_cluster import PostgresCluster
+    from tasks.maintenance.vacuum import VacuumOptions, VacuumSessions, resolve_tables, vacuum_tables
+    from tests.helpers import wait_for
+
+    target = PostgresCluster.load(cluster_block).primary_target()
+    refs = resolve_tables.fn(target, [f"{SCHEMA}.clean"])
+    results: dict[str, object] = {}
+
+    def run(mode: str) -> None:
+        with VacuumSessions(target, 2_000, 60_000, mode) as sessions:
+            with sessions.lease() as s:
+                results[f"{mode}-setting"] = s.scalar("SHOW synchronous_commit")
+            results[mode] = vacuum_tables.fn(target, refs, VacuumOptions(), 2_000, 60_000, None, sessions)
+
+    psql(sandbox, "primary", "ALTER SYSTEM SET synchronous_standby_names = 'pgrb_no_such_standby'")
+    psql(sandbox, "primary", "SELECT pg_reload_conf()")
+    try:
+        for mode in ("off", "local"):
+            before = _stats(sandbox, SCHEMA, "clean")[0]
+            worker = threading.Thread(target=run, args=(mode,), daemon=True)
+            worker.start()
+            worker.join(60)
+            assert not worker.is_alive(), f"synchronous_commit={mode}: the VACUUM waited for the missing standby"
+            assert results[f"{mode}-setting"] == mode
+            assert [r.status for r in results[mode]] == ["vacuumed"], results[mode]
+            wait_for(lambda before=before: _stats(sandbox, SCHEMA, "clean")[0] == before + 1,
+                     what=f"the vacuum counted (synchronous_commit={mode})")
+    finally:
+        psql(sandbox, "primary", "ALTER SYSTEM RESET synchronous_standby_names")
+        psql(sandbox, "primary", "SELECT pg_reload_conf()")
