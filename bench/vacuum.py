@@ -205,6 +205,7 @@ def main() -> int:
     parser.add_argument("--max-tables", type=int, default=20000, help="largest size for the estimate timing")
     parser.add_argument("--large-tables", type=int, default=40, help="tables of 100,000 rows in the larger variant")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds per comparison (medians)")
+    parser.add_argument("--skip-small", action="store_true", help="only the larger variant (and the estimate)")
     args = parser.parse_args()
 
     box = Sandbox.ephemeral("pgrb-bench-vacuum-")
@@ -224,9 +225,11 @@ def main() -> int:
             run_flow()  # warm-up: imports, first flow run
             empty_flow_seconds()
             for label, share in (("10 % need vacuum", 0.1), ("every table needs vacuum", 1.0)):
-                compare(box, f"{args.tables} small tables, {label}", SCHEMA, range(0, int(args.tables * share)),
-                        2, args.rounds)
-            progress_cost(box, range(0, args.tables))
+                if not args.skip_small:
+                    compare(box, f"{args.tables} small tables, {label}", SCHEMA, range(0, int(args.tables * share)),
+                            2, args.rounds)
+            if not args.skip_small:
+                progress_cost(box, range(0, args.tables))
             if args.large_tables:
                 execute(box, sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
                 execute(box, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(LARGE_SCHEMA)))

@@ -15,6 +15,7 @@ use `asyncio.run(vacuum(...))`. The lanes take their batches from a shared queue
 Prefect to walk), and the two artifacts are sent from the flow run itself, without a task run each.
 """
 
+import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
@@ -61,8 +62,10 @@ async def vacuum(
             this run before its next table.
         busy_wait_minutes: How long to wait for the cluster's maintenance lock.
     """
+    # The sync API client (its TLS set-up is ~25 ms of CPU) is built in a thread while the block loads.
+    client = SyncClientContext.get() or asyncio.create_task(asyncio.to_thread(SyncClientContext))
     cluster = await PostgresCluster.aload(cluster_block)
-    with SyncClientContext.get_or_create():
+    with client if isinstance(client, SyncClientContext) else await client:
         return run_vacuum(cluster, params, database, slack_block, if_busy, busy_wait_minutes)
 
 

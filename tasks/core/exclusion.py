@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -53,15 +55,18 @@ def urgent_running(cluster: str) -> list[str]:
     """The urgent runbooks running on this cluster now (their limits have an active slot)."""
     from prefect.exceptions import ObjectNotFound
 
-    running = []
-    with get_client(sync_client=True) as client:
-        for runbook, name in urgent_lock_names(cluster).items():
-            try:
-                if client.read_global_concurrency_limit_by_name(name).active_slots > 0:
-                    running.append(runbook)
-            except ObjectNotFound:
-                continue
-    return running
+    def active(client, name: str) -> bool:
+        try:
+            return client.read_global_concurrency_limit_by_name(name).active_slots > 0
+        except ObjectNotFound:
+            return False
+
+    names = urgent_lock_names(cluster)
+    with get_client(sync_client=True) as client, concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        # Both limits asked at once (each request is a round trip to the API; the run waits for the answer).
+        answers = {runbook: pool.submit(contextvars.copy_context().run, active, client, name)
+                   for runbook, name in names.items()}
+        return [runbook for runbook, answer in answers.items() if answer.result()]
 
 
 class StopCheck:
