@@ -28,6 +28,7 @@ from tasks.core.bounded import WorkQueue
 from tasks.core.db import DB_TASK, Session, SynchronousCommit, connect
 from tasks.core.errors import LockTimeout, RunbookDBError
 from tasks.core.progress import Progress
+from tasks.core.records import FlatRecord
 from tasks.core.relations import NameSpec, RelationRef, resolve
 from tasks.core.server_capabilities import capabilities
 from tasks.maintenance.maintenance_log import MaintenanceLogWriter
@@ -123,7 +124,7 @@ class VacuumOptions(BaseModel):
         default=None, ge=0, le=64, description="PARALLEL workers for index vacuuming (PG13+); empty = server default.")
 
 
-class VacuumResult(BaseModel):
+class VacuumResult(FlatRecord):
     """One table's vacuum: what it was like before and after, or why it did not run."""
 
     table: str

@@ -459,3 +459,28 @@ def test_a_missing_synchronous_standby_never_holds_the_vacuum(sandbox, cluster_b
     finally:
         psql(sandbox, "primary", "ALTER SYSTEM RESET synchronous_standby_names")
         psql(sandbox, "primary", "SELECT pg_reload_conf()")
+
+
+def test_a_vacuum_result_is_a_leaf_for_prefect_and_whole_for_everything_else():
+    """Prefect's walk of a flow's return value stops at each per-table record (tasks/core/records.py), and the
+    record still dumps, compares, copies and pickles whole."""
+    import copy
+    import pickle
+    from datetime import UTC, datetime
+
+    from prefect.utilities.collections import visit_collection
+
+    from tasks.maintenance.vacuum import VacuumResult
+    from tasks.maintenance.vacuum_plan import VacuumReport
+
+    result = VacuumResult(table="s.t", status="vacuumed", started_at=datetime.now(UTC), dead_before=3, dead_after=0)
+    report = VacuumReport(cluster="c", started_at=datetime.now(UTC), results=[result] * 3)
+    visited: list = []
+    visit_collection(report, visit_fn=lambda x: visited.append(x) or x, return_data=False)
+    assert sum(isinstance(x, VacuumResult) for x in visited) == 3
+    assert not any(x == "s.t" or x == 3 for x in visited), "the walk went into a record's fields"
+    assert result.model_dump()["dead_before"] == 3
+    assert VacuumResult.model_validate_json(result.model_dump_json()) == result
+    assert copy.deepcopy(result) == result == pickle.loads(pickle.dumps(result))
+    assert "dead_before=3" in repr(result) and dict(result) == {}
+    assert VacuumReport.model_validate(report.model_dump()).results == report.results
