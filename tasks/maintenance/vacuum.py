@@ -409,11 +409,9 @@ def counted(progress: Progress | None, result: VacuumResult) -> VacuumResult:
     return result
 
 
-InTurn = Iterator[tuple[RelationRef, VacuumResult]]
-
-
 def vacuum_in_order(s: Session, remaining: list[RelationRef], befores: dict[int, TableVacuumState],
-                    prefix: sql.Composable, deadline_epoch: float | None, stop: Any, lock_timeout_ms: int) -> InTurn:
+                    prefix: sql.Composable, deadline_epoch: float | None, stop: Any, lock_timeout_ms: int
+                    ) -> Iterator[tuple[RelationRef, VacuumResult]]:
     """The tables of `remaining` in order, each taken off it as it starts, one VACUUM statement at a time; the
     window and a priority run are checked before each. Yields each table's result; stops early when the
     connection is lost (the tables not started stay in `remaining`, for a new connection)."""
