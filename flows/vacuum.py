@@ -3,8 +3,8 @@
 Wraparound risk first, then dead tuples, then stale statistics; N tables at a time on N connections
 held for the run (as vacuumdb), with lock_timeout and statement_timeout; one task run per connection,
 taking batches of tables as it is free; no table starts after the maintenance window; every table's
-outcome is logged as its batch ends, and failures alert in Slack. A maintenance log that cannot be written is in the
-report and the alert, and the run then ends Failed.
+outcome is logged as its batch ends, and failures alert in Slack. A maintenance log that cannot be
+written is in the report and the alert, and the run then ends Failed.
 
 The flow is `async def` for one reason: Prefect 3.9's sync flow engine joins its heartbeat thread at
 exit, and that thread sleeps in 1 s steps, so every sync flow run ends on the next whole second after its

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import psycopg
 from prefect.cache_policies import NO_CACHE
@@ -49,11 +49,10 @@ def _session_options(statement_timeout_ms: int, lock_timeout_ms: int,
         "-c jit=off"
     )
     if synchronous_commit is not None:
-        options += f" -c synchronous_commit={SYNCHRONOUS_COMMIT[synchronous_commit]}"
+        if synchronous_commit not in get_args(SynchronousCommit):  # only these words reach the server
+            raise ValueError(f"synchronous_commit must be one of {get_args(SynchronousCommit)}")
+        options += f" -c synchronous_commit={synchronous_commit}"
     return options
-
-
-SYNCHRONOUS_COMMIT: dict[str, str] = {"on": "on", "local": "local", "off": "off"}  # only these reach the server
 
 
 class Session:
